@@ -1,0 +1,108 @@
+"""Configuration: a YAML file (configs/cpu.yaml by default), overridden by
+VIDEOCHAT_<SECTION>__<KEY> environment variables, then by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "cpu.yaml"
+
+Lang = Literal["en", "zh", "auto"]
+
+
+class ServerConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    loopback_only: bool = False
+    max_sessions: int = 4
+
+
+class VADConfig(BaseModel):
+    backend: Literal["silero", "energy"] = "silero"
+    threshold: float = 0.5
+    hangover_ms: int = 300
+    min_speech_ms: int = 200
+    barge_in_ms: int = 160
+
+
+class ASRConfig(BaseModel):
+    backend: Literal["faster-whisper", "funasr"] = "faster-whisper"
+    model: str = "whisper-base"
+    language: Lang = "auto"
+    threads: int = 2
+    beam_size: int = 1
+
+
+class LLMConfig(BaseModel):
+    backend: Literal["embedded", "openai"] = "embedded"
+    model_file: str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    base_url: str = ""
+    model: str = "qwen2.5-1.5b"
+    api_key: str = "none"
+    threads: int = 2
+    parallel_slots: int = 4
+    context_tokens: int = 4096
+    max_tokens: int = 160
+    temperature: float = 0.6
+    max_history_messages: int = 12
+    system_prompt: str = "You are a friendly bilingual digital human. Answer briefly."
+
+
+class TTSConfig(BaseModel):
+    backend: Literal["kokoro", "edge-tts", "cosyvoice"] = "kokoro"
+    voice_en: str = "af_heart"
+    voice_zh: str = "zf_xiaoxiao"
+    speed: float = 1.0
+    threads: int = 2
+
+
+class AvatarConfig(BaseModel):
+    backend: Literal["photo", "musetalk"] = "photo"
+    default: str = "astronaut"
+    fps: int = 25
+    size: int = 512
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIDEOCHAT_", env_nested_delimiter="__")
+
+    weights_dir: Path = Path("weights")
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    vad: VADConfig = Field(default_factory=VADConfig)
+    asr: ASRConfig = Field(default_factory=ASRConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    tts: TTSConfig = Field(default_factory=TTSConfig)
+    avatar: AvatarConfig = Field(default_factory=AvatarConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the YAML file (passed as init kwargs).
+        return env_settings, init_settings
+
+    @property
+    def weights_path(self) -> Path:
+        path = self.weights_dir
+        return path if path.is_absolute() else REPO_ROOT / path
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Read the YAML file, apply env vars, then non-None `overrides` (dotted keys
+    such as ``server.port``)."""
+    file = Path(path) if path else DEFAULT_CONFIG
+    data: dict[str, Any] = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    config = Config(**data)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        target = getattr(config, section) if key else config
+        setattr(target, key or section, value)
+    return config
