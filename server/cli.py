@@ -36,7 +36,7 @@ def _weights(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     try:
-        assemble_all(config.weights_path, force=args.force)
+        assemble_all(config.weights_path, force=args.force, extras=args.extra)
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -44,7 +44,9 @@ def _weights(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     parser = argparse.ArgumentParser(prog="videochat", description="Real-time digital human")
     parser.add_argument("--config", default=None, help="YAML config (default configs/cpu.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     weights = sub.add_parser("weights", help="assemble and verify the models into weights/")
     weights.add_argument("--config", dest="config", default=argparse.SUPPRESS)
     weights.add_argument("--force", action="store_true", help="re-assemble even if verified")
+    weights.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        choices=["fast-llm"],
+        help="also assemble an optional model (fast-llm: Qwen2.5-Coder 0.5B); repeatable",
+    )
     weights.set_defaults(func=_weights)
 
     args = parser.parse_args(argv)

@@ -1,0 +1,152 @@
+"""Chat models behind one OpenAI-compatible streaming client.
+
+Every backend is an OpenAI-compatible endpoint: vLLM, Ollama, llama.cpp's
+server, a hosted API, or the embedded default, xllamacpp's llama.cpp server
+started in this process on 127.0.0.1. We run the embedded model through its
+HTTP server rather than its in-process call API because (1) the same client
+code then serves every backend, so what we test is what users of vLLM run,
+and (2) llama.cpp's server gives each conversation its own KV-cache slot
+(``id_slot``) so a warm prompt survives turns of other sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from models.base import BackendUnavailable, ChatMessage, ChatModel
+from server.config import LLMConfig
+
+log = logging.getLogger(__name__)
+
+
+class OpenAICompatibleChat(ChatModel):
+    """Streams chat completions from any OpenAI-compatible endpoint."""
+
+    def __init__(self, config: LLMConfig, base_url: str | None = None, slots: int = 0) -> None:
+        self.config = config
+        self.base_url = (base_url or config.base_url).rstrip("/")
+        if not self.base_url:
+            raise BackendUnavailable(
+                "llm.backend 'openai' needs llm.base_url (e.g. http://127.0.0.1:8001/v1 for a "
+                "vLLM server: `vllm serve Qwen/Qwen2.5-7B-Instruct`), set in the config or "
+                "VIDEOCHAT_LLM__BASE_URL"
+            )
+        self._slots = slots  # >0: pin conversations to llama.cpp slots
+        self._client: Any = None
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            from openai import AsyncOpenAI
+
+            self._client = AsyncOpenAI(
+                base_url=self.base_url, api_key=self.config.api_key or "none", max_retries=0
+            )
+        return self._client
+
+    def _extra_body(self, conversation: str | None) -> dict[str, Any]:
+        if not self._slots or conversation is None:
+            return {}
+        # A stable slot per conversation keeps its whole history in the KV cache.
+        return {"id_slot": zlib.crc32(conversation.encode()) % self._slots, "cache_prompt": True}
+
+    async def stream_chat(
+        self, messages: Sequence[ChatMessage], *, conversation: str | None = None
+    ) -> AsyncIterator[str]:
+        client = self._get_client()
+        stream = await client.chat.completions.create(
+            model=self.config.model,
+            messages=list(messages),
+            stream=True,
+            max_tokens=self.config.max_tokens,
+            temperature=self.config.temperature,
+            extra_body=self._extra_body(conversation) or None,
+        )
+        try:
+            async for chunk in stream:
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta.content
+                if delta:
+                    yield delta
+        finally:
+            # Closing the HTTP response makes llama.cpp/vLLM stop generating.
+            await stream.close()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EmbeddedLlamaChat(OpenAICompatibleChat):
+    """xllamacpp's llama.cpp server on 127.0.0.1, loaded once per process."""
+
+    def __init__(self, config: LLMConfig, weights_dir: Path) -> None:
+        model_path = weights_dir / config.model_file
+        if not model_path.is_file():
+            raise BackendUnavailable(
+                f"LLM weights not found at {model_path}: run `videochat weights` (or `make run`)"
+            )
+        self.model_path = model_path
+        self.port = _free_loopback_port()
+        super().__init__(config, base_url=f"http://127.0.0.1:{self.port}/v1",
+                         slots=config.parallel_slots)
+        self._server: Any = None
+
+    async def start(self) -> None:
+        if self._server is None:
+            await asyncio.to_thread(self._start_server)
+            await self.warm_up()
+
+    def _start_server(self) -> None:
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(self.model_path)
+        params.n_ctx = self.config.context_tokens * self.config.parallel_slots
+        params.n_parallel = self.config.parallel_slots
+        params.cpuparams.n_threads = self.config.threads
+        params.cpuparams_batch.n_threads = self.config.threads
+        params.hostnames = ["127.0.0.1"]
+        params.port = self.port
+        params.cache_prompt = True
+        params.verbosity = 0
+        started = time.perf_counter()
+        self._server = xllamacpp.Server(params)
+        log.info("LLM %s loaded in %.1f s, serving on 127.0.0.1:%d (%d slots)",
+                 self.model_path.name, time.perf_counter() - started, self.port,
+                 self.config.parallel_slots)
+
+    async def warm_up(self) -> None:
+        """Process the system prompt once so llama.cpp's graph and caches are warm."""
+        started = time.perf_counter()
+        messages = [{"role": "system", "content": self.config.system_prompt},
+                    {"role": "user", "content": "Hi"}]
+        async for _ in self.stream_chat(messages):
+            break
+        log.info("LLM warm-up %.2f s", time.perf_counter() - started)
+
+    async def close(self) -> None:
+        await super().close()
+        self._server = None  # the destructor stops llama.cpp's loop
+
+
+def load_chat_model(config: LLMConfig, weights_dir: Path) -> ChatModel:
+    if config.backend == "embedded":
+        return EmbeddedLlamaChat(config, weights_dir)
+    if config.backend == "openai":
+        return OpenAICompatibleChat(config)
+    raise BackendUnavailable(f"unknown llm.backend {config.backend!r}")

@@ -1,0 +1,80 @@
+"""Backends chosen by name in the config, loaded once per process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from models.base import (
+    AvatarModel,
+    BackendUnavailable,
+    ChatModel,
+    SpeechRecognizer,
+    SpeechSynthesizer,
+    VADModel,
+)
+from server.config import Config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Engines:
+    vad: VADModel
+    asr: SpeechRecognizer
+    llm: ChatModel
+    tts: SpeechSynthesizer
+    avatar: AvatarModel
+    # ASR and TTS calls of every session run here: two workers for two cores, so
+    # inference never blocks the event loop that paces media.
+    inference: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="infer")
+    )
+
+    async def close(self) -> None:
+        await self.llm.close()
+        self.inference.shutdown(wait=False, cancel_futures=True)
+
+
+def _load_vad(config: Config) -> VADModel:
+    from models.vad import EnergyVADModel, SileroVADModel
+
+    return SileroVADModel() if config.vad.backend == "silero" else EnergyVADModel()
+
+
+def _load_avatar(config: Config) -> AvatarModel:
+    if config.avatar.backend == "musetalk":
+        raise BackendUnavailable(
+            "avatar.backend 'musetalk' needs a GPU, `pip install -e .[gpu]` and the MuseTalk 1.5 "
+            "weights under weights/musetalk/ (see weights/README.md)"
+        )
+    from models.avatar_photo import PhotoAvatarModel
+
+    return PhotoAvatarModel(config.weights_path, size=config.avatar.size,
+                            default=config.avatar.default)
+
+
+async def load_engines(config: Config) -> Engines:
+    """Load every model once. Raises BackendUnavailable with a readable message."""
+    from models.asr import load_recognizer
+    from models.llm import load_chat_model
+    from models.tts import load_synthesizer
+
+    weights = config.weights_path
+    started = time.perf_counter()
+    llm = load_chat_model(config.llm, weights)
+    # The LLM loads in llama.cpp's threads while Python loads the rest.
+    llm_start = asyncio.create_task(llm.start())
+    vad = _load_vad(config)
+    log.info("loading ASR (%s)", config.asr.backend)
+    asr = await asyncio.to_thread(load_recognizer, config.asr, weights)
+    log.info("loading TTS (%s)", config.tts.backend)
+    tts = await asyncio.to_thread(load_synthesizer, config.tts, weights)
+    log.info("loading avatar renderer (%s)", config.avatar.backend)
+    avatar = await asyncio.to_thread(_load_avatar, config)
+    await llm_start
+    log.info("all models loaded in %.1f s", time.perf_counter() - started)
+    return Engines(vad=vad, asr=asr, llm=llm, tts=tts, avatar=avatar)

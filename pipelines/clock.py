@@ -1,0 +1,152 @@
+"""One clock per session drives both outgoing tracks.
+
+Every 40 ms the clock takes one frame from the avatar (the picture plus the
+two 20 ms audio frames it was lip-synced to) and hands each media frame to its
+track at its due wall-clock time. pts come from frame and sample counters.
+aiortc stamps RTCP sender reports with the wall clock at *send* time, so a
+frame released early or late would be mis-synced: we release on time instead
+of letting aiortc pull as fast as it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from models.base import MEDIA_FPS, MEDIA_SAMPLE_RATE, AvatarFrame, AvatarStream
+
+log = logging.getLogger(__name__)
+
+AUDIO_FRAME_SAMPLES = MEDIA_SAMPLE_RATE // 50  # 20 ms
+VIDEO_CLOCK_RATE = 90_000
+FRAME_PERIOD = 1.0 / MEDIA_FPS
+QUEUE_LIMIT = 10  # frames; past this the receiver is not keeping up and we drop
+
+
+class PacedTrack(MediaStreamTrack):
+    """A track whose frames are pushed by the clock at their due time."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._queue: asyncio.Queue[av.AudioFrame | av.VideoFrame | None] = asyncio.Queue()
+        self.dropped = 0
+
+    def put(self, frame: av.AudioFrame | av.VideoFrame) -> None:
+        if self._queue.qsize() >= QUEUE_LIMIT:
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(frame)
+
+    async def recv(self) -> av.AudioFrame | av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = await self._queue.get()
+        if frame is None:
+            raise MediaStreamError
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._queue.put_nowait(None)
+
+
+FrameCallback = Callable[[AvatarFrame, float], None]
+
+
+class MediaClock:
+    """Pulls avatar frames at 25 fps and releases them to the tracks on time."""
+
+    def __init__(self, avatar: AvatarStream, on_frame: FrameCallback | None = None) -> None:
+        self.avatar = avatar
+        self.audio_track = PacedTrack("audio")
+        self.video_track = PacedTrack("video")
+        self._on_frame = on_frame
+        self._task: asyncio.Task[None] | None = None
+        # One thread per session renders, so a slow ASR/TTS call elsewhere
+        # never delays this session's frames.
+        self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avatar")
+        self.frames_sent = 0
+        self.late_frames = 0
+        self.max_gap = 0.0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="media-clock")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self.audio_track.stop()
+        self.video_track.stop()
+        self._renderer.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        index = 0
+        samples = 0
+        last_sent = None
+        pending = loop.run_in_executor(self._renderer, self.avatar.next_frame)
+        while True:
+            frame = await pending
+            # Render the next frame while this one waits for its due time.
+            pending = loop.run_in_executor(self._renderer, self.avatar.next_frame)
+            due = start + index * FRAME_PERIOD
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -FRAME_PERIOD:
+                # Fell behind by more than a frame (CPU starved): re-anchor the
+                # clock rather than bursting frames out.
+                self.late_frames += 1
+                start = loop.time() - index * FRAME_PERIOD
+            now = loop.time()
+            if last_sent is not None:
+                self.max_gap = max(self.max_gap, now - last_sent)
+            last_sent = now
+
+            self.video_track.put(_video_frame(frame.image, index))
+            self.audio_track.put(_audio_frame(frame.audio[:AUDIO_FRAME_SAMPLES], samples))
+            if self._on_frame is not None:
+                self._on_frame(frame, time.perf_counter())
+            # The second 20 ms of audio goes out 20 ms later.
+            await asyncio.sleep(max(0.0, due + FRAME_PERIOD / 2 - loop.time()))
+            self.audio_track.put(
+                _audio_frame(frame.audio[AUDIO_FRAME_SAMPLES:], samples + AUDIO_FRAME_SAMPLES)
+            )
+            samples += 2 * AUDIO_FRAME_SAMPLES
+            index += 1
+            self.frames_sent = index
+
+    @property
+    def dropped(self) -> int:
+        return self.audio_track.dropped + self.video_track.dropped
+
+
+def _video_frame(image: np.ndarray, index: int) -> av.VideoFrame:
+    frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+    frame.pts = index * (VIDEO_CLOCK_RATE // MEDIA_FPS)
+    frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+    return frame
+
+
+def _audio_frame(pcm: np.ndarray, pts: int) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = MEDIA_SAMPLE_RATE
+    frame.pts = pts
+    frame.time_base = fractions.Fraction(1, MEDIA_SAMPLE_RATE)
+    return frame

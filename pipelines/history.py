@@ -1,0 +1,42 @@
+"""Conversation history with a bounded size that never loses the persona."""
+
+from __future__ import annotations
+
+from models.base import ChatMessage
+
+
+class ChatHistory:
+    def __init__(self, system_prompt: str, max_messages: int = 12) -> None:
+        self.system_prompt = system_prompt
+        self.max_messages = max(2, max_messages)
+        self._turns: list[ChatMessage] = []
+
+    def add_user(self, text: str) -> None:
+        if self._turns and self._turns[-1]["role"] == "user":
+            # Two user messages in a row (the reply was cut before any audio):
+            # merge them, so roles keep alternating.
+            self._turns[-1] = {"role": "user", "content": f"{self._turns[-1]['content']} {text}"}
+        else:
+            self._turns.append({"role": "user", "content": text})
+        self._trim()
+
+    def add_assistant(self, text: str) -> None:
+        if text and self._turns and self._turns[-1]["role"] == "user":
+            self._turns.append({"role": "assistant", "content": text})
+            self._trim()
+
+    def messages(self) -> list[ChatMessage]:
+        """What is sent to the LLM: the system prompt, always, then recent turns."""
+        return [{"role": "system", "content": self.system_prompt}, *self._turns]
+
+    @property
+    def turns(self) -> list[ChatMessage]:
+        return list(self._turns)
+
+    def _trim(self) -> None:
+        excess = len(self._turns) - self.max_messages
+        if excess > 0:
+            del self._turns[:excess]
+        # The history must start with a user message.
+        while self._turns and self._turns[0]["role"] != "user":
+            del self._turns[0]

@@ -1,0 +1,372 @@
+"""One conversation: its state, history and the per-turn pipeline.
+
+mic -> VAD -> ASR -> LLM -> splitter -> TTS -> avatar -> clock -> tracks.
+Everything per conversation lives here; models are shared (models/registry.py).
+Control overtakes data: an interruption cancels the turn task and clears the
+avatar's queue at once, and the history keeps only what the user heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from math import gcd
+from typing import Any
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from models.base import MEDIA_SAMPLE_RATE, AvatarFrame
+from models.registry import Engines
+from models.tts import detect_lang
+from models.vad import TurnDetector
+from pipelines.clock import MediaClock
+from pipelines.history import ChatHistory
+from pipelines.splitter import SentenceSplitter
+from server.config import Config
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[dict[str, Any]], None]
+MAX_TEXT_CHARS = 500
+
+
+@dataclass
+class ReplyPiece:
+    text: str
+    lang: str
+    samples: int
+    played: int = 0
+
+
+@dataclass
+class Turn:
+    """The timeline of one exchange; times are perf_counter seconds."""
+
+    index: int
+    source: str  # "voice" | "text"
+    end_of_speech: float
+    marks: dict[str, float] = field(default_factory=dict)
+    user_text: str = ""
+    pieces: list[ReplyPiece] = field(default_factory=list)
+    generation_done: bool = False
+    interrupted: bool = False
+    latency_sent: bool = False
+    heard_text: str = ""
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, time.perf_counter())
+
+    def latency(self) -> dict[str, float]:
+        return {name: round(t - self.end_of_speech, 4) for name, t in self.marks.items()}
+
+    def heard(self) -> str:
+        """The part of the reply that was actually played to the user."""
+        parts: list[str] = []
+        for piece in self.pieces:
+            if piece.played >= piece.samples:
+                parts.append(piece.text)
+            elif piece.played > 0:
+                parts.append(_prefix(piece.text, piece.played / piece.samples))
+                break
+            else:
+                break
+        joiner = "" if parts and all(p.lang == "zh" for p in self.pieces[: len(parts)]) else " "
+        return joiner.join(p for p in parts if p).strip()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "source": self.source,
+            "user_text": self.user_text,
+            "bot_text": self.heard_text or " ".join(p.text for p in self.pieces),
+            "interrupted": self.interrupted,
+            "latency": self.latency(),
+        }
+
+
+def _prefix(text: str, fraction: float) -> str:
+    if any("\u4e00" <= ch <= "\u9fff" for ch in text):
+        return text[: int(len(text) * fraction)]
+    words = text.split()
+    return " ".join(words[: int(len(words) * fraction)])
+
+
+class Session:
+    def __init__(
+        self,
+        engines: Engines,
+        config: Config,
+        *,
+        lang: str = "auto",
+        avatar: str | None = None,
+        voice: str | None = None,
+    ) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.engines = engines
+        self.config = config
+        self.lang = lang if lang in ("en", "zh") else "auto"
+        self.voice = voice
+        self.avatar_name = avatar or config.avatar.default
+        self.avatar = engines.avatar.new_stream(self.avatar_name)
+        self.history = ChatHistory(config.llm.system_prompt, config.llm.max_history_messages)
+        self.detector = TurnDetector(
+            engines.vad.new_detector(),
+            threshold=config.vad.threshold,
+            hangover_ms=config.vad.hangover_ms,
+            min_speech_ms=config.vad.min_speech_ms,
+        )
+        self.clock = MediaClock(self.avatar, on_frame=self._on_frame)
+        self.state = "listening"
+        self.created = time.time()
+        self.turns: list[Turn] = []
+        self._turn: Turn | None = None
+        self._turn_task: asyncio.Task[None] | None = None
+        self._sink: EventSink | None = None
+        self._pending: list[dict[str, Any]] = []
+        self.closed = False
+
+    # ------------------------------------------------------------ events out
+    def attach(self, sink: EventSink) -> None:
+        """Start delivering events (the data channel opened); flush the backlog."""
+        self._sink = sink
+        backlog, self._pending = self._pending, []
+        for event in backlog:
+            sink(event)
+        self.emit({"type": "state", "value": self.state})
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self._sink is None:
+            self._pending.append(event)
+            return
+        try:
+            self._sink(event)
+        except Exception:  # a closed channel must not break the pipeline
+            log.debug("session %s: event dropped", self.id, exc_info=True)
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.emit({"type": "state", "value": state})
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self.clock.start()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self._cancel_turn()
+        await self.clock.stop()
+
+    # ---------------------------------------------------------------- inputs
+    def feed_mic(self, audio_16k: np.ndarray) -> None:
+        """Microphone audio, 16 kHz mono float32, in arrival order."""
+        for event in self.detector.push(audio_16k):
+            if event.kind == "speech_start":
+                self.emit({"type": "user_text", "text": "", "final": False})
+            elif event.kind == "end_of_turn":
+                ended = time.perf_counter() - self.config.vad.hangover_ms / 1000
+                self.start_turn(source="voice", end_of_speech=ended, audio=event.audio)
+        if self._turn is not None and self.detector.speech_ms >= self.config.vad.barge_in_ms:
+            # The user talks over the avatar (or goes on talking while it thinks).
+            self.interrupt("barge-in")
+
+    def handle_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "interrupt":
+            self.interrupt("client")
+        elif kind == "text":
+            text = str(message.get("text", "")).strip()
+            if not text:
+                self.emit({"type": "error", "message": "empty text message"})
+            elif len(text) > MAX_TEXT_CHARS:
+                self.emit({"type": "error", "message": f"text longer than {MAX_TEXT_CHARS} chars"})
+            else:
+                self.interrupt("typed")
+                self.emit({"type": "user_text", "text": text, "final": True})
+                self.start_turn(source="text", end_of_speech=time.perf_counter(), text=text)
+        else:
+            self.emit({"type": "error", "message": f"unknown message type {kind!r}"})
+
+    # ------------------------------------------------------------------ turn
+    def start_turn(
+        self,
+        *,
+        source: str,
+        end_of_speech: float,
+        audio: np.ndarray | None = None,
+        text: str | None = None,
+    ) -> Turn:
+        if self._turn is not None:
+            self.interrupt("new turn")
+        turn = Turn(index=len(self.turns) + 1, source=source, end_of_speech=end_of_speech)
+        self._turn = turn
+        self._set_state("thinking")
+        self._turn_task = asyncio.create_task(self._run_turn(turn, audio, text))
+        return turn
+
+    async def _run_turn(self, turn: Turn, audio: np.ndarray | None, text: str | None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            lang = self.lang
+            if audio is not None:
+                forced = None if self.lang == "auto" else self.lang
+                transcript = await loop.run_in_executor(
+                    self.engines.inference, self.engines.asr.transcribe, audio, forced
+                )
+                turn.mark("asr_final")
+                text = transcript.text.strip()
+                lang = transcript.language
+                if not text:
+                    log.info("session %s: nothing recognised, still listening", self.id)
+                    self._finish_turn(turn)
+                    return
+                self.emit({"type": "user_text", "text": text, "final": True})
+            assert text is not None
+            if lang == "auto":
+                lang = detect_lang(text)
+            turn.user_text = text
+            self.history.add_user(text)
+            log.info("session %s turn %d (%s): %r", self.id, turn.index, lang, text)
+            pieces: asyncio.Queue[str | None] = asyncio.Queue()
+            producer = asyncio.create_task(self._generate(turn, pieces))
+            try:
+                await self._speak(turn, pieces, lang)
+            finally:
+                producer.cancel()
+            self.avatar.end_of_segment()
+            turn.generation_done = True
+            if not turn.pieces:
+                self._finish_turn(turn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("session %s turn %d failed", self.id, turn.index)
+            self.emit({"type": "error", "message": f"turn failed: {exc}"})
+            self._finish_turn(turn)
+
+    async def _generate(self, turn: Turn, pieces: asyncio.Queue[str | None]) -> None:
+        splitter = SentenceSplitter()
+        try:
+            async for delta in self.engines.llm.stream_chat(
+                self.history.messages(), conversation=self.id
+            ):
+                turn.mark("llm_first_token")
+                for piece in splitter.push(delta):
+                    turn.mark("first_clause")
+                    pieces.put_nowait(piece)
+            for piece in splitter.flush():
+                turn.mark("first_clause")
+                pieces.put_nowait(piece)
+            turn.mark("llm_done")
+        finally:
+            pieces.put_nowait(None)
+
+    async def _speak(self, turn: Turn, pieces: asyncio.Queue[str | None], lang: str) -> None:
+        loop = asyncio.get_running_loop()
+        while (text := await pieces.get()) is not None:
+            piece_lang = detect_lang(text) if self.lang == "auto" else lang
+            speech = await loop.run_in_executor(
+                self.engines.inference, self.engines.tts.synthesize, text, piece_lang, self.voice
+            )
+            turn.mark("tts_first_audio")
+            audio = _resample(speech.audio, speech.sample_rate, MEDIA_SAMPLE_RATE)
+            if audio.size == 0:
+                continue
+            tag = (turn.index, len(turn.pieces))
+            turn.pieces.append(ReplyPiece(text=text, lang=piece_lang, samples=audio.size))
+            self.avatar.push_audio(audio, tag=tag, speech=speech)
+
+    # ---------------------------------------------------------- media clock
+    def _on_frame(self, frame: AvatarFrame, now: float) -> None:
+        """Called by the clock as each frame is released: playback accounting."""
+        turn = self._turn
+        if turn is None:
+            return
+        for tag, samples in frame.played:
+            turn_index, piece_index = tag
+            if turn_index != turn.index or piece_index >= len(turn.pieces):
+                continue
+            piece = turn.pieces[piece_index]
+            if piece.played == 0 and samples > 0:
+                self.emit({"type": "bot_text", "text": piece.text})
+                if piece_index == 0:
+                    turn.marks.setdefault("first_audio_sent", now)
+                    self._set_state("speaking")
+                    self._send_latency(turn)
+            piece.played += samples
+        if turn.generation_done and self.avatar.queued_samples == 0 and all(
+            p.played >= p.samples for p in turn.pieces
+        ):
+            turn.mark("reply_done")
+            self._finish_turn(turn)
+
+    def _send_latency(self, turn: Turn) -> None:
+        if not turn.latency_sent:
+            turn.latency_sent = True
+            self.emit({"type": "turn", "index": turn.index, "latency": turn.latency()})
+
+    # -------------------------------------------------------- interruption
+    def interrupt(self, reason: str) -> None:
+        turn = self._turn
+        if turn is None:
+            return
+        log.info("session %s turn %d interrupted (%s)", self.id, turn.index, reason)
+        self.avatar.clear()
+        if self._turn_task is not None and not self._turn_task.done():
+            self._turn_task.cancel()
+        turn.interrupted = True
+        turn.mark("interrupted")
+        self._finish_turn(turn)
+
+    def _finish_turn(self, turn: Turn) -> None:
+        if self._turn is not turn:
+            return
+        turn.heard_text = turn.heard()
+        if turn.user_text:
+            self.history.add_assistant(turn.heard_text)
+        self._send_latency(turn)
+        self.turns.append(turn)
+        self._turn = None
+        self._set_state("listening")
+
+    async def _cancel_turn(self) -> None:
+        task = self._turn_task
+        self.interrupt("closing")
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    # ---------------------------------------------------------------- views
+    def summary(self, detail: bool = False) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "id": self.id,
+            "state": self.state,
+            "lang": self.lang,
+            "avatar": self.avatar_name,
+            "created": self.created,
+            "turns": len(self.turns),
+            "frames_sent": self.clock.frames_sent,
+            "frames_dropped": self.clock.dropped,
+        }
+        if detail:
+            info["turn_log"] = [t.summary() for t in self.turns]
+            info["history"] = self.history.turns
+        return info
+
+
+def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if rate == target:
+        return audio
+    g = gcd(rate, target)
+    return resample_poly(audio, target // g, rate // g).astype(np.float32)

@@ -1,0 +1,68 @@
+"""Cut a streaming LLM reply into speakable pieces.
+
+The first clause is flushed at the first punctuation mark (commas included)
+so speech can start early; after that we wait for whole sentences, which
+sound more natural and cost fewer TTS calls.
+"""
+
+from __future__ import annotations
+
+import re
+
+SENTENCE_END = "。！？!?；;…\n."
+CLAUSE_END = SENTENCE_END + "，,、：:"
+NEEDS_SPACE = ".,:"
+_ABBREVIATION = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|vs|etc|e\.g|i\.e)\.$")
+# Markdown and symbols a TTS would read aloud or choke on.
+_NOISE = re.compile(r"[*_`#>|~\[\]{}<>]+|^\s*[-•]\s+", re.MULTILINE)
+
+
+class SentenceSplitter:
+    def __init__(self, min_first_chars: int = 2) -> None:
+        self._buffer = ""
+        self._first = True
+        self._min_first_chars = min_first_chars
+
+    def push(self, delta: str) -> list[str]:
+        """Add streamed text; return the pieces that are ready to speak."""
+        self._buffer += delta
+        pieces: list[str] = []
+        while True:
+            piece = self._cut()
+            if piece is None:
+                return pieces
+            if piece:
+                pieces.append(piece)
+
+    def flush(self) -> list[str]:
+        """End of the reply: whatever is left is one last piece."""
+        rest = _clean(self._buffer)
+        self._buffer = ""
+        return [rest] if rest else []
+
+    def _cut(self) -> str | None:
+        marks = CLAUSE_END if self._first else SENTENCE_END
+        buffer = self._buffer
+        for index, char in enumerate(buffer):
+            if char not in marks:
+                continue
+            if char in NEEDS_SPACE:
+                # ASCII '.', ',' and ':' end a piece only before whitespace: not in
+                # "3.5", "1,000" or "10:30"; wait for the next character to know.
+                if index + 1 >= len(buffer):
+                    return None
+                if not buffer[index + 1].isspace():
+                    continue
+                if char == "." and _ABBREVIATION.search(buffer[: index + 1]):
+                    continue
+            piece = _clean(buffer[: index + 1])
+            if self._first and len(piece) < self._min_first_chars:
+                continue
+            self._buffer = buffer[index + 1 :]
+            self._first = False
+            return piece
+        return None
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", _NOISE.sub("", text)).strip()

@@ -1,0 +1,165 @@
+"""The FastAPI app: the page, signalling (/offer) and the session REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Literal
+
+from aiortc import RTCPeerConnection
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from models.base import BackendUnavailable
+from models.registry import Engines, load_engines
+from pipelines.session import Session
+from server.config import REPO_ROOT, Config
+from server.rtc import answer_offer, offer_loopback_only
+
+log = logging.getLogger(__name__)
+STATIC = REPO_ROOT / "static"
+
+
+class Offer(BaseModel):
+    sdp: str = Field(min_length=1, max_length=100_000)
+    type: Literal["offer"]
+    avatar: str | None = None
+    voice: str | None = None
+    lang: Literal["en", "zh", "auto"] = "auto"
+
+
+class Answer(BaseModel):
+    sdp: str
+    type: str
+    session_id: str
+
+
+class SessionManager:
+    """All live sessions of this process, each with its peer connection."""
+
+    def __init__(self, engines: Engines, config: Config) -> None:
+        self.engines = engines
+        self.config = config
+        self.sessions: dict[str, Session] = {}
+        self.peers: dict[str, RTCPeerConnection] = {}
+
+    def get(self, session_id: str) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise HTTPException(404, f"no session {session_id!r}")
+        return session
+
+    async def open(self, offer: Offer) -> Answer:
+        if len(self.sessions) >= self.config.server.max_sessions:
+            raise HTTPException(
+                503, f"the server is full ({self.config.server.max_sessions} sessions); try later"
+            )
+        if offer.voice and offer.voice not in self.engines.tts.voices():
+            raise HTTPException(400, f"unknown voice {offer.voice!r}")
+        try:
+            session = Session(
+                self.engines, self.config, lang=offer.lang, avatar=offer.avatar, voice=offer.voice
+            )
+        except KeyError as exc:
+            raise HTTPException(400, str(exc.args[0] if exc.args else exc)) from None
+        try:
+            pc = await answer_offer(session, offer.sdp, offer.type)
+        except Exception as exc:  # aiortc raises ValueError & co. on bad SDP
+            await session.close()
+            raise HTTPException(400, f"malformed offer: {exc}") from None
+        self.sessions[session.id] = session
+        self.peers[session.id] = pc
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.close(session.id)
+
+        log.info("session %s opened (lang=%s avatar=%s)", session.id, offer.lang,
+                 session.avatar_name)
+        local = pc.localDescription
+        return Answer(sdp=local.sdp, type=local.type, session_id=session.id)
+
+    async def close(self, session_id: str) -> bool:
+        session = self.sessions.pop(session_id, None)
+        pc = self.peers.pop(session_id, None)
+        if session is None:
+            return False
+        await session.close()
+        if pc is not None:
+            await pc.close()
+        log.info("session %s closed after %d turns", session_id, len(session.turns))
+        return True
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.close(sid) for sid in list(self.sessions)))
+
+
+def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
+    """Build the app. ``engines`` may be given (tests); otherwise models load at startup."""
+    if config.server.loopback_only:
+        offer_loopback_only()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = engines
+        if loaded is None:
+            try:
+                loaded = await load_engines(config)
+            except BackendUnavailable as exc:
+                log.error("%s", exc)
+                raise SystemExit(f"cannot start: {exc}") from None
+        app.state.manager = SessionManager(loaded, config)
+        yield
+        await app.state.manager.close_all()
+        if engines is None:
+            await loaded.close()
+
+    app = FastAPI(title="videochat", lifespan=lifespan)
+
+    def manager(request: Request) -> SessionManager:
+        return request.app.state.manager
+
+    @app.get("/health")
+    async def health(request: Request) -> dict:
+        return {"status": "ok", "sessions": len(manager(request).sessions)}
+
+    @app.post("/offer", response_model=Answer)
+    async def offer(body: Offer, request: Request) -> Answer:
+        return await manager(request).open(body)
+
+    @app.get("/api/sessions")
+    async def list_sessions(request: Request) -> list[dict]:
+        return [s.summary() for s in manager(request).sessions.values()]
+
+    @app.get("/api/sessions/{session_id}")
+    async def get_session(session_id: str, request: Request) -> dict:
+        return manager(request).get(session_id).summary(detail=True)
+
+    @app.delete("/api/sessions/{session_id}")
+    async def delete_session(session_id: str, request: Request) -> JSONResponse:
+        if not await manager(request).close(session_id):
+            raise HTTPException(404, f"no session {session_id!r}")
+        return JSONResponse({"closed": session_id})
+
+    @app.get("/api/avatars")
+    async def list_avatars(request: Request) -> list[dict]:
+        return [{"name": name} for name in manager(request).engines.avatar.avatars()]
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # A malformed body is the client's mistake: 400 with what was wrong.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ())[1:]) or 'body'}: {err.get('msg')}"
+            for err in exc.errors()
+        )
+        return JSONResponse({"detail": f"bad request: {problems}"}, status_code=400)
+
+    # The page and its assets; relative URLs in index.html resolve here.
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
+    return app
