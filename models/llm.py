@@ -102,8 +102,9 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
             )
         self.model_path = model_path
         self.port = _free_loopback_port()
-        super().__init__(config, base_url=f"http://127.0.0.1:{self.port}/v1",
-                         slots=config.parallel_slots)
+        super().__init__(
+            config, base_url=f"http://127.0.0.1:{self.port}/v1", slots=config.parallel_slots
+        )
         self._server: Any = None
 
     async def start(self) -> None:
@@ -126,15 +127,21 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
         params.verbosity = 0
         started = time.perf_counter()
         self._server = xllamacpp.Server(params)
-        log.info("LLM %s loaded in %.1f s, serving on 127.0.0.1:%d (%d slots)",
-                 self.model_path.name, time.perf_counter() - started, self.port,
-                 self.config.parallel_slots)
+        log.info(
+            "LLM %s loaded in %.1f s, serving on 127.0.0.1:%d (%d slots)",
+            self.model_path.name,
+            time.perf_counter() - started,
+            self.port,
+            self.config.parallel_slots,
+        )
 
     async def warm_up(self) -> None:
         """Process the system prompt once so llama.cpp's graph and caches are warm."""
         started = time.perf_counter()
-        messages = [{"role": "system", "content": self.config.system_prompt},
-                    {"role": "user", "content": "Hi"}]
+        messages = [
+            {"role": "system", "content": self.config.system_prompt},
+            {"role": "user", "content": "Hi"},
+        ]
         async for _ in self.stream_chat(messages):
             break
         log.info("LLM warm-up %.2f s", time.perf_counter() - started)

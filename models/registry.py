@@ -39,12 +39,6 @@ class Engines:
         self.inference.shutdown(wait=False, cancel_futures=True)
 
 
-def _load_vad(config: Config) -> VADModel:
-    from models.vad import EnergyVADModel, SileroVADModel
-
-    return SileroVADModel() if config.vad.backend == "silero" else EnergyVADModel()
-
-
 def _load_avatar(config: Config) -> AvatarModel:
     if config.avatar.backend == "musetalk":
         raise BackendUnavailable(
@@ -53,8 +47,9 @@ def _load_avatar(config: Config) -> AvatarModel:
         )
     from models.avatar_photo import PhotoAvatarModel
 
-    return PhotoAvatarModel(config.weights_path, size=config.avatar.size,
-                            default=config.avatar.default)
+    return PhotoAvatarModel(
+        config.weights_path, size=config.avatar.size, default=config.avatar.default
+    )
 
 
 async def load_engines(config: Config) -> Engines:
@@ -62,13 +57,14 @@ async def load_engines(config: Config) -> Engines:
     from models.asr import load_recognizer
     from models.llm import load_chat_model
     from models.tts import load_synthesizer
+    from models.vad import load_vad
 
     weights = config.weights_path
     started = time.perf_counter()
     llm = load_chat_model(config.llm, weights)
     # The LLM loads in llama.cpp's threads while Python loads the rest.
     llm_start = asyncio.create_task(llm.start())
-    vad = _load_vad(config)
+    vad = load_vad(config.vad)
     log.info("loading ASR (%s)", config.asr.backend)
     asr = await asyncio.to_thread(load_recognizer, config.asr, weights)
     log.info("loading TTS (%s)", config.tts.backend)

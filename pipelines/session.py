@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from scipy.signal import resample_poly
 
-from models.base import MEDIA_SAMPLE_RATE, AvatarFrame
+from models.base import MEDIA_SAMPLE_RATE, VAD_SAMPLE_RATE, AvatarFrame
 from models.registry import Engines
 from models.tts import detect_lang
-from models.vad import TurnDetector
+from models.vad import EndOfTurn, SpeechStart, TurnDetector
 from pipelines.clock import MediaClock
 from pipelines.history import ChatHistory
 from pipelines.splitter import SentenceSplitter
@@ -114,12 +114,7 @@ class Session:
         self.avatar_name = avatar or config.avatar.default
         self.avatar = engines.avatar.new_stream(self.avatar_name)
         self.history = ChatHistory(config.llm.system_prompt, config.llm.max_history_messages)
-        self.detector = TurnDetector(
-            engines.vad.new_detector(),
-            threshold=config.vad.threshold,
-            hangover_ms=config.vad.hangover_ms,
-            min_speech_ms=config.vad.min_speech_ms,
-        )
+        self.detector = TurnDetector.from_config(engines.vad.new_detector(), config.vad)
         self.clock = MediaClock(self.avatar, on_frame=self._on_frame)
         self.state = "listening"
         self.created = time.time()
@@ -168,10 +163,12 @@ class Session:
     def feed_mic(self, audio_16k: np.ndarray) -> None:
         """Microphone audio, 16 kHz mono float32, in arrival order."""
         for event in self.detector.push(audio_16k):
-            if event.kind == "speech_start":
+            if isinstance(event, SpeechStart):
                 self.emit({"type": "user_text", "text": "", "final": False})
-            elif event.kind == "end_of_turn":
-                ended = time.perf_counter() - self.config.vad.hangover_ms / 1000
+            elif isinstance(event, EndOfTurn):
+                # Speech ended (at_sample - end_sample) samples of audio ago.
+                waited = (event.at_sample - event.end_sample) / VAD_SAMPLE_RATE
+                ended = time.perf_counter() - waited
                 self.start_turn(source="voice", end_of_speech=ended, audio=event.audio)
         if self._turn is not None and self.detector.speech_ms >= self.config.vad.barge_in_ms:
             # The user talks over the avatar (or goes on talking while it thinks).
@@ -301,8 +298,10 @@ class Session:
                     self._set_state("speaking")
                     self._send_latency(turn)
             piece.played += samples
-        if turn.generation_done and self.avatar.queued_samples == 0 and all(
-            p.played >= p.samples for p in turn.pieces
+        if (
+            turn.generation_done
+            and self.avatar.queued_samples == 0
+            and all(p.played >= p.samples for p in turn.pieces)
         ):
             turn.mark("reply_done")
             self._finish_turn(turn)

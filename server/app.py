@@ -80,8 +80,9 @@ class SessionManager:
             if pc.connectionState in ("failed", "closed"):
                 await self.close(session.id)
 
-        log.info("session %s opened (lang=%s avatar=%s)", session.id, offer.lang,
-                 session.avatar_name)
+        log.info(
+            "session %s opened (lang=%s avatar=%s)", session.id, offer.lang, session.avatar_name
+        )
         local = pc.localDescription
         return Answer(sdp=local.sdp, type=local.type, session_id=session.id)
 
@@ -115,6 +116,8 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
                 log.error("%s", exc)
                 raise SystemExit(f"cannot start: {exc}") from None
         app.state.manager = SessionManager(loaded, config)
+        host = config.server.host if config.server.host != "0.0.0.0" else "127.0.0.1"
+        log.info("ready: open http://%s:%d in Chromium or Firefox", host, config.server.port)
         yield
         await app.state.manager.close_all()
         if engines is None:

@@ -25,8 +25,6 @@ def _serve(args: argparse.Namespace) -> int:
         },
     )
     app = create_app(config)
-    url = f"http://{config.server.host}:{config.server.port}"
-    log.info("serving on %s (open it in Chromium or Firefox)", url)
     uvicorn.run(app, host=config.server.host, port=config.server.port, log_level="info")
     return 0
 

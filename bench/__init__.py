@@ -1,0 +1,1 @@
+"""Benchmark and test client tools (not part of the server)."""

@@ -1,0 +1,222 @@
+"""An aiortc client that talks to the server like a browser would.
+
+It sends a WAV file as its microphone (in real time, then silence), receives
+the avatar's audio and video, and records events and arrival times so tests
+and the benchmark can measure what a user would experience.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+RATE = 48_000
+FRAME = 960  # 20 ms
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path), "rb") as wav:
+        rate = wav.getframerate()
+        data = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+        if wav.getnchannels() > 1:
+            data = data.reshape(-1, wav.getnchannels())[:, 0]
+    return data, rate
+
+
+def to_48k(pcm: np.ndarray, rate: int) -> np.ndarray:
+    if rate == RATE:
+        return pcm.astype(np.int16)
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(rate, RATE)
+    out = resample_poly(pcm.astype(np.float32), RATE // g, rate // g)
+    return np.clip(out, -32768, 32767).astype(np.int16)
+
+
+class MicrophoneTrack(MediaStreamTrack):
+    """Plays queued utterances in real time; silence in between."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: list[np.ndarray] = []
+        self._buffer = np.zeros(0, dtype=np.int16)
+        self._start: float | None = None
+        self._sent = 0
+        # perf_counter time at which the last queued utterance's speech ends.
+        self.speech_end_times: list[float] = []
+        self.speech_start_times: list[float] = []
+
+    def say(
+        self,
+        pcm48k: np.ndarray,
+        speech_end_offset: float | None = None,
+        speech_start_offset: float = 0.0,
+    ) -> None:
+        """Queue audio; offsets (s) say where the speech inside it starts and ends."""
+        self._queue.append((pcm48k, speech_start_offset, speech_end_offset))  # type: ignore[arg-type]
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.perf_counter()
+        due = self._start + self._sent / RATE
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self._buffer.size < FRAME and self._queue:
+            pcm, start_offset, end_offset = self._queue.pop(0)  # type: ignore[misc]
+            now = time.perf_counter() + self._buffer.size / RATE
+            self.speech_start_times.append(now + start_offset)
+            self.speech_end_times.append(
+                now + (end_offset if end_offset is not None else pcm.size / RATE)
+            )
+            self._buffer = np.concatenate([self._buffer, pcm])
+        chunk = self._buffer[:FRAME]
+        self._buffer = self._buffer[FRAME:]
+        if chunk.size < FRAME:
+            chunk = np.concatenate([chunk, np.zeros(FRAME - chunk.size, dtype=np.int16)])
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._sent
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._sent += FRAME
+        return frame
+
+
+@dataclass
+class Received:
+    events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    audio: list[tuple[float, float]] = field(default_factory=list)  # (time, rms)
+    video_times: list[float] = field(default_factory=list)
+    video_sizes: set[tuple[int, int]] = field(default_factory=set)
+    last_image: np.ndarray | None = None
+
+
+class Client:
+    def __init__(self, base_url: str, lang: str = "auto", avatar: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.lang = lang
+        self.avatar = avatar
+        self.mic = MicrophoneTrack()
+        self.pc = RTCPeerConnection()
+        self.received = Received()
+        self.session_id: str | None = None
+        self.channel = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._opened = asyncio.Event()
+        self._event = asyncio.Condition()
+
+    async def connect(self) -> None:
+        pc = self.pc
+        pc.addTransceiver(self.mic, direction="sendrecv")
+        pc.addTransceiver("video", direction="recvonly")
+        self.channel = pc.createDataChannel("events")
+
+        @self.channel.on("open")
+        def on_open() -> None:
+            self._opened.set()
+
+        @self.channel.on("message")
+        def on_message(message: str) -> None:
+            self.received.events.append((time.perf_counter(), json.loads(message)))
+            asyncio.ensure_future(self._notify())
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            reader = self._read_audio if track.kind == "audio" else self._read_video
+            self._tasks.append(asyncio.ensure_future(reader(track)))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        body: dict[str, Any] = {"sdp": pc.localDescription.sdp, "type": "offer", "lang": self.lang}
+        if self.avatar:
+            body["avatar"] = self.avatar
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(f"{self.base_url}/offer", json=body)
+        response.raise_for_status()
+        answer = response.json()
+        self.session_id = answer["session_id"]
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        await asyncio.wait_for(self._opened.wait(), 20)
+
+    async def _notify(self) -> None:
+        async with self._event:
+            self._event.notify_all()
+
+    async def wait_for(self, predicate, timeout: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+        """Wait for an event matching ``predicate``; return it."""
+        deadline = time.perf_counter() + timeout
+        seen = 0
+        while True:
+            for _, event in self.received.events[seen:]:
+                if predicate(event):
+                    return event
+            seen = len(self.received.events)
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"no matching event in {timeout} s; got {[e for _, e in self.received.events]}"
+                )
+            async with self._event:
+                try:
+                    await asyncio.wait_for(self._event.wait(), remaining)
+                except TimeoutError:
+                    pass
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.channel is not None
+        self.channel.send(json.dumps(message))
+
+    async def _read_audio(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            pcm = frame.to_ndarray().astype(np.float32) / 32768.0
+            self.received.audio.append((time.perf_counter(), float(np.sqrt(np.mean(pcm**2)))))
+
+    async def _read_video(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.received.video_times.append(time.perf_counter())
+            self.received.video_sizes.add((frame.width, frame.height))
+            if len(self.received.video_times) % 25 == 0:
+                self.received.last_image = frame.to_ndarray(format="rgb24")
+
+    def first_loud_audio_after(self, t: float, threshold: float = 0.01) -> float | None:
+        for when, rms in self.received.audio:
+            if when >= t and rms > threshold:
+                return when
+        return None
+
+    def fps_between(self, start: float, end: float) -> float:
+        frames = [t for t in self.received.video_times if start <= t <= end]
+        return len(frames) / max(end - start, 1e-6)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.pc.close()
+        if self.session_id:
+            async with httpx.AsyncClient(timeout=10) as http:
+                await http.delete(f"{self.base_url}/api/sessions/{self.session_id}")

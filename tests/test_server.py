@@ -1,0 +1,136 @@
+"""Integration: the real server and models, an aiortc client over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.client import Client, read_wav, to_48k
+from bench.launch import running_server
+from server.rtc import offer_loopback_only
+
+pytestmark = pytest.mark.models
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def server():
+    offer_loopback_only()  # the test client, too, offers only 127.0.0.1
+    with running_server(env={"VIDEOCHAT_SERVER__MAX_SESSIONS": "2"}) as (base, process):
+        yield base
+
+
+def question(name: str):
+    pcm, rate = read_wav(FIXTURES / name)
+    return to_48k(pcm, rate)
+
+
+async def ask(client: Client, wav: str, expect: str) -> dict:
+    """Say a question; return the final transcript event and the turn event."""
+    client.mic.say(question(wav))
+    spoken = time.perf_counter()
+    final = await client.wait_for(lambda e: e["type"] == "user_text" and e["final"], 60)
+    assert expect in final["text"].lower(), final
+    turn = await client.wait_for(lambda e: e["type"] == "turn", 90)
+    # Let the reply play for a while so audio and video can be measured.
+    await client.wait_for(
+        lambda e: (
+            e["type"] == "state"
+            and e["value"] == "listening"
+            and client.received.events[-1][0] > spoken + 1
+        ),
+        90,
+    )
+    return {"final": final, "turn": turn, "spoken": spoken}
+
+
+async def test_spoken_questions_are_answered_with_voice_and_video(server):
+    client = Client(server)
+    await client.connect()
+    try:
+        result = await ask(client, "question_en.wav", "capital")
+        latency = result["turn"]["latency"]
+        assert {"asr_final", "llm_first_token", "tts_first_audio", "first_audio_sent"} <= set(
+            latency
+        )
+        assert 0 < latency["first_audio_sent"] < 30
+
+        first_audio = client.first_loud_audio_after(result["spoken"])
+        assert first_audio is not None, "no non-silent reply audio arrived"
+        bot = [e for _, e in client.received.events if e["type"] == "bot_text"]
+        assert bot and all(e["text"] for e in bot)
+
+        end = client.received.events[-1][0]
+        assert client.fps_between(first_audio, end) >= 20
+        assert client.received.video_sizes == {(512, 512)}
+
+        result_zh = await ask(client, "question_zh.wav", "天气")
+        assert result_zh["turn"]["latency"]["first_audio_sent"] > 0
+        assert client.first_loud_audio_after(result_zh["spoken"]) is not None
+
+        async with httpx.AsyncClient() as http:
+            listed = (await http.get(f"{server}/api/sessions")).json()
+            assert client.session_id in [s["id"] for s in listed]
+            detail = (await http.get(f"{server}/api/sessions/{client.session_id}")).json()
+        assert len(detail["turn_log"]) >= 2
+        assert detail["turn_log"][0]["latency"]["first_audio_sent"] > 0
+        assert detail["history"][0]["role"] == "user"
+    finally:
+        await client.close()
+    async with httpx.AsyncClient() as http:
+        gone = await http.get(f"{server}/api/sessions/{client.session_id}")
+    assert gone.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"sdp": "v=0 nonsense", "type": "offer"},
+        {"sdp": "x", "type": "answer"},
+        {"sdp": "x", "type": "offer", "lang": "fr"},
+        {"sdp": "x", "type": "offer", "voice": "nobody"},
+    ],
+)
+def test_bad_offers_get_400_and_the_server_keeps_serving(server, body):
+    response = httpx.post(f"{server}/offer", json=body, timeout=10)
+    assert response.status_code == 400
+    assert response.json()["detail"]
+    assert httpx.get(f"{server}/health", timeout=5).status_code == 200
+
+
+def test_not_json_gets_400(server):
+    response = httpx.post(
+        f"{server}/offer",
+        content=b"{not json",
+        timeout=10,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+
+
+async def test_past_max_sessions_offer_gets_503(server):
+    clients = [Client(server), Client(server)]
+    try:
+        for client in clients:
+            await client.connect()
+        extra = Client(server)
+        with pytest.raises(httpx.HTTPStatusError) as error:
+            await extra.connect()
+        assert error.value.response.status_code == 503
+        assert "full" in error.value.response.json()["detail"]
+        await extra.pc.close()
+    finally:
+        for client in clients:
+            await client.close()
+    await asyncio.sleep(0.5)
+    assert httpx.get(f"{server}/health", timeout=5).json()["sessions"] == 0
+
+
+def test_unknown_session_is_404(server):
+    assert httpx.get(f"{server}/api/sessions/nope", timeout=5).status_code == 404
+    assert httpx.delete(f"{server}/api/sessions/nope", timeout=5).status_code == 404

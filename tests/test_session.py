@@ -1,0 +1,166 @@
+"""The per-session pipeline with scripted backends: turns, barge-in, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pipelines.session import Session
+from server.config import Config
+from tests.fakes import ScriptedLLM, ToneTTS, fake_engines, silence, tone
+
+QUESTION_EN = 440  # the tone ScriptedASR hears as "What is the capital of France?"
+
+
+def make_session(engines, **kwargs) -> tuple[Session, list[dict]]:
+    config = Config()
+    config.vad.hangover_ms = 200
+    config.vad.min_speech_ms = 100
+    session = Session(engines, config, **kwargs)
+    events: list[dict] = []
+    session.attach(events.append)
+    session.start()
+    return session, events
+
+
+def speak(session: Session, freq: float, seconds: float = 0.8) -> None:
+    """Feed an utterance followed by enough silence to end the turn."""
+    audio = list(tone(freq, seconds)) + list(silence(0.5))
+    for i in range(0, len(audio), 320):  # 20 ms chunks, as WebRTC delivers them
+        session.feed_mic(__import__("numpy").array(audio[i : i + 320], dtype="float32"))
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.01)
+
+
+def of_type(events: list[dict], kind: str) -> list[dict]:
+    return [e for e in events if e["type"] == kind]
+
+
+async def test_voice_turn_runs_through_every_stage():
+    engines = fake_engines(tts=ToneTTS(seconds_per_char=0.01))
+    session, events = make_session(engines)
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: len(session.turns) == 1)
+        finals = [e["text"] for e in of_type(events, "user_text") if e["final"]]
+        assert finals == ["What is the capital of France?"]
+        assert [e["text"] for e in of_type(events, "bot_text")] == [
+            "Sure,",
+            "the capital of France is Paris.",
+            "It is lovely.",
+        ]
+        states = [e["value"] for e in of_type(events, "state")]
+        assert states[-3:] == ["thinking", "speaking", "listening"]
+        latency = of_type(events, "turn")[0]["latency"]
+        for stage in (
+            "asr_final",
+            "llm_first_token",
+            "first_clause",
+            "tts_first_audio",
+            "first_audio_sent",
+        ):
+            assert stage in latency
+        assert latency["asr_final"] <= latency["llm_first_token"] <= latency["first_audio_sent"]
+        assert session.history.turns[-1]["content"] == (
+            "Sure, the capital of France is Paris. It is lovely."
+        )
+        assert engines.llm.requests[0][1][0]["role"] == "system"
+    finally:
+        await session.close()
+
+
+async def test_barge_in_stops_reply_and_keeps_only_what_was_heard():
+    long_reply = "Sure, " + " ".join(["Paris is a very old and beautiful city."] * 6)
+    engines = fake_engines(
+        llm=ScriptedLLM({"France": long_reply}), tts=ToneTTS(seconds_per_char=0.03)
+    )
+    session, events = make_session(engines)
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: session.state == "speaking")
+        await asyncio.sleep(0.6)
+        assert session.avatar.queued_samples > 0
+        # The user talks over the avatar: feed speech in real time until it stops.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while session.state == "speaking":
+            session.feed_mic(tone(660, 0.02))
+            await asyncio.sleep(0.02)
+            assert loop.time() - started < 1.0, "reply did not stop"
+        stopped_after = loop.time() - started
+        assert stopped_after <= 0.3
+        assert session.avatar.queued_samples == 0
+        turn = session.turns[0]
+        assert turn.interrupted
+        heard = session.history.turns[1]["content"]
+        assert heard and heard != long_reply and long_reply.startswith(heard)
+        assert session.history.turns[1]["role"] == "assistant"
+    finally:
+        await session.close()
+
+
+async def test_two_sessions_do_not_hear_each_other():
+    engines = fake_engines(
+        llm=ScriptedLLM({"France": "Paris.", "你好": "你好！"}),
+        tts=ToneTTS(seconds_per_char=0.01),
+    )
+    first, first_events = make_session(engines)
+    second, second_events = make_session(engines)
+    try:
+        speak(first, QUESTION_EN)
+        speak(second, 880)
+        await wait_until(lambda: len(first.turns) == 1 and len(second.turns) == 1)
+        assert [m["content"] for m in first.history.turns] == [
+            "What is the capital of France?",
+            "Paris.",
+        ]
+        assert [m["content"] for m in second.history.turns] == ["你好", "你好！"]
+        assert [e["text"] for e in of_type(first_events, "bot_text")] == ["Paris."]
+        assert [e["text"] for e in of_type(second_events, "bot_text")] == ["你好！"]
+        conversations = {conversation for conversation, _ in engines.llm.requests}
+        assert conversations == {first.id, second.id}
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_typed_message_and_interrupt_message():
+    engines = fake_engines(tts=ToneTTS(seconds_per_char=0.05))
+    session, events = make_session(engines)
+    try:
+        session.handle_message({"type": "text", "text": "Tell me about France"})
+        await wait_until(lambda: session.state == "speaking")
+        session.handle_message({"type": "interrupt"})
+        assert session.state == "listening"
+        assert session.avatar.queued_samples == 0
+        assert session.turns[0].source == "text"
+        await asyncio.sleep(0.2)
+        assert engines.llm.cancelled + len(engines.tts.calls) >= 1
+    finally:
+        await session.close()
+
+
+@pytest.mark.parametrize(
+    "message, error",
+    [
+        ({"type": "text", "text": "   "}, "empty"),
+        ({"type": "text", "text": "x" * 600}, "longer"),
+        ({"type": "dance"}, "unknown"),
+    ],
+)
+async def test_bad_client_messages_get_an_error_event(message, error):
+    session, events = make_session(fake_engines())
+    try:
+        session.handle_message(message)
+        assert error in of_type(events, "error")[-1]["message"]
+        assert session.state == "listening"
+    finally:
+        await session.close()
