@@ -1,0 +1,399 @@
+// videochat page: WebRTC to the avatar server, subtitles, typed questions,
+// interruption and per-turn latency. Plain JS, no build step, no CDN.
+(() => {
+  'use strict';
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    start: $('start'), hangup: $('hangup'), interrupt: $('interrupt'),
+    video: $('video'), placeholder: $('placeholder'), state: $('state'),
+    log: $('log'), text: $('text'), send: $('send'), composer: $('composer'),
+    latency: $('latency'), avatar: $('avatar'), lang: $('lang'), error: $('error'),
+  };
+
+  const ICE_GATHER_TIMEOUT_MS = 5000;
+
+  // Everything tests need lives here.
+  const vc = {
+    pc: null,
+    dc: null,
+    sessionId: null,
+    events: [],
+    audioLevel,
+  };
+  window.videochat = vc;
+
+  let mic = null;          // local MediaStream
+  let audioCtx = null;
+  let analyser = null;
+  let analyserBuf = null;
+  let remoteStream = null;
+  let currentUser = null;  // <li> of the user line still being transcribed
+  let currentBot = null;   // <li> of the bot message sentences are appended to
+  let pendingTyped = null; // last typed question, to not show it twice if echoed
+  let turnCount = 0;
+  const latencyCols = [];
+
+  // ---------------------------------------------------------------- UI helpers
+
+  function showError(message) {
+    el.error.textContent = message;
+    el.error.hidden = !message;
+  }
+
+  function setState(value) {
+    el.state.textContent = value;
+    el.state.dataset.state = value;
+  }
+
+  function setConnected(connected) {
+    el.start.hidden = connected;
+    el.hangup.hidden = !connected;
+    el.interrupt.disabled = !connected;
+    el.text.disabled = !connected;
+    el.send.disabled = !connected;
+    el.avatar.disabled = connected;
+    el.lang.disabled = connected;
+    el.placeholder.hidden = connected;
+  }
+
+  function scrollLog() {
+    el.log.scrollTop = el.log.scrollHeight;
+  }
+
+  function dropPartialUser() {
+    if (currentUser && currentUser.classList.contains('partial')) currentUser.remove();
+    currentUser = null;
+  }
+
+  function addLine(kind, text) {
+    const li = document.createElement('li');
+    li.className = `msg ${kind}`;
+    li.textContent = text;
+    el.log.appendChild(li);
+    scrollLog();
+    return li;
+  }
+
+  function lineText(text) {
+    return String(text ?? '').trim();
+  }
+
+  // ------------------------------------------------------------- remote audio
+
+  function attachAnalyser(track) {
+    try {
+      if (!audioCtx) audioCtx = new (window.AudioContext || window.webkitAudioContext)();
+      if (audioCtx.state === 'suspended') audioCtx.resume().catch(() => {});
+      const source = audioCtx.createMediaStreamSource(new MediaStream([track]));
+      analyser = audioCtx.createAnalyser();
+      analyser.fftSize = 2048;
+      analyserBuf = new Float32Array(analyser.fftSize);
+      source.connect(analyser); // not to the destination: the <video> plays it
+    } catch (err) {
+      console.warn('audio analyser unavailable', err);
+    }
+  }
+
+  /** RMS (0..1) of the remote audio right now; 0 when not connected. */
+  function audioLevel() {
+    if (!analyser) return 0;
+    analyser.getFloatTimeDomainData(analyserBuf);
+    let sum = 0;
+    for (let i = 0; i < analyserBuf.length; i++) sum += analyserBuf[i] * analyserBuf[i];
+    return Math.sqrt(sum / analyserBuf.length);
+  }
+
+  // ---------------------------------------------------------- data channel in
+
+  function onUserText(msg) {
+    const text = lineText(msg.text);
+    if (msg.final && text) currentBot = null; // a new user turn closes the bot message
+    if (pendingTyped !== null && text.toLowerCase() === pendingTyped.toLowerCase()) {
+      if (msg.final) pendingTyped = null;
+      return; // the typed question is already in the log
+    }
+    // An empty partial (speech started, no words yet) shows as "…".
+    if (!currentUser) currentUser = addLine('user partial', text);
+    currentUser.textContent = text;
+    if (msg.final) {
+      currentUser.classList.remove('partial');
+      if (!text) currentUser.remove();
+      currentUser = null;
+    }
+    scrollLog();
+  }
+
+  function onBotText(msg) {
+    const text = lineText(msg.text);
+    if (!text) return;
+    pendingTyped = null; // the server has moved on to answering
+    if (!currentBot) {
+      currentBot = addLine('bot', text);
+    } else {
+      const sep = /[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]$/.test(currentBot.textContent) ? '' : ' ';
+      currentBot.textContent += sep + text;
+    }
+    scrollLog();
+  }
+
+  function fmtMs(seconds) {
+    if (typeof seconds !== 'number' || !Number.isFinite(seconds)) return '–';
+    return String(Math.round(seconds * 1000));
+  }
+
+  const ACRONYMS = new Set(['asr', 'llm', 'tts', 'vad', 'rtc', 'e2e', 'ttfb', 'ttft']);
+
+  function columnLabel(key) {
+    const words = key.replace(/_s$|_ms$/, '').split(/[_\s]+/).filter(Boolean);
+    return words.map((w, i) => {
+      if (ACRONYMS.has(w.toLowerCase())) return w.toUpperCase();
+      return i === 0 ? w.charAt(0).toUpperCase() + w.slice(1) : w;
+    }).join(' ');
+  }
+
+  function onTurn(msg) {
+    // Not the end of the bot message: the server may report a turn's latency
+    // as soon as its first audio goes out, before the later sentences.
+    const latency = msg.latency && typeof msg.latency === 'object' ? msg.latency : {};
+    turnCount += 1;
+    let newCols = false;
+    for (const key of Object.keys(latency)) {
+      if (!latencyCols.includes(key)) { latencyCols.push(key); newCols = true; }
+    }
+    const thead = el.latency.tHead.rows[0];
+    if (newCols) {
+      thead.innerHTML = '<th>#</th>';
+      for (const key of latencyCols) {
+        const th = document.createElement('th');
+        th.textContent = columnLabel(key);
+        thead.appendChild(th);
+      }
+      // widen earlier rows so columns line up
+      for (const row of el.latency.tBodies[0].rows) {
+        while (row.cells.length < latencyCols.length + 1) row.insertCell().textContent = '–';
+      }
+    }
+    const row = el.latency.tBodies[0].insertRow(0); // newest first
+    row.insertCell().textContent = String(turnCount);
+    for (const key of latencyCols) {
+      const cell = row.insertCell();
+      cell.textContent = fmtMs(latency[key]);
+      if (key in latency) cell.title = `${key}: ${latency[key]} s`;
+    }
+    if (msg.interrupted) row.classList.add('interrupted');
+  }
+
+  function onMessage(event) {
+    let msg;
+    try {
+      msg = JSON.parse(event.data);
+    } catch {
+      console.warn('non-JSON data channel message', event.data);
+      return;
+    }
+    vc.events.push(msg);
+    switch (msg.type) {
+      case 'state':
+        setState(msg.value);
+        if (msg.value === 'thinking') currentBot = null;
+        break;
+      case 'user_text': onUserText(msg); break;
+      case 'bot_text': onBotText(msg); break;
+      case 'turn': onTurn(msg); break;
+      case 'error':
+        addLine('error', msg.message || 'error');
+        showError(msg.message || 'error');
+        break;
+      default: break;
+    }
+  }
+
+  function sendJson(obj) {
+    if (!vc.dc || vc.dc.readyState !== 'open') return false;
+    vc.dc.send(JSON.stringify(obj));
+    return true;
+  }
+
+  // ------------------------------------------------------------- connection
+
+  function waitIceGathering(pc) {
+    return new Promise((resolve) => {
+      if (pc.iceGatheringState === 'complete') { resolve(); return; }
+      const timer = setTimeout(done, ICE_GATHER_TIMEOUT_MS);
+      function done() {
+        clearTimeout(timer);
+        pc.removeEventListener('icegatheringstatechange', check);
+        resolve();
+      }
+      function check() { if (pc.iceGatheringState === 'complete') done(); }
+      pc.addEventListener('icegatheringstatechange', check);
+    });
+  }
+
+  async function errorText(resp) {
+    let body = null;
+    try { body = await resp.json(); } catch { /* not JSON */ }
+    const detail = body && body.detail;
+    if (typeof detail === 'string') return detail;
+    if (Array.isArray(detail)) return detail.map((d) => d.msg || JSON.stringify(d)).join('; ');
+    if (detail) return JSON.stringify(detail);
+    return `server answered ${resp.status} ${resp.statusText}`;
+  }
+
+  async function start() {
+    showError('');
+    el.start.disabled = true;
+    setState('connecting');
+    // Created inside the click so that autoplay and WebAudio are allowed.
+    audioCtx = audioCtx || new (window.AudioContext || window.webkitAudioContext)();
+    audioCtx.resume().catch(() => {});
+    el.video.muted = false;
+    try {
+      mic = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      });
+      const pc = new RTCPeerConnection();
+      vc.pc = pc;
+      remoteStream = new MediaStream();
+
+      pc.addTransceiver(mic.getAudioTracks()[0], { direction: 'sendrecv', streams: [mic] });
+      pc.addTransceiver('video', { direction: 'recvonly' });
+
+      const dc = pc.createDataChannel('events');
+      vc.dc = dc;
+      dc.onmessage = onMessage;
+      dc.onopen = () => setState('listening');
+
+      pc.ontrack = (event) => {
+        const stream = event.streams && event.streams[0];
+        if (stream) {
+          remoteStream = stream;
+        } else if (!remoteStream.getTracks().includes(event.track)) {
+          remoteStream.addTrack(event.track);
+        }
+        if (el.video.srcObject !== remoteStream) el.video.srcObject = remoteStream;
+        if (event.track.kind === 'audio') attachAnalyser(event.track);
+        el.video.play().catch((err) => console.warn('video.play()', err));
+      };
+
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState === 'failed' && vc.pc === pc) {
+          showError('The connection to the avatar failed.');
+          hangup();
+        }
+      };
+
+      await pc.setLocalDescription(await pc.createOffer());
+      await waitIceGathering(pc);
+      if (vc.pc !== pc) return; // hung up meanwhile
+
+      const resp = await fetch('/offer', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({
+          sdp: pc.localDescription.sdp,
+          type: pc.localDescription.type,
+          avatar: el.avatar.value,
+          lang: el.lang.value,
+        }),
+      });
+      if (!resp.ok) throw new Error(await errorText(resp));
+      const answer = await resp.json();
+      vc.sessionId = answer.session_id ?? null;
+      await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+      setConnected(true);
+    } catch (err) {
+      const message = err && err.name === 'NotAllowedError'
+        ? 'Microphone access was denied. Allow it and press Start again.'
+        : String((err && err.message) || err);
+      showError(message);
+      await hangup();
+    } finally {
+      el.start.disabled = false;
+    }
+  }
+
+  async function deleteSession(sessionId) {
+    const ctrl = new AbortController();
+    const timer = setTimeout(() => ctrl.abort(), 2000);
+    try {
+      await fetch(`/api/sessions/${encodeURIComponent(sessionId)}`, {
+        method: 'DELETE', keepalive: true, signal: ctrl.signal,
+      });
+    } catch (err) {
+      console.warn('DELETE session', err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async function hangup() {
+    const { pc, dc, sessionId } = vc;
+    vc.pc = null;
+    vc.dc = null;
+    vc.sessionId = null;
+    if (mic) { mic.getTracks().forEach((t) => t.stop()); mic = null; }
+    analyser = null;
+    el.video.pause();
+    el.video.srcObject = null;
+    dropPartialUser();
+    currentBot = null;
+    setConnected(false);
+    setState('idle');
+    // Tell the server first, so it does not see the peer vanish and close
+    // the session on its own; then close our side.
+    if (sessionId) await deleteSession(sessionId);
+    try { if (dc) dc.close(); } catch { /* already closed */ }
+    try { if (pc) pc.close(); } catch { /* already closed */ }
+  }
+
+  function sendTyped(event) {
+    event.preventDefault();
+    const text = lineText(el.text.value);
+    if (!text) return;
+    if (!sendJson({ type: 'text', text })) {
+      showError('Not connected: press Start first.');
+      return;
+    }
+    dropPartialUser();
+    currentBot = null;
+    pendingTyped = text;
+    addLine('user typed', text);
+    el.text.value = '';
+    el.text.focus();
+  }
+
+  function interrupt() {
+    if (sendJson({ type: 'interrupt' }) && currentBot) {
+      currentBot.classList.add('interrupted');
+      currentBot = null;
+    }
+  }
+
+  async function loadAvatars() {
+    let names = [];
+    try {
+      const resp = await fetch('/api/avatars', { headers: { Accept: 'application/json' } });
+      if (resp.status === 200) {
+        const list = await resp.json();
+        if (Array.isArray(list)) {
+          names = list.map((a) => (a && typeof a === 'object' ? a.name : a))
+            .filter((n) => typeof n === 'string' && n);
+        }
+      }
+    } catch { /* no avatar API: keep "default" */ }
+    if (!names.length) names = ['default'];
+    el.avatar.replaceChildren(...names.map((name) => new Option(name, name)));
+  }
+
+  el.start.addEventListener('click', start);
+  el.hangup.addEventListener('click', () => { hangup(); });
+  el.interrupt.addEventListener('click', interrupt);
+  el.composer.addEventListener('submit', sendTyped);
+  window.addEventListener('pagehide', () => { if (vc.pc) hangup(); });
+
+  setConnected(false);
+  setState('idle');
+  loadAvatars();
+})();
