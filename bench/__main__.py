@@ -98,22 +98,16 @@ async def run_language(base: str, lang: str, prompts) -> list[dict]:  # type: ig
             end_of_speech = client.mic.speech_end_times[-1]
 
             final = await client.wait_for(
-                lambda e, s=seen: (
-                    e["type"] == "user_text" and e["final"] and _index(client, e) >= s
-                ),
-                60,
+                lambda e: e["type"] == "user_text" and e["final"], 60, since=seen
             )
-            turn = await client.wait_for(
-                lambda e, s=seen: e["type"] == "turn" and _index(client, e) >= s, 90
+            turn = await client.wait_for(lambda e: e["type"] == "turn", 90, since=seen)
+            speaking = await client.wait_for(
+                lambda e: e["type"] == "state" and e["value"] == "speaking", 90, since=seen
             )
             await client.wait_for(
-                lambda e, s=seen: (
-                    e["type"] == "state"
-                    and e["value"] == "listening"
-                    and _index(client, e) >= s
-                    and _has_spoken(client, s)
-                ),
+                lambda e: e["type"] == "state" and e["value"] == "listening",
                 120,
+                since=client.index_of(speaking),
             )
             reply_end = time.perf_counter()
             first_audio = client.first_loud_audio_after(end_of_speech + 0.05)
@@ -144,19 +138,6 @@ async def run_language(base: str, lang: str, prompts) -> list[dict]:  # type: ig
     finally:
         await client.close()
     return rows
-
-
-def _index(client: Client, event: dict) -> int:
-    for i, (_, e) in enumerate(client.received.events):
-        if e is event:
-            return i
-    return -1
-
-
-def _has_spoken(client: Client, seen: int) -> bool:
-    return any(
-        e["type"] == "state" and e["value"] == "speaking" for _, e in client.received.events[seen:]
-    )
 
 
 def machine() -> str:

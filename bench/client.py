@@ -159,10 +159,11 @@ class Client:
         async with self._event:
             self._event.notify_all()
 
-    async def wait_for(self, predicate, timeout: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-        """Wait for an event matching ``predicate``; return it."""
+    async def wait_for(self, predicate, timeout: float, since: int = 0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+        """Wait for an event matching ``predicate`` among the events from index
+        ``since`` on; return it."""
         deadline = time.perf_counter() + timeout
-        seen = 0
+        seen = since
         while True:
             for _, event in self.received.events[seen:]:
                 if predicate(event):
@@ -178,6 +179,9 @@ class Client:
                     await asyncio.wait_for(self._event.wait(), remaining)
                 except TimeoutError:
                     pass
+
+    def index_of(self, event: dict[str, Any]) -> int:
+        return next(i for i, (_, e) in enumerate(self.received.events) if e is event)
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.channel is not None

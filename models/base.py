@@ -78,6 +78,10 @@ class ChatModel(ABC):
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Bring up whatever the model needs (a local server, a warm cache)."""
 
+    async def prime(self, messages: Sequence[ChatMessage], conversation: str) -> None:  # noqa: B027
+        """Optionally pre-process ``messages`` (the system prompt) into the
+        conversation's cache so its first real turn starts warm."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         ...
 

@@ -79,6 +79,22 @@ class OpenAICompatibleChat(ChatModel):
             # Closing the HTTP response makes llama.cpp/vLLM stop generating.
             await stream.close()
 
+    async def prime(self, messages: Sequence[ChatMessage], conversation: str) -> None:
+        if not self._slots:
+            return
+        started = time.perf_counter()
+        try:
+            await self._get_client().chat.completions.create(
+                model=self.config.model,
+                messages=list(messages),
+                max_tokens=1,
+                extra_body=self._extra_body(conversation),
+            )
+        except Exception as exc:  # priming is an optimisation; never fail a session for it
+            log.warning("could not prime the LLM cache: %s", exc)
+            return
+        log.info("LLM slot for %s primed in %.2f s", conversation, time.perf_counter() - started)
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()

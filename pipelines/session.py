@@ -121,6 +121,7 @@ class Session:
         self.turns: list[Turn] = []
         self._turn: Turn | None = None
         self._turn_task: asyncio.Task[None] | None = None
+        self._prime_task: asyncio.Task[None] | None = None
         self._sink: EventSink | None = None
         self._pending: list[dict[str, Any]] = []
         self.closed = False
@@ -150,6 +151,12 @@ class Session:
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        if self.clock.frames_sent == 0 and self._prime_task is None:
+            # Fill this conversation's KV-cache slot with the persona while the
+            # user is still getting ready to talk.
+            self._prime_task = asyncio.create_task(
+                self.engines.llm.prime(self.history.messages(), self.id)
+            )
         self.clock.start()
 
     async def close(self) -> None:

@@ -30,20 +30,22 @@ def question(name: str):
 
 
 async def ask(client: Client, wav: str, expect: str) -> dict:
-    """Say a question; return the final transcript event and the turn event."""
+    """Say a question, wait until the reply has been spoken; return the events."""
+    since = len(client.received.events)
     client.mic.say(question(wav))
     spoken = time.perf_counter()
-    final = await client.wait_for(lambda e: e["type"] == "user_text" and e["final"], 60)
+    final = await client.wait_for(
+        lambda e: e["type"] == "user_text" and e["final"], 60, since=since
+    )
     assert expect in final["text"].lower(), final
-    turn = await client.wait_for(lambda e: e["type"] == "turn", 90)
-    # Let the reply play for a while so audio and video can be measured.
+    turn = await client.wait_for(lambda e: e["type"] == "turn", 90, since=since)
+    speaking = await client.wait_for(
+        lambda e: e["type"] == "state" and e["value"] == "speaking", 90, since=since
+    )
     await client.wait_for(
-        lambda e: (
-            e["type"] == "state"
-            and e["value"] == "listening"
-            and client.received.events[-1][0] > spoken + 1
-        ),
+        lambda e: e["type"] == "state" and e["value"] == "listening",
         90,
+        since=client.index_of(speaking),
     )
     return {"final": final, "turn": turn, "spoken": spoken}
 

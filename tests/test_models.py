@@ -1,0 +1,436 @@
+"""Model stages: turn detection (pure logic and Silero), Whisper, Kokoro, and
+the optional backends' error messages.
+
+Tests marked ``models`` load the real weights from weights/ (``videochat
+weights`` assembles them); each model loads once per module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.base import BackendUnavailable, VoiceActivityDetector
+from models.vad import (
+    EndOfTurn,
+    EnergyVADModel,
+    SileroVADModel,
+    SpeechStart,
+    TurnDetector,
+)
+from server.config import ASRConfig, TTSConfig, load_config
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+WEIGHTS = load_config().weights_path
+SR = 16_000
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path), "rb") as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, SR)
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    return pcm.astype(np.float32) / 32768.0
+
+
+def push_in_chunks(td: TurnDetector, audio: np.ndarray, chunk: int) -> list:
+    events = []
+    for i in range(0, len(audio), chunk):
+        events += td.push(audio[i : i + chunk])
+    return events
+
+
+# ------------------------------------------------------- TurnDetector (no model)
+class ScriptedDetector(VoiceActivityDetector):
+    """Deterministic: a frame's speech probability is its first sample."""
+
+    frame_samples = 160  # 10 ms, so every ms figure below is exact
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def speech_probability(self, frame: np.ndarray) -> float:
+        assert frame.size == self.frame_samples
+        return float(frame[0])
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+def signal(*parts: tuple[float, int]) -> np.ndarray:
+    """(probability, milliseconds) pieces -> a signal the ScriptedDetector reads."""
+    return np.concatenate([np.full(ms * SR // 1000, p, np.float32) for p, ms in parts])
+
+
+def ms(n: int) -> int:
+    return n * SR // 1000
+
+
+def make_td(**kw) -> TurnDetector:
+    kw = {"threshold": 0.5, "hangover_ms": 300, "min_speech_ms": 200, **kw}
+    return TurnDetector(ScriptedDetector(), **kw)
+
+
+def test_turn_start_and_end_with_pre_roll():
+    td = make_td()
+    audio = signal((0.0, 500), (0.9, 600), (0.0, 500))
+    events = push_in_chunks(td, audio, 77)  # chunks that straddle frames
+    assert [e.type for e in events] == ["speech_start", "end_of_turn"]
+    start, end = events
+    assert isinstance(start, SpeechStart) and isinstance(end, EndOfTurn)
+    assert start.start_sample == ms(500)
+    assert start.at_sample == ms(500 + 200)  # confirmed after min_speech_ms
+    assert end.start_sample == ms(500)
+    assert end.end_sample == ms(1100) == td.speech_end_sample
+    assert end.at_sample == ms(1100 + 300)  # after hangover_ms of silence
+    assert end.audio_start_sample == ms(500 - 200)  # 200 ms pre-roll
+    assert len(end.audio) == end.at_sample - end.audio_start_sample
+    np.testing.assert_array_equal(end.audio, audio[end.audio_start_sample : end.at_sample])
+    assert end.speech_ms == pytest.approx(600)
+    assert not end.forced
+    assert not td.in_speech and td.speech_ms == 0
+
+
+def test_events_do_not_depend_on_chunking():
+    audio = signal((0.0, 130), (0.8, 410), (0.1, 170), (0.7, 250), (0.0, 450), (0.9, 90))
+    reference = None
+    for chunk in (1, 77, 160, 333, 512, len(audio)):
+        events = push_in_chunks(make_td(), audio, chunk)
+        summary = [
+            (e.type, e.start_sample, e.at_sample, getattr(e, "end_sample", None)) for e in events
+        ]
+        reference = reference or summary
+        assert summary == reference
+    assert [t for t, *_ in reference] == ["speech_start", "end_of_turn"]
+
+
+def test_short_burst_is_ignored():
+    td = make_td()
+    assert td.push(signal((0.0, 200), (0.9, 100))) == []
+    assert td.speech_ms == pytest.approx(100)  # visible for barge-in logic
+    assert not td.in_speech
+    assert td.push(signal((0.0, 400))) == []
+    assert td.speech_ms == 0
+    # ... and the next real utterance still gets its pre-roll
+    events = td.push(signal((0.9, 300), (0.0, 400)))
+    assert [e.type for e in events] == ["speech_start", "end_of_turn"]
+    assert events[1].audio_start_sample == ms(700 - 200)
+
+
+def test_pause_shorter_than_hangover_keeps_one_turn():
+    td = make_td()
+    events = td.push(signal((0.0, 300), (0.9, 300), (0.0, 250), (0.9, 300), (0.0, 400)))
+    assert [e.type for e in events] == ["speech_start", "end_of_turn"]
+    assert events[1].end_sample == ms(300 + 300 + 250 + 300)
+    assert events[1].speech_ms == pytest.approx(600)
+
+
+def test_speech_ms_grows_for_barge_in():
+    td = make_td(min_speech_ms=1000)
+    td.push(signal((0.0, 100)))
+    seen = []
+    for _ in range(5):
+        td.push(signal((0.9, 40)))
+        seen.append(td.speech_ms)
+    assert seen == pytest.approx([40, 80, 120, 160, 200])
+    assert not td.in_speech  # below min_speech_ms: no turn yet
+
+
+def test_hysteresis_keeps_weaker_frames_inside_a_turn():
+    td = make_td()  # threshold 0.5 -> neg_threshold 0.35
+    events = td.push(signal((0.0, 200), (0.9, 200), (0.4, 500), (0.2, 300)))
+    assert [e.type for e in events] == ["speech_start", "end_of_turn"]
+    assert events[1].end_sample == ms(200 + 200 + 500)
+    # ...but 0.4 alone never starts a run
+    assert make_td().push(signal((0.4, 1000), (0.0, 400))) == []
+
+
+def test_max_turn_forces_end_and_flush_closes_turn():
+    td = make_td(max_turn_ms=1000, pre_roll_ms=0)
+    events = td.push(signal((0.9, 1500)))
+    # cut at 1 s; the speech that goes on starts the next turn
+    assert [e.type for e in events] == ["speech_start", "end_of_turn", "speech_start"]
+    assert events[1].forced and len(events[1].audio) == ms(1000)
+    flushed = td.flush()  # end of stream closes the second turn
+    assert [e.type for e in flushed] == ["end_of_turn"] and flushed[0].forced
+    assert len(flushed[0].audio) == ms(500)
+    assert td.flush() == []
+
+
+def test_reset_clears_state_and_detector():
+    td = make_td()
+    td.push(signal((0.0, 100), (0.9, 300)))
+    assert td.in_speech
+    td.reset()
+    assert not td.in_speech and td.speech_ms == 0 and td.samples_seen == 0
+    assert td.detector.resets == 1
+
+
+def test_int16_input_is_accepted():
+    td = TurnDetector(EnergyVADModel().new_detector())
+    tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(ms(600)) / SR) * 32767).astype(np.int16)
+    events = td.push(
+        np.concatenate([np.zeros(ms(300), np.int16), tone, np.zeros(ms(500), np.int16)])
+    )
+    assert [e.type for e in events] == ["speech_start", "end_of_turn"]
+
+
+def test_energy_detector_levels():
+    det = EnergyVADModel().new_detector()
+    assert det.frame_samples == 512
+    assert det.speech_probability(np.zeros(512, np.float32)) == 0.0
+    loud = 0.1 * np.sin(np.arange(512) / 3.0)  # about -23 dBFS
+    assert det.speech_probability(loud) == 1.0
+    quiet = np.full(512, 10 ** (-40 / 20), np.float32)  # exactly -40 dBFS
+    assert det.speech_probability(quiet) == pytest.approx(0.5, abs=1e-3)
+
+
+# --------------------------------------------------------------------- Silero
+@pytest.fixture(scope="module")
+def silero() -> SileroVADModel:
+    return SileroVADModel()
+
+
+def test_silero_frames_and_silence(silero):
+    det = silero.new_detector()
+    assert det.frame_samples == 512
+    assert det.speech_probability(np.zeros(512, np.float32)) < 0.1
+    with pytest.raises(ValueError):
+        det.speech_probability(np.zeros(100, np.float32))
+
+
+@pytest.mark.parametrize("name", ["question_en.wav", "question_zh.wav"])
+def test_silero_turn_on_fixture(silero, name):
+    audio = read_wav(FIXTURES / name)
+    td = TurnDetector(silero.new_detector(), threshold=0.5, hangover_ms=300, min_speech_ms=200)
+    events = push_in_chunks(td, audio, 320)  # 20 ms, as WebRTC delivers it
+    assert [e.type for e in events] == ["speech_start", "end_of_turn"]
+    end = events[1]
+    # fixtures: 0.3 s of silence, the question, 1.0 s of silence
+    assert 0.25 * SR <= end.start_sample <= 0.6 * SR
+    assert end.end_sample <= len(audio) - 0.6 * SR
+    assert end.at_sample - end.end_sample == pytest.approx(0.3 * SR, abs=512)
+    assert end.duration_s > 1.0
+
+
+def test_silero_detectors_are_independent(silero):
+    frames = read_wav(FIXTURES / "question_en.wav")[: 40 * 512].reshape(40, 512)
+    alone = silero.new_detector()
+    expected = [alone.speech_probability(f) for f in frames]
+    assert max(expected) > 0.5
+    a, b = silero.new_detector(), silero.new_detector()
+    got = []
+    for f in frames:  # interleaved with another session's silence
+        got.append(a.speech_probability(f))
+        b.speech_probability(np.zeros(512, np.float32))
+    assert got == pytest.approx(expected, abs=1e-6)
+    a.reset()
+    assert [a.speech_probability(f) for f in frames] == pytest.approx(expected, abs=1e-6)
+
+
+# -------------------------------------------------------------------- Whisper
+@pytest.fixture(scope="module")
+def whisper():
+    from models.asr import load_recognizer
+
+    if not (WEIGHTS / "whisper-base" / "model.bin").is_file():
+        pytest.skip("weights/whisper-base missing: run `videochat weights`")
+    return load_recognizer(ASRConfig(language="auto", threads=2, beam_size=1), WEIGHTS)
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("forced", [None, "en"])
+def test_whisper_english(whisper, forced):
+    result = whisper.transcribe(read_wav(FIXTURES / "question_en.wav"), forced)
+    assert result.language == "en"
+    text = result.text.lower()
+    assert "capital" in text and "france" in text
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("forced", [None, "zh"])
+def test_whisper_chinese(whisper, forced):
+    result = whisper.transcribe(read_wav(FIXTURES / "question_zh.wav"), forced)
+    assert result.language == "zh"
+    assert "天气" in result.text
+
+
+@pytest.mark.models
+def test_whisper_on_a_detected_turn(whisper, silero):
+    audio = read_wav(FIXTURES / "question_en.wav")
+    td = TurnDetector(silero.new_detector())
+    (end,) = [e for e in push_in_chunks(td, audio, 480) if isinstance(e, EndOfTurn)]
+    assert "france" in whisper.transcribe(end.audio).text.lower()
+
+
+@pytest.mark.models
+def test_whisper_long_audio_uses_full_window(whisper):
+    # 12 s (past the 10 s short window): question, then silence
+    audio = read_wav(FIXTURES / "question_en.wav")
+    long = np.concatenate([audio, np.zeros(12 * SR - len(audio), np.float32)])
+    assert "france" in whisper.transcribe(long, "en").text.lower()
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("lang", [None, "en", "zh"])
+def test_whisper_silence_gives_no_text(whisper, lang):
+    assert whisper.transcribe(np.zeros(0, np.float32), lang).text == ""
+    # zh: Whisper would echo its simplified-Chinese initial prompt here
+    assert whisper.transcribe(np.zeros(2 * SR, np.float32), lang).text == ""
+
+
+def test_missing_whisper_weights(tmp_path):
+    from models.asr import load_recognizer
+
+    with pytest.raises(BackendUnavailable, match="videochat weights"):
+        load_recognizer(ASRConfig(), tmp_path)
+
+
+# --------------------------------------------------------------------- Kokoro
+@pytest.fixture(scope="module")
+def kokoro():
+    from models.tts import load_synthesizer
+
+    if not (WEIGHTS / "kokoro" / "kokoro-v1.0.int8.onnx").is_file():
+        pytest.skip("weights/kokoro missing: run `videochat weights`")
+    return load_synthesizer(TTSConfig(), WEIGHTS)
+
+
+def _voiced_seconds(audio: np.ndarray, sr: int) -> float:
+    frame = sr // 50
+    n = len(audio) // frame
+    rms = np.sqrt(np.mean(audio[: n * frame].reshape(n, frame) ** 2, axis=1))
+    return float(np.sum(rms > 0.02)) / 50
+
+
+@pytest.mark.models
+@pytest.mark.parametrize(
+    "text,lang", [("The weather is lovely today.", "en"), ("今天天气很好。", "zh")]
+)
+def test_kokoro_speaks(kokoro, text, lang):
+    speech = kokoro.synthesize(text, lang)
+    assert speech.sample_rate == 24_000
+    assert speech.audio.dtype == np.float32 and speech.audio.ndim == 1
+    assert 0.8 < len(speech.audio) / 24_000 < 5.0
+    assert 0.05 < np.abs(speech.audio).max() <= 1.0
+    assert _voiced_seconds(speech.audio, 24_000) > 0.5
+    assert speech.phonemes == []
+
+
+@pytest.mark.models
+def test_kokoro_voices_and_unknown_voice(kokoro):
+    voices = kokoro.voices()
+    assert len(voices) == 54 and {"af_heart", "zf_xiaoxiao", "zm_yunxi"} <= set(voices)
+    with pytest.raises(ValueError, match="af_heart"):  # the message lists the voices
+        kokoro.synthesize("Hello.", "en", voice="nobody")
+    other = kokoro.synthesize("Hello.", "en", voice="am_michael")
+    assert len(other.audio) > 0
+
+
+@pytest.mark.models
+def test_kokoro_mixed_text_phonemes(kokoro):
+    tones = set("→↓↗↘")  # misaki's tone marks
+    zh = kokoro.phonemize("我用 ChatGPT 写代码", "zh")
+    assert tones & set(zh) and "ɕje↓" in zh  # 写 through misaki
+    assert "tʃˈæt" in zh and "C" not in zh  # the English word through espeak
+    en = kokoro.phonemize("Say 你好 please", "en")
+    assert tones & set(en) and "plˈiːz" in en
+    assert kokoro.synthesize("", "en").audio.size == 0
+
+
+@pytest.mark.models
+@pytest.mark.parametrize(
+    "text,lang,expect",
+    [("Good morning, how are you?", "en", "morning"), ("我们明天去北京吧。", "zh", "北京")],
+)
+def test_kokoro_round_trip_through_whisper(kokoro, whisper, text, lang, expect):
+    from scipy.signal import resample_poly
+
+    speech = kokoro.synthesize(text, lang)
+    audio = resample_poly(speech.audio, 2, 3).astype(np.float32)  # 24 -> 16 kHz
+    result = whisper.transcribe(audio)
+    assert result.language == lang
+    assert expect in result.text.lower()
+
+
+def test_detect_lang():
+    from models.tts import detect_lang
+
+    assert detect_lang("What is the capital of France?") == "en"
+    assert detect_lang("今天天气怎么样？") == "zh"
+    assert detect_lang("我用 ChatGPT 写代码") == "zh"
+    assert detect_lang("The word 你好 means hello") == "en"
+    assert detect_lang("12345") == "en"
+    assert detect_lang("") == "en"
+
+
+def test_missing_kokoro_weights(tmp_path):
+    from models.tts import load_synthesizer
+
+    with pytest.raises(BackendUnavailable, match="videochat weights"):
+        load_synthesizer(TTSConfig(), tmp_path)
+
+
+# ----------------------------------------------------------- optional backends
+def _absent(package: str) -> bool:
+    return importlib.util.find_spec(package) is None
+
+
+@pytest.mark.skipif(not _absent("funasr"), reason="funasr is installed")
+def test_funasr_unavailable(tmp_path):
+    from models.asr import load_recognizer
+
+    with pytest.raises(BackendUnavailable) as err:
+        load_recognizer(ASRConfig(backend="funasr", model="paraformer-zh-streaming"), tmp_path)
+    message = str(err.value)
+    assert "pip install funasr torch" in message
+    assert str(tmp_path / "funasr" / "paraformer-zh-streaming") in message
+
+
+@pytest.mark.skipif(not _absent("cosyvoice"), reason="cosyvoice is installed")
+def test_cosyvoice_unavailable(tmp_path):
+    from models.tts import load_synthesizer
+
+    with pytest.raises(BackendUnavailable) as err:
+        load_synthesizer(TTSConfig(backend="cosyvoice"), tmp_path)
+    message = str(err.value)
+    assert "CosyVoice" in message and "weights/cosyvoice/CosyVoice2-0.5B" in message
+
+
+@pytest.mark.skipif(not _absent("edge_tts"), reason="edge-tts is installed")
+def test_edge_tts_unavailable(tmp_path):
+    from models.tts import load_synthesizer
+
+    with pytest.raises(BackendUnavailable) as err:
+        load_synthesizer(TTSConfig(backend="edge-tts"), tmp_path)
+    message = str(err.value)
+    assert "pip install edge-tts" in message and "internet" in message
+
+
+def test_mp3_decoding_for_edge_tts():
+    """The PyAV path edge-tts audio goes through (MP3 -> float32 24 kHz)."""
+    import av
+
+    from models.tts import decode_audio
+
+    sr = 24_000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr)).astype(np.float32)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp3") as out:
+        stream = out.add_stream("libmp3lame" if "libmp3lame" in av.codecs_available else "mp3")
+        stream.rate = sr
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(tone[None, :], format="flt", layout="mono")
+        frame.sample_rate = sr
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    audio = decode_audio(buf.getvalue(), sr)
+    assert audio.dtype == np.float32
+    assert abs(len(audio) - sr) < 0.1 * sr
+    assert 0.2 < np.abs(audio).max() < 0.4
