@@ -140,6 +140,43 @@ async def run_language(base: str, lang: str, prompts) -> list[dict]:  # type: ig
     return rows
 
 
+async def run_barge_in(base: str, interruption, trials: int = 3) -> list[float]:  # type: ignore[no-untyped-def]
+    """Talk over a long reply; return, per trial, the seconds from the start of
+    the user's speech to the last non-silent reply audio frame at the client."""
+    text, pcm, _speech_end = interruption
+    stops: list[float] = []
+    client = Client(base, lang="auto")
+    await client.connect()
+    try:
+        for _ in range(trials):
+            client.send({"type": "text", "text": "Tell me a long story about a brave dragon."})
+            seen = len(client.received.events)
+            await client.wait_for(
+                lambda e: e["type"] == "state" and e["value"] == "speaking", 90, since=seen
+            )
+            await asyncio.sleep(1.5)
+            since = len(client.received.events)
+            client.mic.say(pcm, speech_start_offset=0.3)
+            await client.wait_for(
+                lambda e: e["type"] == "state" and e["value"] == "listening", 10, since=since
+            )
+            talk = client.mic.speech_start_times[-1]
+            await asyncio.sleep(1.0)
+            loud = [t for t, rms in client.received.audio if t > talk and rms > 0.01]
+            stops.append(max(loud, default=talk) - talk)
+            print(f"[barge-in] reply audio stopped {stops[-1]:.3f} s after talking", flush=True)
+            # Let the interrupting question be answered, then go on.
+            await client.wait_for(
+                lambda e: e["type"] == "state" and e["value"] == "listening",
+                120,
+                since=len(client.received.events),
+            )
+            await asyncio.sleep(1.0)
+    finally:
+        await client.close()
+    return stops
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -156,7 +193,7 @@ def machine() -> str:
     )
 
 
-def report(rows: list[dict], command: str, out: Path) -> str:
+def report(rows: list[dict], barge_in: list[float], command: str, out: Path) -> str:
     stage_names = [
         "asr_final",
         "llm_first_token",
@@ -234,7 +271,8 @@ async def main_async(args: argparse.Namespace) -> None:
     with running_server() as (base, _process):
         for lang in args.langs:
             rows += await run_language(base, lang, prompts[lang])
-    print(report(rows, args.command, Path(args.out)))
+        barge_in = await run_barge_in(base, prompts["en"][0]) if args.barge_in else []
+    print(report(rows, barge_in, args.command, Path(args.out)))
 
 
 def main() -> None:
@@ -242,6 +280,7 @@ def main() -> None:
     parser.add_argument("--langs", nargs="+", default=["en", "zh"])
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     parser.add_argument("--command", default="make bench")
+    parser.add_argument("--no-barge-in", dest="barge_in", action="store_false")
     args = parser.parse_args()
     asyncio.run(main_async(args))
 

@@ -83,7 +83,8 @@ class Turn:
             "index": self.index,
             "source": self.source,
             "user_text": self.user_text,
-            "bot_text": self.heard_text or " ".join(p.text for p in self.pieces),
+            "bot_text": self.heard_text,  # what the user heard
+            "reply_text": " ".join(p.text for p in self.pieces),  # what was synthesized
             "interrupted": self.interrupted,
             "latency": self.latency(),
         }

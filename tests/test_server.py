@@ -136,3 +136,62 @@ async def test_past_max_sessions_offer_gets_503(server):
 def test_unknown_session_is_404(server):
     assert httpx.get(f"{server}/api/sessions/nope", timeout=5).status_code == 404
     assert httpx.delete(f"{server}/api/sessions/nope", timeout=5).status_code == 404
+
+
+async def test_barge_in_over_webrtc_stops_the_reply(server):
+    client = Client(server)
+    await client.connect()
+    try:
+        client.send({"type": "text", "text": "Tell me a long story about a brave little dragon."})
+        speaking = await client.wait_for(
+            lambda e: e["type"] == "state" and e["value"] == "speaking", 90
+        )
+        await asyncio.sleep(1.0)
+        since = len(client.received.events)
+        lead = 0.3  # question_en.wav starts with 0.3 s of silence
+        client.mic.say(question("question_en.wav"), speech_start_offset=lead)
+        await client.wait_for(
+            lambda e: e["type"] == "state" and e["value"] == "listening", 10, since=since
+        )
+        talk_started = client.mic.speech_start_times[-1]
+        await asyncio.sleep(1.0)
+        # The reply's audio must have stopped soon after the user started talking.
+        loud_after = [t for t, rms in client.received.audio if t > talk_started and rms > 0.01]
+        heard_until = max(loud_after, default=talk_started)
+        assert heard_until - talk_started < 0.5, heard_until - talk_started
+        assert client.index_of(speaking) < since
+        # The interrupted question is answered next, and the history holds only
+        # what was heard of the story.
+        await client.wait_for(
+            lambda e: e["type"] == "user_text" and e["final"] and "capital" in e["text"].lower(),
+            60,
+            since=since,
+        )
+        async with httpx.AsyncClient() as http:
+            detail = (await http.get(f"{server}/api/sessions/{client.session_id}")).json()
+        story = detail["turn_log"][0]
+        assert story["interrupted"]
+        assert detail["history"][1]["role"] == "assistant"
+        assert detail["history"][1]["content"] == story["bot_text"]
+    finally:
+        await client.close()
+
+
+async def test_two_sessions_at_once_stay_separate(server):
+    english, chinese = Client(server), Client(server)
+    await asyncio.gather(english.connect(), chinese.connect())
+    try:
+        results = await asyncio.gather(
+            ask(english, "question_en.wav", "capital"), ask(chinese, "question_zh.wav", "天气")
+        )
+        for client, result in zip((english, chinese), results, strict=True):
+            finals = [
+                e["text"]
+                for _, e in client.received.events
+                if e["type"] == "user_text" and e["final"]
+            ]
+            assert finals == [result["final"]["text"]]
+            assert client.first_loud_audio_after(result["spoken"]) is not None
+            assert client.fps_between(result["spoken"], client.received.events[-1][0]) >= 20
+    finally:
+        await asyncio.gather(english.close(), chinese.close())
