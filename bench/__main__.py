@@ -162,9 +162,15 @@ async def run_barge_in(base: str, interruption, trials: int = 3) -> list[float]:
             )
             talk = client.mic.speech_start_times[-1]
             await asyncio.sleep(1.0)
+            playing = [
+                t for t, rms in client.received.audio if talk - 0.3 < t <= talk and rms > 0.01
+            ]
             loud = [t for t, rms in client.received.audio if t > talk and rms > 0.01]
-            stops.append(max(loud, default=talk) - talk)
-            print(f"[barge-in] reply audio stopped {stops[-1]:.3f} s after talking", flush=True)
+            if not playing:
+                print("[barge-in] the reply was not playing when the user talked; trial skipped")
+            else:
+                stops.append(max(loud, default=talk) - talk)
+                print(f"[barge-in] reply audio stopped {stops[-1]:.3f} s after talking", flush=True)
             # Let the interrupting question be answered, then go on.
             await client.wait_for(
                 lambda e: e["type"] == "state" and e["value"] == "listening",

@@ -211,6 +211,15 @@ class TurnDetector:
         return self._speech_frames * self.frame_ms if self._in_run else 0.0
 
     @property
+    def run_end_sample(self) -> int:
+        """End of the last speech frame of the current run (grows while the user talks)."""
+        return self._run_end
+
+    def turn_audio(self) -> np.ndarray:
+        """The current run's audio so far (pre-roll included), for a speculative ASR."""
+        return np.concatenate(self._frames) if self._frames else np.zeros(0, np.float32)
+
+    @property
     def silence_ms(self) -> float:
         """Trailing silence inside the current run, in ms."""
         return self._silent_frames * self.frame_ms if self._in_run else 0.0

@@ -77,6 +77,12 @@ class MediaClock:
         self.frames_sent = 0
         self.late_frames = 0
         self.max_gap = 0.0
+        self._flushes = 0  # bumped by flush(); frames rendered before it go out silent
+
+    def flush(self) -> None:
+        """Silence audio already rendered but not yet sent (barge-in): the frame
+        rendered ahead and the second half of the current one."""
+        self._flushes += 1
 
     def start(self) -> None:
         if self._task is None:
@@ -101,9 +107,14 @@ class MediaClock:
         samples = 0
         last_sent = None
         pending = loop.run_in_executor(self._renderer, self.avatar.next_frame)
+        rendered_at = self._flushes
         while True:
             frame = await pending
+            if rendered_at != self._flushes:
+                frame.audio = np.zeros_like(frame.audio)
+                frame.played = []
             # Render the next frame while this one waits for its due time.
+            rendered_at = self._flushes
             pending = loop.run_in_executor(self._renderer, self.avatar.next_frame)
             due = start + index * FRAME_PERIOD
             delay = due - loop.time()
@@ -124,10 +135,12 @@ class MediaClock:
             if self._on_frame is not None:
                 self._on_frame(frame, time.perf_counter())
             # The second 20 ms of audio goes out 20 ms later.
+            flushes = self._flushes
             await asyncio.sleep(max(0.0, due + FRAME_PERIOD / 2 - loop.time()))
-            self.audio_track.put(
-                _audio_frame(frame.audio[AUDIO_FRAME_SAMPLES:], samples + AUDIO_FRAME_SAMPLES)
-            )
+            second_half = frame.audio[AUDIO_FRAME_SAMPLES:]
+            if flushes != self._flushes:
+                second_half = np.zeros_like(second_half)
+            self.audio_track.put(_audio_frame(second_half, samples + AUDIO_FRAME_SAMPLES))
             samples += 2 * AUDIO_FRAME_SAMPLES
             index += 1
             self.frames_sent = index

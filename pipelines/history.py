@@ -25,6 +25,14 @@ class ChatHistory:
             self._turns.append({"role": "assistant", "content": text})
             self._trim()
 
+    def messages_with_user(self, text: str) -> list[ChatMessage]:
+        """What ``messages()`` will be after ``add_user(text)``, without changing
+        the history (a speculative turn may still be dropped)."""
+        preview = ChatHistory(self.system_prompt, self.max_messages)
+        preview._turns = list(self._turns)
+        preview.add_user(text)
+        return preview.messages()
+
     def messages(self) -> list[ChatMessage]:
         """What is sent to the LLM: the system prompt, always, then recent turns."""
         return [{"role": "system", "content": self.system_prompt}, *self._turns]

@@ -57,12 +57,19 @@ class Turn:
     interrupted: bool = False
     latency_sent: bool = False
     heard_text: str = ""
+    barge_in_after: float | None = None  # seconds of user speech before the barge-in
+    # A speculative turn starts during the hang-over; it speaks only once confirmed.
+    confirmed: asyncio.Event = field(default_factory=asyncio.Event)
+    speech_end_sample: int | None = None  # the VAD position its audio ends at
 
     def mark(self, name: str) -> None:
         self.marks.setdefault(name, time.perf_counter())
 
     def latency(self) -> dict[str, float]:
-        return {name: round(t - self.end_of_speech, 4) for name, t in self.marks.items()}
+        times = {name: round(t - self.end_of_speech, 4) for name, t in self.marks.items()}
+        if self.barge_in_after is not None:
+            times["barge_in_detected_after"] = round(self.barge_in_after, 4)
+        return times
 
     def heard(self) -> str:
         """The part of the reply that was actually played to the user."""
@@ -106,8 +113,10 @@ class Session:
         lang: str = "auto",
         avatar: str | None = None,
         voice: str | None = None,
+        on_turn_end: Callable[[Turn], None] | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
+        self.on_turn_end = on_turn_end  # e.g. metrics; called once per finished turn
         self.engines = engines
         self.config = config
         self.lang = lang if lang in ("en", "zh") else "auto"
@@ -170,17 +179,57 @@ class Session:
     # ---------------------------------------------------------------- inputs
     def feed_mic(self, audio_16k: np.ndarray) -> None:
         """Microphone audio, 16 kHz mono float32, in arrival order."""
-        for event in self.detector.push(audio_16k):
+        detector = self.detector
+        for event in detector.push(audio_16k):
             if isinstance(event, SpeechStart):
                 self.emit({"type": "user_text", "text": "", "final": False})
             elif isinstance(event, EndOfTurn):
                 # Speech ended (at_sample - end_sample) samples of audio ago.
                 waited = (event.at_sample - event.end_sample) / VAD_SAMPLE_RATE
                 ended = time.perf_counter() - waited
-                self.start_turn(source="voice", end_of_speech=ended, audio=event.audio)
-        if self._turn is not None and self.detector.speech_ms >= self.config.vad.barge_in_ms:
+                turn = self._turn
+                if self._is_speculative(turn) and turn.speech_end_sample == event.end_sample:
+                    turn.end_of_speech = ended  # it heard exactly this utterance
+                    self._confirm(turn)
+                else:
+                    self._drop_speculation()
+                    self.start_turn(source="voice", end_of_speech=ended, audio=event.audio)
+        turn = self._turn
+        if self._is_speculative(turn):
+            if detector.run_end_sample != turn.speech_end_sample:
+                self._drop_speculation()  # the user went on talking
+        elif turn is None:
+            speculate = self.config.vad.speculate_ms
+            if speculate and detector.in_speech and detector.silence_ms >= speculate:
+                self.start_turn(
+                    source="voice",
+                    end_of_speech=time.perf_counter() - detector.silence_ms / 1000,
+                    audio=detector.turn_audio(),
+                    confirmed=False,
+                    speech_end_sample=detector.run_end_sample,
+                )
+        elif detector.speech_ms >= self.config.vad.barge_in_ms:
             # The user talks over the avatar (or goes on talking while it thinks).
+            # Record how much of their speech it took to notice (audio time).
+            turn.barge_in_after = detector.speech_ms / 1000
             self.interrupt("barge-in")
+
+    @staticmethod
+    def _is_speculative(turn: Turn | None) -> bool:
+        return turn is not None and not turn.confirmed.is_set()
+
+    def _confirm(self, turn: Turn) -> None:
+        turn.confirmed.set()
+        self._set_state("thinking")
+
+    def _drop_speculation(self) -> None:
+        """Forget a speculative turn without a trace: nothing was said or shown."""
+        turn = self._turn
+        if not self._is_speculative(turn):
+            return
+        if self._turn_task is not None and not self._turn_task.done():
+            self._turn_task.cancel()
+        self._turn = None
 
     def handle_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -207,12 +256,21 @@ class Session:
         end_of_speech: float,
         audio: np.ndarray | None = None,
         text: str | None = None,
+        confirmed: bool = True,
+        speech_end_sample: int | None = None,
     ) -> Turn:
+        self._drop_speculation()
         if self._turn is not None:
             self.interrupt("new turn")
-        turn = Turn(index=len(self.turns) + 1, source=source, end_of_speech=end_of_speech)
+        turn = Turn(
+            index=len(self.turns) + 1,
+            source=source,
+            end_of_speech=end_of_speech,
+            speech_end_sample=speech_end_sample,
+        )
         self._turn = turn
-        self._set_state("thinking")
+        if confirmed:
+            self._confirm(turn)
         self._turn_task = asyncio.create_task(self._run_turn(turn, audio, text))
         return turn
 
@@ -229,22 +287,29 @@ class Session:
                 text = transcript.text.strip()
                 lang = transcript.language
                 if not text:
+                    await turn.confirmed.wait()
                     log.info("session %s: nothing recognised, still listening", self.id)
                     self._finish_turn(turn)
                     return
-                self.emit({"type": "user_text", "text": text, "final": True})
             assert text is not None
             if lang == "auto":
                 lang = detect_lang(text)
-            turn.user_text = text
-            self.history.add_user(text)
-            log.info("session %s turn %d (%s): %r", self.id, turn.index, lang, text)
+            # Generation may start before the turn is confirmed; speaking may not.
             pieces: asyncio.Queue[str | None] = asyncio.Queue()
-            producer = asyncio.create_task(self._generate(turn, pieces))
+            messages = self.history.messages_with_user(text)
+            producer = asyncio.create_task(self._generate(turn, messages, pieces))
+            speaker = asyncio.create_task(self._speak(turn, pieces, lang))
             try:
-                await self._speak(turn, pieces, lang)
+                await turn.confirmed.wait()
+                if audio is not None:
+                    self.emit({"type": "user_text", "text": text, "final": True})
+                turn.user_text = text
+                self.history.add_user(text)
+                log.info("session %s turn %d (%s): %r", self.id, turn.index, lang, text)
+                await speaker
             finally:
                 producer.cancel()
+                speaker.cancel()
             self.avatar.end_of_segment()
             turn.generation_done = True
             if not turn.pieces:
@@ -256,12 +321,15 @@ class Session:
             self.emit({"type": "error", "message": f"turn failed: {exc}"})
             self._finish_turn(turn)
 
-    async def _generate(self, turn: Turn, pieces: asyncio.Queue[str | None]) -> None:
-        splitter = SentenceSplitter()
+    async def _generate(
+        self, turn: Turn, messages: list[dict[str, str]], pieces: asyncio.Queue[str | None]
+    ) -> None:
+        splitter = SentenceSplitter(
+            max_first_words=self.config.llm.first_piece_max_words,
+            max_first_cjk=self.config.llm.first_piece_max_cjk,
+        )
         try:
-            async for delta in self.engines.llm.stream_chat(
-                self.history.messages(), conversation=self.id
-            ):
+            async for delta in self.engines.llm.stream_chat(messages, conversation=self.id):
                 turn.mark("llm_first_token")
                 for piece in splitter.push(delta):
                     turn.mark("first_clause")
@@ -284,6 +352,7 @@ class Session:
             audio = _resample(speech.audio, speech.sample_rate, MEDIA_SAMPLE_RATE)
             if audio.size == 0:
                 continue
+            await turn.confirmed.wait()
             tag = (turn.index, len(turn.pieces))
             turn.pieces.append(ReplyPiece(text=text, lang=piece_lang, samples=audio.size))
             self.avatar.push_audio(audio, tag=tag, speech=speech)
@@ -326,6 +395,7 @@ class Session:
             return
         log.info("session %s turn %d interrupted (%s)", self.id, turn.index, reason)
         self.avatar.clear()
+        self.clock.flush()
         if self._turn_task is not None and not self._turn_task.done():
             self._turn_task.cancel()
         turn.interrupted = True
@@ -342,6 +412,11 @@ class Session:
         self.turns.append(turn)
         self._turn = None
         self._set_state("listening")
+        if self.on_turn_end is not None:
+            try:
+                self.on_turn_end(turn)
+            except Exception:
+                log.exception("turn-end hook failed")
 
     async def _cancel_turn(self) -> None:
         task = self._turn_task

@@ -1,8 +1,9 @@
 """Cut a streaming LLM reply into speakable pieces.
 
-The first clause is flushed at the first punctuation mark (commas included)
-so speech can start early; after that we wait for whole sentences, which
-sound more natural and cost fewer TTS calls.
+The first clause is flushed at the first punctuation mark (commas included),
+or after a few words if no mark comes, so speech can start early (TTS cost
+grows with the length of the piece); after that we wait for whole sentences,
+which sound more natural and cost fewer TTS calls.
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ _NOISE = re.compile(r"[*_`#>|~\[\]{}<>]+|^\s*[-•]\s+", re.MULTILINE)
 
 
 class SentenceSplitter:
-    def __init__(self, min_first_chars: int = 2) -> None:
+    def __init__(
+        self, min_first_chars: int = 2, max_first_words: int = 6, max_first_cjk: int = 8
+    ) -> None:
         self._buffer = ""
         self._first = True
         self._min_first_chars = min_first_chars
+        self._max_first_words = max_first_words  # 0: no cap
+        self._max_first_cjk = max_first_cjk
 
     def push(self, delta: str) -> list[str]:
         """Add streamed text; return the pieces that are ready to speak."""
@@ -61,7 +66,28 @@ class SentenceSplitter:
             self._buffer = buffer[index + 1 :]
             self._first = False
             return piece
+        if self._first:
+            return self._cap_first_piece()
         return None
+
+    def _cap_first_piece(self) -> str | None:
+        """No mark yet in the first piece: cut it after a few words anyway."""
+        buffer = self._buffer
+        cjk = [i for i, ch in enumerate(buffer) if "\u4e00" <= ch <= "\u9fff"]
+        if self._max_first_cjk and len(cjk) > self._max_first_cjk:
+            cut = cjk[self._max_first_cjk - 1] + 1
+        elif self._max_first_words:
+            # Only complete words count: the last one may still be streaming.
+            ends = [m.start() for m in re.finditer(r"\S(?=\s)", buffer)]
+            if len(ends) < self._max_first_words or cjk:
+                return None
+            cut = ends[self._max_first_words - 1] + 1
+        else:
+            return None
+        piece = _clean(buffer[:cut])
+        self._buffer = buffer[cut:]
+        self._first = False
+        return piece
 
 
 def _clean(text: str) -> str:

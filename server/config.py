@@ -28,7 +28,8 @@ class VADConfig(BaseModel):
     threshold: float = 0.5
     hangover_ms: int = 300
     min_speech_ms: int = 200
-    barge_in_ms: int = 160
+    barge_in_ms: int = 120
+    speculate_ms: int = 150  # start ASR+LLM after this much silence; 0 = wait for hangover
 
 
 class ASRConfig(BaseModel):
@@ -51,6 +52,8 @@ class LLMConfig(BaseModel):
     max_tokens: int = 160
     temperature: float = 0.6
     max_history_messages: int = 12
+    first_piece_max_words: int = 6  # speak the first clause early even without a comma
+    first_piece_max_cjk: int = 8
     system_prompt: str = "You are a friendly bilingual digital human. Answer briefly."
 
 
@@ -69,6 +72,14 @@ class AvatarConfig(BaseModel):
     size: int = 512
 
 
+class AvatarsConfig(BaseModel):
+    """Limits for avatars prepared from an uploaded photo or video."""
+
+    max_upload_mb: float = 50.0
+    max_clip_seconds: float = 30.0
+    min_face_px: int = 80  # face width in the source, in pixels
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIDEOCHAT_", env_nested_delimiter="__")
 
@@ -79,6 +90,7 @@ class Config(BaseSettings):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     tts: TTSConfig = Field(default_factory=TTSConfig)
     avatar: AvatarConfig = Field(default_factory=AvatarConfig)
+    avatars: AvatarsConfig = Field(default_factory=AvatarsConfig)
 
     @classmethod
     def settings_customise_sources(

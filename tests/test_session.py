@@ -164,3 +164,29 @@ async def test_bad_client_messages_get_an_error_event(message, error):
         assert session.state == "listening"
     finally:
         await session.close()
+
+
+async def test_speculative_turn_is_dropped_when_the_user_goes_on():
+    engines = fake_engines(tts=ToneTTS(seconds_per_char=0.01))
+    session, events = make_session(engines)
+    session.config.vad.speculate_ms = 64
+    session.config.vad.hangover_ms = 400
+    try:
+        import numpy as np
+
+        # Speech, a pause longer than speculate_ms but shorter than the hangover,
+        # then more speech: the speculative turn must vanish without a trace.
+        for chunk in (tone(QUESTION_EN, 0.6), silence(0.2)):
+            for i in range(0, chunk.size, 320):
+                session.feed_mic(np.asarray(chunk[i : i + 320]))
+            await asyncio.sleep(0.05)
+        assert session._turn is not None and not session._turn.confirmed.is_set()
+        speak(session, QUESTION_EN, seconds=0.4)
+        await asyncio.sleep(0.01)
+        await wait_until(lambda: len(session.turns) == 1)
+        finals = [e["text"] for e in of_type(events, "user_text") if e["final"]]
+        assert finals == ["What is the capital of France?"]
+        assert len(engines.llm.requests) <= 2  # maybe the dropped speculation, then the turn
+        assert session.turns[0].index == 1
+    finally:
+        await session.close()

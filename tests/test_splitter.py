@@ -1,8 +1,8 @@
 from pipelines.splitter import SentenceSplitter
 
 
-def split_streamed(text: str, step: int = 1) -> list[str]:
-    splitter = SentenceSplitter()
+def split_streamed(text: str, step: int = 1, **options) -> list[str]:
+    splitter = SentenceSplitter(**options)
     pieces: list[str] = []
     for i in range(0, len(text), step):
         pieces += splitter.push(text[i : i + step])
@@ -31,7 +31,10 @@ def test_chinese_marks():
 
 def test_numbers_times_and_abbreviations_do_not_split():
     text = "At 10:30 Dr. Smith paid 1,000 dollars. Done."
-    assert split_streamed(text, step=3) == ["At 10:30 Dr. Smith paid 1,000 dollars.", "Done."]
+    assert split_streamed(text, step=3, max_first_words=0) == [
+        "At 10:30 Dr. Smith paid 1,000 dollars.",
+        "Done.",
+    ]
 
 
 def test_markdown_is_not_spoken():
@@ -45,3 +48,23 @@ def test_mixed_language_and_token_chunks():
 
 def test_empty_reply():
     assert split_streamed("") == []
+
+
+def test_first_piece_is_capped_when_no_mark_comes():
+    text = "The capital city of France is Paris and it is lovely. Bye."
+    assert split_streamed(text) == [
+        "The capital city of France is",
+        "Paris and it is lovely.",
+        "Bye.",
+    ]
+
+
+def test_first_chinese_piece_is_capped():
+    text = "法国的首都是巴黎也是最大的城市。好。"
+    assert split_streamed(text) == ["法国的首都是巴黎", "也是最大的城市。", "好。"]
+
+
+def test_cap_can_be_disabled():
+    splitter = SentenceSplitter(max_first_words=0, max_first_cjk=0)
+    pieces = splitter.push("one two three four five six seven eight nine ") + splitter.flush()
+    assert pieces == ["one two three four five six seven eight nine"]
