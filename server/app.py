@@ -11,18 +11,22 @@ from typing import Literal
 from aiortc import RTCPeerConnection
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from models.base import BackendUnavailable
 from models.registry import Engines, load_engines
 from pipelines.session import Session
+from server.avatars_api import router as avatars_router
 from server.config import REPO_ROOT, Config
+from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from server.metrics import Metrics
 from server.rtc import answer_offer, offer_loopback_only
 
 log = logging.getLogger(__name__)
 STATIC = REPO_ROOT / "static"
+DOCS = REPO_ROOT / "docs"
 
 
 class Offer(BaseModel):
@@ -42,9 +46,10 @@ class Answer(BaseModel):
 class SessionManager:
     """All live sessions of this process, each with its peer connection."""
 
-    def __init__(self, engines: Engines, config: Config) -> None:
+    def __init__(self, engines: Engines, config: Config, metrics: Metrics | None = None) -> None:
         self.engines = engines
         self.config = config
+        self.metrics = metrics or Metrics()
         self.sessions: dict[str, Session] = {}
         self.peers: dict[str, RTCPeerConnection] = {}
 
@@ -63,17 +68,25 @@ class SessionManager:
             raise HTTPException(400, f"unknown voice {offer.voice!r}")
         try:
             session = Session(
-                self.engines, self.config, lang=offer.lang, avatar=offer.avatar, voice=offer.voice
+                self.engines,
+                self.config,
+                lang=offer.lang,
+                avatar=offer.avatar,
+                voice=offer.voice,
+                on_turn_end=self.metrics.observe_turn,
             )
         except KeyError as exc:
             raise HTTPException(400, str(exc.args[0] if exc.args else exc)) from None
         try:
-            pc = await answer_offer(session, offer.sdp, offer.type)
+            pc = await answer_offer(
+                session, offer.sdp, offer.type, self.config.server.mic_prefetch_packets
+            )
         except Exception as exc:  # aiortc raises ValueError & co. on bad SDP
             await session.close()
             raise HTTPException(400, f"malformed offer: {exc}") from None
         self.sessions[session.id] = session
         self.peers[session.id] = pc
+        self.metrics.session_opened(len(self.sessions))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -92,6 +105,7 @@ class SessionManager:
         if session is None:
             return False
         await session.close()
+        self.metrics.session_closed(session, len(self.sessions))
         if pc is not None:
             await pc.close()
         log.info("session %s closed after %d turns", session_id, len(session.turns))
@@ -115,7 +129,7 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
             except BackendUnavailable as exc:
                 log.error("%s", exc)
                 raise SystemExit(f"cannot start: {exc}") from None
-        app.state.manager = SessionManager(loaded, config)
+        app.state.manager = SessionManager(loaded, config, metrics)
         host = config.server.host if config.server.host != "0.0.0.0" else "127.0.0.1"
         log.info("ready: open http://%s:%d in Chromium or Firefox", host, config.server.port)
         yield
@@ -124,6 +138,11 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
             await loaded.close()
 
     app = FastAPI(title="videochat", lifespan=lifespan)
+    metrics = Metrics()  # this app's own registry
+    app.state.metrics = metrics
+    metrics.track_sessions(
+        lambda: list(app.state.manager.sessions.values()) if hasattr(app.state, "manager") else []
+    )
 
     def manager(request: Request) -> SessionManager:
         return request.app.state.manager
@@ -131,6 +150,10 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
     @app.get("/health")
     async def health(request: Request) -> dict:
         return {"status": "ok", "sessions": len(manager(request).sessions)}
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.post("/offer", response_model=Answer)
     async def offer(body: Offer, request: Request) -> Answer:
@@ -150,9 +173,8 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
             raise HTTPException(404, f"no session {session_id!r}")
         return JSONResponse({"closed": session_id})
 
-    @app.get("/api/avatars")
-    async def list_avatars(request: Request) -> list[dict]:
-        return [{"name": name} for name in manager(request).engines.avatar.avatars()]
+    # /api/avatars: list, add (upload), progress, remove.
+    app.include_router(avatars_router)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -163,6 +185,9 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
         )
         return JSONResponse({"detail": f"bad request: {problems}"}, status_code=400)
 
+    # Notes and benchmark plots (docs/bench_*.png), read-only. /docs itself
+    # stays FastAPI's API explorer; only /docs/<file> reaches this mount.
+    app.mount("/docs", StaticFiles(directory=DOCS, check_dir=False), name="docs")
     # The page and its assets; relative URLs in index.html resolve here.
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
     return app

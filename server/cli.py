@@ -1,4 +1,4 @@
-"""The `videochat` command: serve, weights."""
+"""The `videochat` command: serve, weights, avatar."""
 
 from __future__ import annotations
 
@@ -38,6 +38,70 @@ def _weights(args: argparse.Namespace) -> int:
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    # The default avatar (skimage's astronaut), prepared once.
+    from models.avatar_prepare import AvatarError, ensure_default_avatar
+
+    try:
+        with _progress_bar("avatar astronaut") as bar:
+            ensure_default_avatar(config.weights_path / "avatars", progress=bar)
+    except AvatarError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _progress_bar:
+    """A tqdm bar driven by (fraction, message) progress callbacks."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar = None
+
+    def __enter__(self) -> _progress_bar:
+        return self
+
+    def __call__(self, fraction: float, message: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            fmt = "{l_bar}{bar}| {postfix}"
+            self.bar = tqdm(total=100, desc=self.desc, unit="%", bar_format=fmt)
+        self.bar.n = int(round(100 * fraction))
+        self.bar.set_postfix_str(message, refresh=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _avatar(args: argparse.Namespace) -> int:
+    from models.avatar_prepare import (
+        AvatarError,
+        AvatarLimits,
+        list_avatars,
+        prepare_avatar,
+        remove_avatar,
+    )
+
+    config = load_config(args.config)
+    avatars_dir = config.weights_path / "avatars"
+    try:
+        if args.action == "list":
+            for info in list_avatars(avatars_dir):
+                extra = f"  {info.frames} frames" if info.mode == "video" else ""
+                print(f"{info.name}\t{info.mode}{extra}")
+        elif args.action == "remove":
+            remove_avatar(args.name, avatars_dir, default=config.avatar.default)
+            print(f"removed {args.name}")
+        else:
+            source, kind = (args.photo, "photo") if args.photo else (args.video, "video")
+            limits = AvatarLimits.from_config(config.avatars)
+            with _progress_bar(f"avatar {args.name}") as bar:
+                info = prepare_avatar(args.name, source, kind, avatars_dir, limits, bar)
+            print(f"added {info.name} ({info.mode}, {info.frames} frames) in {info.path}")
+    except AvatarError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -71,6 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         help="also assemble an optional model (fast-llm: Qwen2.5-Coder 0.5B); repeatable",
     )
     weights.set_defaults(func=_weights)
+
+    avatar = sub.add_parser("avatar", help="add, list or remove avatars (weights/avatars/)")
+    avatar.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    avatar_sub = avatar.add_subparsers(dest="action", required=True)
+    add = avatar_sub.add_parser("add", help="prepare an avatar from a photo or a video")
+    add.add_argument("name", help="1-40 letters, digits, '-' or '_'")
+    source = add.add_mutually_exclusive_group(required=True)
+    source.add_argument("--photo", metavar="FILE", help="a photo with one face")
+    source.add_argument("--video", metavar="FILE", help="a short clip of one person")
+    avatar_sub.add_parser("list", help="list the prepared avatars")
+    remove = avatar_sub.add_parser("remove", help="remove an avatar")
+    remove.add_argument("name")
+    avatar.set_defaults(func=_avatar)
 
     args = parser.parse_args(argv)
     return args.func(args)

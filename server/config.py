@@ -21,6 +21,7 @@ class ServerConfig(BaseModel):
     port: int = 8000
     loopback_only: bool = False
     max_sessions: int = 4
+    mic_prefetch_packets: int = 2  # incoming audio held for N x 20 ms (aiortc's default: 4)
 
 
 class VADConfig(BaseModel):

@@ -37,7 +37,22 @@ async def read_microphone(track: MediaStreamTrack, session: Session) -> None:
             session.feed_mic(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
 
 
-async def answer_offer(session: Session, sdp: str, kind: str) -> RTCPeerConnection:
+def shorten_audio_jitter_buffer(pc: RTCPeerConnection, packets: int) -> None:
+    """aiortc holds incoming audio until 4 later packets arrive (80 ms) before
+    decoding it. Every turn and every barge-in waits for that, so we let the
+    config choose a shorter hold. There is no public setting: this replaces the
+    receiver's private JitterBuffer (checked against aiortc 1.16)."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        if transceiver.kind == "audio" and hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
+            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=packets)
+
+
+async def answer_offer(
+    session: Session, sdp: str, kind: str, mic_prefetch_packets: int = 4
+) -> RTCPeerConnection:
     """Create the server's peer for one session and answer the browser's offer."""
     pc = RTCPeerConnection()
 
@@ -78,6 +93,8 @@ async def answer_offer(session: Session, sdp: str, kind: str) -> RTCPeerConnecti
             session.start()
 
     await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+    if mic_prefetch_packets != 4:
+        shorten_audio_jitter_buffer(pc, mic_prefetch_packets)
     # aiortc attaches each track to the browser's transceiver of the same kind:
     # reply audio on its sendrecv microphone transceiver, video on its recvonly one.
     pc.addTrack(session.clock.audio_track)
