@@ -27,6 +27,9 @@ $(BIN)/python:
 $(INSTALLED): requirements.lock pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -r requirements.lock
 	$(BIN)/python -m pip install --no-deps -e .
+	# Face landmarks (FaceMesh): mediapipe declares numpy<2 but works with numpy 2;
+	# its real dependencies are in requirements.lock.
+	$(BIN)/python -m pip install --no-deps mediapipe==0.10.21
 	touch $@
 
 # Downloads and verifies the models (seconds when they are already there).

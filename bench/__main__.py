@@ -14,16 +14,18 @@ import asyncio
 import datetime as dt
 import os
 import platform
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
+from bench.analysis import edit_distance, first_moving_mouth, frame_stats, pct, stall_time, tokens
 from bench.client import Client, to_48k
 from bench.launch import REPO, running_server
+from bench.plots import write_plots
 from server.config import load_config
 from server.rtc import offer_loopback_only
 
@@ -65,86 +67,116 @@ def synthesize_prompts() -> dict[str, list[tuple[str, np.ndarray, float]]]:
     return out
 
 
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds user+system, peak RSS bytes) of a process, from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        hwm = 0
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+        return cpu, hwm
+    except (OSError, ValueError, IndexError):
+        return float("nan"), 0
 
 
-def tokens(text: str, lang: str) -> list[str]:
-    text = re.sub(r"[^\w\s]", " ", text.lower())
-    return list(text.replace(" ", "")) if lang == "zh" else text.split()
+async def ask(client: Client, lang: str, scenario: str, prompt, barrier=None) -> dict:  # type: ignore[no-untyped-def]
+    """Say one prompt, wait for the whole reply; measure it at the client."""
+    text, pcm, speech_end = prompt
+    if barrier is not None:
+        await barrier.wait()  # the sessions of a scenario ask at the same time
+    client.received.crops.clear()
+    client.keep_crops = True
+    seen = len(client.received.events)
+    client.mic.say(pcm, speech_end_offset=speech_end)
+    await asyncio.sleep(0.05)
+    end_of_speech = client.mic.speech_end_times[-1]
+    final = await client.wait_for(lambda e: e["type"] == "user_text" and e["final"], 60, since=seen)
+    turn = await client.wait_for(lambda e: e["type"] == "turn", 90, since=seen)
+    speaking = await client.wait_for(
+        lambda e: e["type"] == "state" and e["value"] == "speaking", 90, since=seen
+    )
+    await client.wait_for(
+        lambda e: e["type"] == "state" and e["value"] == "listening",
+        120,
+        since=client.index_of(speaking),
+    )
+    reply_end = time.perf_counter()
+    client.keep_crops = False
+    crops, client.received.crops = client.received.crops, []
+    # Idle frames: the avatar listening while the user speaks, just before the end.
+    idle = [c for t, c in crops if end_of_speech - 1.6 <= t < end_of_speech]
+    first_audio = client.first_loud_audio_after(end_of_speech + 0.05)
+    mouth = first_moving_mouth(idle, [(t, c) for t, c in crops if t >= end_of_speech], 0.0)
+    reply_start = first_audio or end_of_speech
+    fps, max_gap = frame_stats(client.received.video_times, reply_start, reply_end)
+    ref, hyp = tokens(text, lang), tokens(final["text"], lang)
+    row = {
+        "scenario": scenario,
+        "lang": lang,
+        "prompt": text,
+        "heard": final["text"],
+        "first_audio": (first_audio - end_of_speech) if first_audio else float("nan"),
+        "first_mouth": (mouth - end_of_speech) if mouth else float("nan"),
+        "stall": stall_time(client.received.audio, reply_start, reply_end),
+        "stages": turn["latency"],
+        "errors": edit_distance(ref, hyp),
+        "ref_len": len(ref),
+        "fps": fps,
+        "max_gap": max_gap,
+        "bot": " ".join(
+            e["text"] for _, e in client.received.events[seen:] if e["type"] == "bot_text"
+        ),
+    }
+    print(
+        f"[{scenario} {lang}] {text} -> {final['text']!r}: first audio "
+        f"{row['first_audio']:.2f} s, first mouth {row['first_mouth']:.2f} s, "
+        f"stall {row['stall']:.2f} s, fps {fps:.1f}, max gap {1000 * max_gap:.0f} ms",
+        flush=True,
+    )
+    return row
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return float(np.percentile(values, q))
-
-
-async def run_language(base: str, lang: str, prompts) -> list[dict]:  # type: ignore[no-untyped-def]
+async def run_language(
+    base: str, lang: str, prompts, scenario: str = "1 session", barrier=None
+) -> list[dict]:  # type: ignore[no-untyped-def]  # noqa: E501
     client = Client(base, lang="auto")
     await client.connect()
     rows = []
     try:
-        await asyncio.sleep(1.0)
-        for text, pcm, speech_end in prompts:
-            seen = len(client.received.events)
-            client.mic.say(pcm, speech_end_offset=speech_end)
-            await asyncio.sleep(0.05)
-            end_of_speech = client.mic.speech_end_times[-1]
-
-            final = await client.wait_for(
-                lambda e: e["type"] == "user_text" and e["final"], 60, since=seen
-            )
-            turn = await client.wait_for(lambda e: e["type"] == "turn", 90, since=seen)
-            speaking = await client.wait_for(
-                lambda e: e["type"] == "state" and e["value"] == "speaking", 90, since=seen
-            )
-            await client.wait_for(
-                lambda e: e["type"] == "state" and e["value"] == "listening",
-                120,
-                since=client.index_of(speaking),
-            )
-            reply_end = time.perf_counter()
-            first_audio = client.first_loud_audio_after(end_of_speech + 0.05)
-            ref, hyp = tokens(text, lang), tokens(final["text"], lang)
-            rows.append(
-                {
-                    "lang": lang,
-                    "prompt": text,
-                    "heard": final["text"],
-                    "first_audio": (first_audio - end_of_speech) if first_audio else float("nan"),
-                    "stages": turn["latency"],
-                    "errors": edit_distance(ref, hyp),
-                    "ref_len": len(ref),
-                    "fps": client.fps_between(first_audio or end_of_speech, reply_end),
-                    "bot": " ".join(
-                        e["text"]
-                        for _, e in client.received.events[seen:]
-                        if e["type"] == "bot_text"
-                    ),
-                }
-            )
-            print(
-                f"[{lang}] {text} -> {final['text']!r}: first audio "
-                f"{rows[-1]['first_audio']:.2f} s, fps {rows[-1]['fps']:.1f}",
-                flush=True,
-            )
+        await asyncio.sleep(2.0)  # let the video settle
+        for prompt in prompts:
+            rows.append(await ask(client, lang, scenario, prompt, barrier))
             await asyncio.sleep(1.0)
     finally:
         await client.close()
     return rows
 
 
-async def run_barge_in(base: str, interruption, trials: int = 3) -> list[float]:  # type: ignore[no-untyped-def]
-    """Talk over a long reply; return, per trial, the seconds from the start of
-    the user's speech to the last non-silent reply audio frame at the client."""
+async def run_concurrent(base: str, langs: list[str], prompts, n: int) -> list[dict]:  # type: ignore[no-untyped-def]
+    """n sessions at once, each on its own language's prompt set (cycling), in step."""
+    barrier = asyncio.Barrier(n)
+    picks = [langs[i % len(langs)] for i in range(n)]
+    count = min(len(prompts[lang]) for lang in picks)
+    results = await asyncio.gather(
+        *(
+            run_language(base, lang, prompts[lang][:count], f"{n} sessions", barrier)
+            for lang in picks
+        )
+    )
+    return [row for rows in results for row in rows]
+
+
+async def run_barge_in(base: str, interruption, trials: int = 3) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]  # noqa: E501
+    """Talk over a long reply. Return, per trial, the seconds from the start of
+    the user's speech to the last non-silent reply audio frame at the client,
+    and the server's barge_in_detected_after of the interrupted turns."""
     text, pcm, _speech_end = interruption
     stops: list[float] = []
+    detected: list[float] = []
     client = Client(base, lang="auto")
     await client.connect()
     try:
@@ -163,7 +195,7 @@ async def run_barge_in(base: str, interruption, trials: int = 3) -> list[float]:
             talk = client.mic.speech_start_times[-1]
             await asyncio.sleep(1.0)
             playing = [
-                t for t, rms in client.received.audio if talk - 0.3 < t <= talk and rms > 0.01
+                t for t, rms in client.received.audio if talk - 0.6 < t <= talk and rms > 0.01
             ]
             loud = [t for t, rms in client.received.audio if t > talk and rms > 0.01]
             if not playing:
@@ -178,9 +210,15 @@ async def run_barge_in(base: str, interruption, trials: int = 3) -> list[float]:
                 since=len(client.received.events),
             )
             await asyncio.sleep(1.0)
+        async with httpx.AsyncClient(timeout=10) as http:
+            info = (await http.get(f"{base}/api/sessions/{client.session_id}")).json()
+        for turn in info.get("turn_log", []):
+            after = turn.get("latency", {}).get("barge_in_detected_after")
+            if turn.get("interrupted") and after is not None:
+                detected.append(float(after))
     finally:
         await client.close()
-    return stops
+    return stops, detected
 
 
 def machine() -> str:
@@ -199,40 +237,130 @@ def machine() -> str:
     )
 
 
-def report(rows: list[dict], barge_in: list[float], command: str, out: Path) -> str:
-    stage_names = [
-        "asr_final",
-        "llm_first_token",
-        "first_clause",
-        "tts_first_audio",
-        "first_audio_sent",
-    ]
+STAGES = ["asr_final", "llm_first_token", "first_clause", "tts_first_audio", "first_audio_sent"]
+LEVERS = "## What each lever gained"
+LEVERS_SKELETON = f"""{LEVERS}
+
+Each lever measured on its own against the run before it (same machine, same
+command); p50 / p95 of end of speech to first reply audio, en and zh.
+
+| lever | en p50 / p95 | zh p50 / p95 | stall | notes |
+|---|---|---|---|---|
+| baseline (before) | | | | |
+| warm KV cache for the system prompt | | | | |
+| shorter VAD hang-over + speculative ASR/LLM | | | | |
+| short first clause, cached openers | | | | |
+| own threads for LLM / TTS / ASR / media | | | | |
+| smaller models (0.5B LLM, tiny.en ASR, voice) | | | | |
+| encoder setting | | | | |
+"""
+
+
+def _f(value: float, digits: int = 2) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"
+
+
+def _spread(values: list[float]) -> str:
+    top = max((v for v in values if v == v), default=float("nan"))
+    return f"{_f(pct(values, 50))} / {_f(pct(values, 95))} / {_f(top)}"
+
+
+def kept_levers(out: Path) -> str:
+    """The hand-written "what each lever gained" section of the previous report."""
+    try:
+        old = out.read_text(encoding="utf-8")
+    except OSError:
+        return LEVERS_SKELETON
+    if LEVERS not in old:
+        return LEVERS_SKELETON
+    section = old[old.index(LEVERS) :]
+    following = section.find("\n## ", len(LEVERS))
+    return (section if following < 0 else section[: following + 1]).rstrip() + "\n"
+
+
+def report(
+    rows: list[dict],
+    barge_in: tuple[list[float], list[float]],
+    resources: dict[str, dict[str, float]],
+    peak_rss: int,
+    command: str,
+    out: Path,
+    plots: list[str],
+) -> str:
+    levers = kept_levers(out)
     lines = [
         "# Benchmarks",
         "",
         f"Run on {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} with `{command}` on: {machine()}.",
         "",
-        "One session per language, prompts spoken in real time by an aiortc client over",
-        "loopback; prompts synthesized by the project's Kokoro TTS with voices other than",
-        "the avatar's. Default config (`configs/cpu.yaml`). Times in seconds, from the end",
-        "of the user's speech (the last voiced sample sent by the client).",
+        "Prompts spoken in real time by aiortc clients over loopback against a server",
+        "started for the run (`videochat serve --loopback-only`, default config",
+        "`configs/cpu.yaml`); prompts synthesized by the project's Kokoro TTS with voices",
+        'other than the avatar\'s. "1 session": one conversation per language, one after',
+        'the other. "2 sessions": two conversations at once (en and zh prompt sets), both',
+        "asking at the same moment. Times in seconds from the end of the user's speech",
+        "(the last voiced sample sent by the client).",
         "",
-        "## End of user speech to first reply audio at the client",
+        "- **first audio**: first non-silent reply audio frame received by the client;",
+        "- **first mouth**: first received video frame whose mouth region differs from",
+        "  every idle frame (received while the user spoke) by more than idle frames",
+        "  differ among themselves, head sway compensated (`bench/analysis.py`);",
+        "- **fps / max gap**: video frames received between first audio and the end",
+        "  of the reply, and the longest arrival gap between two of them;",
+        "- **stall**: per reply, silences between reply audio frames longer than the",
+        "  natural pause between sentences (350 ms), summed beyond that pause;",
+        "- **ASR error**: WER (en, words) or CER (zh, characters) of the final transcripts.",
         "",
-        "| language | prompts | p50 | p95 | max | video fps during replies (min) | ASR error |",
-        "|---|---|---|---|---|---|---|",
+        "## End of speech to first reply audio and first moving mouth (p50 / p95 / max)",
+        "",
+        "| scenario | lang | prompts | first audio | first mouth | fps median (min) "
+        "| max frame gap (ms) | stall per reply median / max | ASR error |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for lang in ("en", "zh"):
-        sub = [r for r in rows if r["lang"] == lang]
-        if not sub:
-            continue
-        firsts = [r["first_audio"] for r in sub]
-        err = sum(r["errors"] for r in sub) / max(1, sum(r["ref_len"] for r in sub))
-        metric = "CER" if lang == "zh" else "WER"
+    scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+    for scenario in scenarios:
+        for lang in ("en", "zh"):
+            sub = [r for r in rows if r["lang"] == lang and r["scenario"] == scenario]
+            if not sub:
+                continue
+            err = sum(r["errors"] for r in sub) / max(1, sum(r["ref_len"] for r in sub))
+            metric = "CER" if lang == "zh" else "WER"
+            fps = [r["fps"] for r in sub]
+            stalls = [r["stall"] for r in sub]
+            gaps = [r["max_gap"] for r in sub if r["max_gap"] == r["max_gap"]]
+            lines.append(
+                f"| {scenario} | {lang} | {len(sub)} | {_spread([r['first_audio'] for r in sub])} "
+                f"| {_spread([r['first_mouth'] for r in sub])} "
+                f"| {statistics.median(fps):.1f} ({min(fps):.1f}) "
+                f"| {1000 * max(gaps, default=float('nan')):.0f} "
+                f"| {_f(pct(stalls, 50))} / {_f(max(stalls))} | {metric} {100 * err:.1f} % |"
+            )
+    stops, detected = barge_in
+    lines += [
+        "",
+        "## Barge-in",
+        "",
+        "Talking over a long reply: seconds from the start of the user's speech to the",
+        "last non-silent reply audio frame at the client, and the user speech the",
+        "server's VAD needed to notice (`barge_in_detected_after`, GET /api/sessions/{id}).",
+        "",
+        "| trials | reply audio stopped after (p50 / max) | detected after (server, p50 / max) |",
+        "|---|---|---|",
+        f"| {len(stops)} | {_f(pct(stops, 50), 3)} / {_f(max(stops, default=float('nan')), 3)} "
+        f"| {_f(pct(detected, 50), 3)} / {_f(max(detected, default=float('nan')), 3)} |",
+        "",
+        "## Resources (server process)",
+        "",
+        f"Peak RSS (VmHWM, all models loaded): **{peak_rss / 2**30:.2f} GiB**.",
+        "",
+        "| scenario | wall s | server CPU s | CPU s per session | CPU s per session-second |",
+        "|---|---|---|---|---|",
+    ]
+    for name, res in resources.items():
+        per = res["cpu"] / res["sessions"]
         lines.append(
-            f"| {lang} | {len(sub)} | {pct(firsts, 50):.2f} | {pct(firsts, 95):.2f} | "
-            f"{max(firsts):.2f} | {statistics.median(r['fps'] for r in sub):.1f} "
-            f"({min(r['fps'] for r in sub):.1f}) | {metric} {100 * err:.1f} % |"
+            f"| {name} | {res['wall']:.0f} | {res['cpu']:.1f} | {per:.1f} "
+            f"| {per / max(res['wall'], 1e-6):.2f} |"
         )
     lines += [
         "",
@@ -240,30 +368,37 @@ def report(rows: list[dict], barge_in: list[float], command: str, out: Path) -> 
         "",
         "Seconds from the server's end-of-speech estimate (VAD end minus hang-over).",
         "",
-        "| language | " + " | ".join(stage_names) + " |",
-        "|---|" + "---|" * len(stage_names),
+        "| scenario | lang | " + " | ".join(STAGES) + " |",
+        "|---|---|" + "---|" * len(STAGES),
     ]
-    for lang in ("en", "zh"):
-        sub = [r for r in rows if r["lang"] == lang]
-        if not sub:
-            continue
-        cells = []
-        for name in stage_names:
-            values = [r["stages"][name] for r in sub if name in r["stages"]]
-            cells.append(f"{statistics.median(values):.2f}" if values else "-")
-        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+    for scenario in scenarios:
+        for lang in ("en", "zh"):
+            sub = [r for r in rows if r["lang"] == lang and r["scenario"] == scenario]
+            if not sub:
+                continue
+            cells = []
+            for name in STAGES:
+                values = [r["stages"][name] for r in sub if name in r["stages"]]
+                cells.append(f"{statistics.median(values):.2f}" if values else "-")
+            lines.append(f"| {scenario} | {lang} | " + " | ".join(cells) + " |")
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     lines += [
         "",
         "## Every prompt",
         "",
-        "| lang | prompt | heard (ASR) | first audio (s) | fps | reply |",
-        "|---|---|---|---|---|---|",
+        "| scenario | lang | prompt | heard (ASR) | first audio | first mouth | stall "
+        "| fps | max gap (ms) | reply |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['lang']} | {r['prompt']} | {r['heard']} | {r['first_audio']:.2f} | "
-            f"{r['fps']:.1f} | {r['bot'][:80]} |"
+            f"| {r['scenario']} | {r['lang']} | {r['prompt']} | {r['heard']} "
+            f"| {_f(r['first_audio'])} | {_f(r['first_mouth'])} | {_f(r['stall'])} "
+            f"| {r['fps']:.1f} | {_f(1000 * r['max_gap'], 0)} | {r['bot'][:80]} |"
         )
+    lines += ["", levers.rstrip()]
     text = "\n".join(lines) + "\n"
     out.write_text(text, encoding="utf-8")
     return text
@@ -273,21 +408,46 @@ async def main_async(args: argparse.Namespace) -> None:
     offer_loopback_only()
     print("synthesizing prompts ...", flush=True)
     prompts = synthesize_prompts()
+    if args.quick:
+        prompts = {lang: items[:1] for lang, items in prompts.items()}
     rows: list[dict] = []
-    with running_server() as (base, _process):
-        for lang in args.langs:
-            rows += await run_language(base, lang, prompts[lang])
-        barge_in = await run_barge_in(base, prompts["en"][0]) if args.barge_in else []
-    print(report(rows, barge_in, args.command, Path(args.out)))
+    resources: dict[str, dict[str, float]] = {}
+    barge_in: tuple[list[float], list[float]] = ([], [])
+    with running_server() as (base, process):
+        for n in args.sessions:
+            name = "1 session" if n == 1 else f"{n} sessions"
+            cpu0, wall0 = proc_stats(process.pid)[0], time.perf_counter()
+            if n == 1:
+                for lang in args.langs:
+                    rows += await run_language(base, lang, prompts[lang])
+            else:
+                rows += await run_concurrent(base, args.langs, prompts, n)
+            resources[name] = {
+                "cpu": proc_stats(process.pid)[0] - cpu0,
+                "wall": time.perf_counter() - wall0,
+                "sessions": n,
+            }
+        if args.barge_in:
+            barge_in = await run_barge_in(base, prompts["en"][0], trials=1 if args.quick else 3)
+        peak_rss = proc_stats(process.pid)[1]
+    out = Path(args.out)
+    plots = write_plots(rows, out.parent)
+    print(report(rows, barge_in, resources, peak_rss, args.command, out, plots))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--langs", nargs="+", default=["en", "zh"])
+    parser.add_argument("--langs", nargs="+", default=["en", "zh"], choices=["en", "zh"])
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
-    parser.add_argument("--command", default="make bench")
+    parser.add_argument("--command", default=None, help="command line shown in the report")
     parser.add_argument("--no-barge-in", dest="barge_in", action="store_false")
+    parser.add_argument(
+        "--sessions", nargs="+", type=int, default=[1, 2], help="concurrent sessions per scenario"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 prompt per language (smoke test)")
     args = parser.parse_args()
+    if args.command is None:
+        args.command = "python -m bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
     asyncio.run(main_async(args))
 
 

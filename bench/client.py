@@ -106,6 +106,8 @@ class Received:
     audio: list[tuple[float, float]] = field(default_factory=list)  # (time, rms)
     video_times: list[float] = field(default_factory=list)
     video_sizes: set[tuple[int, int]] = field(default_factory=set)
+    # (arrival time, mouth-region crop) of each frame while Client.keep_crops is set.
+    crops: list[tuple[float, np.ndarray]] = field(default_factory=list)
     last_image: np.ndarray | None = None
 
 
@@ -122,6 +124,7 @@ class Client:
         self._tasks: list[asyncio.Task[None]] = []
         self._opened = asyncio.Event()
         self._event = asyncio.Condition()
+        self.keep_crops = False  # the benchmark's mouth-motion detection turns it on
 
     async def connect(self) -> None:
         pc = self.pc
@@ -204,6 +207,8 @@ class Client:
                 return
             self.received.video_times.append(time.perf_counter())
             self.received.video_sizes.add((frame.width, frame.height))
+            if self.keep_crops:
+                self.received.crops.append((self.received.video_times[-1], _mouth(frame)))
             if len(self.received.video_times) % 25 == 0:
                 self.received.last_image = frame.to_ndarray(format="rgb24")
 
@@ -212,6 +217,9 @@ class Client:
             if when >= t and rms > threshold:
                 return when
         return None
+
+    def audio_since(self, t: float) -> list[tuple[float, float]]:
+        return [(when, rms) for when, rms in self.received.audio if when >= t]
 
     def fps_between(self, start: float, end: float) -> float:
         frames = [t for t in self.received.video_times if start <= t <= end]
@@ -224,3 +232,16 @@ class Client:
         if self.session_id:
             async with httpx.AsyncClient(timeout=10) as http:
                 await http.delete(f"{self.base_url}/api/sessions/{self.session_id}")
+
+
+def _mouth(frame: av.VideoFrame) -> np.ndarray:
+    """The mouth region of a decoded frame, from its luma plane only (cheap)."""
+    from bench.analysis import mouth_crop
+
+    try:
+        plane = frame.planes[0]
+        luma = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        gray = luma[: frame.height, : frame.width]
+    except (ValueError, TypeError):
+        gray = frame.to_ndarray(format="gray")
+    return mouth_crop(gray)

@@ -40,6 +40,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from models import mouth as mouth_track
 from models.base import (
     MEDIA_FPS,
     MEDIA_SAMPLE_RATE,
@@ -52,17 +53,19 @@ from models.base import (
 
 log = logging.getLogger(__name__)
 
+_TRACK_RATE = mouth_track.TRACK_RATE
 LOOKAHEAD_SAMPLES = MEDIA_SAMPLE_RATE // 10  # 100 ms of queued audio after the frame
 
 
 # ============================================================== buffered stream
 class _Chunk:
-    __slots__ = ("audio", "offset", "tag")
+    __slots__ = ("audio", "offset", "tag", "track")
 
-    def __init__(self, audio: np.ndarray, tag: Any) -> None:
+    def __init__(self, audio: np.ndarray, tag: Any, track: np.ndarray | None = None) -> None:
         self.audio = audio
         self.offset = 0
         self.tag = tag
+        self.track = track  # mouth shapes at mouth.TRACK_RATE for this chunk, or None
 
 
 def _as_float_mono(audio: np.ndarray) -> np.ndarray:
@@ -105,16 +108,25 @@ class BufferedAvatarStream(AvatarStream):
         self._segment_open = False
         self._underrun = 0
         self.frame_index = 0
+        # The mouth shape (models/mouth.py) of the frame being rendered, from the
+        # track of the chunk its audio comes from; None when no track applies.
+        self.frame_shape: np.ndarray | None = None
 
     # ------------------------------------------------------------- producer
     def push_audio(self, audio: np.ndarray, tag: Any = None, speech: Speech | None = None) -> None:
         samples = _as_float_mono(audio)
+        track = self.make_track(samples, speech) if samples.size else None
         with self._lock:
             self._segment_open = True
             self._underrun = 0
             if samples.size:
-                self._chunks.append(_Chunk(samples, tag))
+                self._chunks.append(_Chunk(samples, tag, track))
                 self._queued += samples.size
+
+    def make_track(self, samples: np.ndarray, speech: Speech | None) -> np.ndarray | None:
+        """The mouth-shape track of a pushed chunk (48 kHz ``samples``), or None
+        (renderers that drive the mouth from the audio window need none)."""
+        return None
 
     def end_of_segment(self) -> None:
         with self._lock:
@@ -137,8 +149,15 @@ class BufferedAvatarStream(AvatarStream):
         n = self.samples_per_frame
         window = np.zeros(n, np.float32)
         played: list[tuple[Any, int]] = []
+        shape = None
         with self._lock:
             pos = 0
+            if self._chunks and self._chunks[0].track is not None:
+                first = self._chunks[0]
+                track = first.track
+                centre = first.offset + n // 2  # the frame's middle, in chunk samples
+                row = int(centre * _TRACK_RATE // MEDIA_SAMPLE_RATE)
+                shape = track[min(row, track.shape[0] - 1)]
             while pos < n and self._chunks:
                 chunk = self._chunks[0]
                 take = min(n - pos, chunk.audio.size - chunk.offset)
@@ -161,6 +180,7 @@ class BufferedAvatarStream(AvatarStream):
             speaking = pos > 0 or (
                 self._segment_open and self._underrun <= self.underrun_grace_frames
             )
+        self.frame_shape = shape
         image = self.render(window, lookahead, speaking)
         self.frame_index += 1
         pcm = np.rint(np.clip(window, -1.0, 1.0) * 32767.0).astype(np.int16)
@@ -209,6 +229,8 @@ ASTRONAUT_META: dict[str, Any] = {
         "upper_teeth": 0.0,  # paint upper teeth in the opened gap (0: the photo shows them)
         "lower_teeth": 0.55,
         "lip_skip": 2.0,  # rows under the parting line hidden when open (teeth edge)
+        "upper_lip": 277.5,  # y of the upper lip's lower edge (above the teeth) at the centre
+        "nose": 265.0,  # y of the nose base: the upper-lip skin between it and the lip stretches
     },
     "eyes": [
         {"corners": [[184, 196], [223, 199]], "upper": 191.5, "lower": 204.5},
@@ -276,6 +298,16 @@ class _MouthRig:
     lip_skip: float  # source rows under the parting line covered once open
     upper_teeth: float
     lower_teeth: float
+    # Lip closure: per column (ROI-local y) the nose line, the upper lip's edge,
+    # the parting line and the bottom of the moved region.
+    close_top: np.ndarray  # (w,)
+    close_upper: np.ndarray  # (w,)
+    close_bottom: np.ndarray  # (w,)
+    upper_share: float  # share of the lip gap closed by the upper lip coming down
+    # Width / rounding: horizontal scaling about the mouth centre, weighted by a mask.
+    centre_x: float  # ROI-local
+    spread_mask: np.ndarray  # (h, w)
+    spread: float  # relative width change from rest to "ee" (and to rounded)
 
 
 @dataclass
@@ -332,7 +364,10 @@ class AvatarAssets:
         fall = max(1.6 * max_open, 0.8 * (chin - parting_c))  # below the chin, back to 0
         x0 = int(max(0, math.floor(cx - jaw_hw - 2)))
         x1 = int(min(self.size, math.ceil(cx + jaw_hw + 2)))
-        y0 = int(max(0, math.floor(min(ly, ry) - 4)))
+        nose_guess = float(m.get("upper_lip", parting_c)) - 1.2 * max(
+            parting_c - float(m.get("upper_lip", parting_c)), 4.0
+        )
+        y0 = int(max(0, math.floor(min(ly, ry, float(m.get("nose", nose_guess))) - 4)))
         y1 = int(min(self.size, math.ceil(chin + fall + 2)))
         gx, gy = np.meshgrid(
             np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32)
@@ -361,7 +396,32 @@ class AvatarAssets:
         c1 = int(min(x1 - x0, math.ceil(rx + 2 - x0)))
         r0 = int(max(0, math.floor(min(ly, ry) - 2 - y0)))
         r1 = int(min(y1 - y0, math.ceil(parting_c + max_open + 3 - y0)))
+        # Closure: the upper lip's edge follows the parting line's shape, raised by
+        # the visible gap (teeth) at the centre; the nose line sits above it.
+        upper_c = float(m.get("upper_lip", parting_c))
+        gap_c = max(0.0, parting_c - upper_c)
+        upper = parting - gap_c * lens
+        nose_c = float(m.get("nose", nose_guess))
+        top = np.minimum(upper - 2.0, nose_c + 0.3 * (corner_line - (ly + ry) / 2))
+        top = np.maximum(top, y0 + 1.0)
+        bottom = np.minimum(chin + 0.3 * (chin - parting_c), y1 - 1.0) * np.ones_like(xs)
+        # Width: a soft ellipse around the mouth (1 inside, 0 at the ROI's edge).
+        cy_m = (parting_c + upper_c) / 2
+        ex = (gx - cx) / (1.9 * hw)
+        ey = np.where(
+            gy < cy_m,
+            (gy - cy_m) / max(cy_m - nose_c + 2, 4.0),
+            (gy - cy_m) / (0.8 * (chin - cy_m) + 1),
+        )
+        spread_mask = 1.0 - _smoothstep(0.45, 1.0, np.sqrt(ex * ex + ey * ey))
         return _MouthRig(
+            close_top=(top - y0).astype(np.float32),
+            close_upper=(upper - y0).astype(np.float32),
+            close_bottom=(bottom - y0).astype(np.float32),
+            upper_share=float(m.get("upper_share", 0.6)),
+            centre_x=float(cx - x0),
+            spread_mask=spread_mask.astype(np.float32),
+            spread=float(m.get("spread", 0.12)),
             roi=(x0, y0, x1, y1),
             grid_x=np.ascontiguousarray(gx - x0),
             grid_y=np.ascontiguousarray(gy - y0),
@@ -467,6 +527,20 @@ def _head_from_features(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _meta_from_landmarks(meta: dict[str, Any], landmarks: np.ndarray) -> None:
+    """Fill the lip-closure geometry that meta.json may lack from the 478 FaceMesh
+    points (pixels of image.png; a (N, 478, 2) array gives its first frame):
+    the upper lip's inner edge (13) and the nose base (2)."""
+    lm = np.asarray(landmarks, np.float64)
+    if lm.ndim == 3:
+        lm = lm[0]
+    if lm.shape[0] < 468 or lm.shape[-1] < 2:
+        return
+    m = meta["mouth"]
+    m.setdefault("upper_lip", float(lm[13, 1]))
+    m.setdefault("nose", float(lm[2, 1]))
+
+
 def _transform_meta(meta: dict[str, Any], scale: float, dx: float, dy: float) -> dict[str, Any]:
     """A copy of ``meta`` with every coordinate mapped by p * scale + (dx, dy)."""
 
@@ -479,6 +553,9 @@ def _transform_meta(meta: dict[str, Any], scale: float, dx: float, dy: float) ->
     m["left"], m["right"] = pt(m["left"]), pt(m["right"])
     m["parting"] = float(m["parting"]) * scale + dy
     m["chin"] = float(m["chin"]) * scale + dy
+    for key in ("upper_lip", "nose"):
+        if key in m:
+            m[key] = float(m[key]) * scale + dy
     for key in ("max_open", "lip_skip"):
         if key in m:
             m[key] = float(m[key]) * scale
@@ -512,6 +589,7 @@ class PhotoAvatarModel(AvatarModel):
     def __init__(self, weights_dir: Path, size: int = 512, default: str = "astronaut") -> None:
         self.size = size
         self.default = default
+        self.weights_dir = Path(weights_dir)
         self._assets: dict[str, AvatarAssets] = {
             "astronaut": AvatarAssets("astronaut", astronaut_image(), ASTRONAUT_META, size)
         }
@@ -537,10 +615,18 @@ class PhotoAvatarModel(AvatarModel):
         else:
             meta = _guess_meta(image)
             log.warning("avatar %r has no meta.json: face geometry guessed from a face box", name)
+        lm_path = image_path.with_name("landmarks.npy")
+        if lm_path.is_file():
+            _meta_from_landmarks(meta, np.load(lm_path))
         return AvatarAssets(name, image, meta, self.size)
 
     def avatars(self) -> list[str]:
         return list(self._assets)
+
+    def refresh(self) -> None:
+        """Re-read weights_dir/avatars after avatars were added or removed (the
+        avatar API calls it); running streams keep their assets."""
+        self._assets = PhotoAvatarModel(self.weights_dir, self.size, self.default)._assets
 
     def assets(self, name: str) -> AvatarAssets:
         try:
@@ -570,12 +656,16 @@ class PhotoAvatarStream(BufferedAvatarStream):
     attack = 0.7  # share of the way to a louder target per frame
     release = 0.38  # ... and to a quieter one
 
+    # Without a track (idle), the shape relaxes to the rest pose by this share per frame.
+    relax = 0.35
+
     def __init__(self, assets: AvatarAssets, seed: int | None = None) -> None:
         super().__init__()
         cv2.setNumThreads(1)
         self.assets = assets
         self.rng = np.random.default_rng(seed)
         self.opening = 0.0
+        self.shape = mouth_track.REST.copy()
         self.peak_db = self.peak_init_db
         self.energy = 0.0  # slow speech energy: livelier head motion while talking
         self._blink_queue: list[float] = []
@@ -605,6 +695,12 @@ class PhotoAvatarStream(BufferedAvatarStream):
         self._weights = _loudness_weights()
 
     # ------------------------------------------------------------- drivers
+    def make_track(self, samples: np.ndarray, speech: Speech | None) -> np.ndarray | None:
+        if float(np.abs(samples).max()) < 1e-4:
+            return None  # pure silence: the idle face, untouched
+        timings = speech.phonemes if speech is not None and speech.phonemes else None
+        return mouth_track.mouth_track(samples, MEDIA_SAMPLE_RATE, timings)
+
     def _mouth_target(self, window: np.ndarray, lookahead: np.ndarray) -> float:
         block = 480  # 10 ms
         audio = window if lookahead.size < block else np.concatenate([window, lookahead])
@@ -646,13 +742,26 @@ class PhotoAvatarStream(BufferedAvatarStream):
         return head_dx, head_dy, angle, body_dy
 
     # ----------------------------------------------------------- rendering
-    def render(self, window: np.ndarray, lookahead: np.ndarray, speaking: bool) -> np.ndarray:
+    def _next_shape(self, window: np.ndarray, lookahead: np.ndarray) -> np.ndarray:
+        """This frame's mouth shape: the pushed chunk's track where there is one,
+        else the loudness of the window (opening only), relaxing to rest."""
+        if self.frame_shape is not None:
+            return np.asarray(self.frame_shape, np.float32).copy()
         target = self._mouth_target(window, lookahead)
-        k = self.attack if target > self.opening else self.release
-        self.opening += k * (target - self.opening)
-        if self.opening < 0.02 and target == 0.0:
-            self.opening = 0.0
         self.peak_db = self.peak_init_db
+        rest = mouth_track.REST
+        shape = self.shape + self.relax * (rest - self.shape)
+        k = self.attack if target > shape[0] else self.release
+        shape[0] = self.shape[0] + k * (target - self.shape[0])
+        if shape[0] < 0.02 and target == 0.0:
+            shape[0] = 0.0
+        if np.abs(shape - rest).max() < 0.01 and target == 0.0:
+            shape = rest.copy()
+        return shape
+
+    def render(self, window: np.ndarray, lookahead: np.ndarray, speaking: bool) -> np.ndarray:
+        self.shape = self._next_shape(window, lookahead)
+        self.opening = float(self.shape[0]) * self.max_opening
         self.energy += 0.08 * (self.opening - self.energy)
         if self.energy < 0.005 and self.opening == 0.0:
             self.energy = 0.0  # back to the exact idle motion
@@ -660,20 +769,36 @@ class PhotoAvatarStream(BufferedAvatarStream):
 
         a = self.assets
         canvas = a.image.copy()
-        if self.opening > 0.0:
-            self._draw_mouth(canvas, self.opening)
+        if self.opening > 0.0 or np.abs(self.shape[1:] - mouth_track.REST[1:]).max() > 0.005:
+            self._draw_mouth(canvas, self.opening, self.shape)
         if blink > 0.0:
             for eye in a.eyes:
                 self._draw_blink(canvas, eye, blink)
         return self._apply_motion(canvas)
 
-    def _draw_mouth(self, canvas: np.ndarray, opening: float) -> None:
+    def _draw_mouth(self, canvas: np.ndarray, opening: float, shape: np.ndarray) -> None:
         rig = self.assets.mouth
         x0, y0, x1, y1 = rig.roi
         amount = opening * rig.max_open
         src = self.assets.image[y0:y1, x0:x1]
         map_y = rig.grid_y - amount * rig.profile
-        out = cv2.remap(src, rig.grid_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # Width and rounding: scale x about the mouth centre inside a soft mask
+        # (> 1 spreads the corners, < 1 narrows a rounded mouth).
+        _, width, rnd, closure = (float(v) for v in shape)
+        scale = 1.0 + rig.spread * (2.0 * (width - 0.5)) - 1.6 * rig.spread * rnd
+        if abs(scale - 1.0) > 1e-3:
+            map_x = rig.grid_x - (1.0 - 1.0 / scale) * (rig.grid_x - rig.centre_x) * rig.spread_mask
+            if rnd > 0.0:  # rounded lips also push forward: a little taller
+                map_y = map_y - 0.08 * rnd * (map_y - rig.close_upper[None, :]) * rig.spread_mask
+        else:
+            map_x = rig.grid_x
+        c = float(_smoothstep(0.15, 0.75, np.float32(closure)))
+        if c > 0.0:
+            map_y = self._close_lips(map_y, c)
+        out = cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if amount <= 0.0:
+            canvas[y0:y1, x0:x1] = out
+            return
 
         # The gap: output below the parting line whose source lies above it.
         c0, r0, c1, r1 = rig.cav
@@ -719,6 +844,29 @@ class PhotoAvatarStream(BufferedAvatarStream):
         a3 = alpha[..., None]
         out[r0:r1, c0:c1] = (region * (1.0 - a3) + col * a3 + 0.5).astype(np.uint8)
         canvas[y0:y1, x0:x1] = out
+
+    def _close_lips(self, map_y: np.ndarray, c: float) -> np.ndarray:
+        """Compose ``map_y`` with the closure map: the upper lip comes down and the
+        lower lip up over the gap between them (the teeth) until they meet at
+        ``c`` = 1. Per column: source [top, upper] -> output [top, upper'],
+        [upper, parting] -> [upper', parting'], [parting, bottom] -> [parting', bottom]."""
+        rig = self.assets.mouth
+        top = rig.close_top[None, :]
+        up = rig.close_upper[None, :]
+        part = rig.parting[None, :]
+        bot = rig.close_bottom[None, :]
+        gap = part - up
+        up2 = up + c * rig.upper_share * gap
+        part2 = part - c * (1.0 - rig.upper_share) * gap
+        y = map_y
+        a = top + (y - top) * (up - top) / np.maximum(up2 - top, 1e-3)
+        mid = up + (y - up2) * gap / np.maximum(part2 - up2, 1e-3)
+        mid = np.where(part2 - up2 < 0.5, np.where(y < up2, up, part), mid)
+        b = part + (y - part2) * (bot - part) / np.maximum(bot - part2, 1e-3)
+        out = np.where(
+            y < top, y, np.where(y < up2, a, np.where(y < part2, mid, np.where(y < bot, b, y)))
+        )
+        return out.astype(np.float32)
 
     def _draw_blink(self, canvas: np.ndarray, eye: _EyeRig, b: float) -> None:
         x0, y0, x1, y1 = eye.roi

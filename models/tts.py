@@ -202,7 +202,17 @@ class KokoroSynthesizer(SpeechSynthesizer):
         audio, sample_rate = self._kokoro.create(
             phonemes, voice, speed=self.speed, is_phonemes=True
         )
-        return Speech(np.asarray(audio, dtype=np.float32).reshape(-1), int(sample_rate))
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        # Kokoro does not output its durations: align the phonemes to the audio
+        # (models/mouth.py, a few ms) so the avatar gets timed mouth shapes.
+        try:
+            from models.mouth import align_phonemes
+
+            timings = align_phonemes(phonemes, audio, int(sample_rate))
+        except Exception:  # lip-sync falls back to the audio; never fail the reply
+            log.exception("phoneme alignment failed")
+            timings = []
+        return Speech(audio, int(sample_rate), timings)
 
 
 # --------------------------------------------------------------------- edge-tts

@@ -64,10 +64,10 @@ class _progress_bar:
         from tqdm import tqdm
 
         if self.bar is None:
-            fmt = "{l_bar}{bar}| {postfix}"
-            self.bar = tqdm(total=100, desc=self.desc, unit="%", bar_format=fmt)
+            fmt = "{desc} {percentage:3.0f}%|{bar:24}| {elapsed}"
+            self.bar = tqdm(total=100, bar_format=fmt)
         self.bar.n = int(round(100 * fraction))
-        self.bar.set_postfix_str(message, refresh=True)
+        self.bar.set_description_str(f"{self.desc}: {message:<18}", refresh=True)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
@@ -149,8 +149,25 @@ def main(argv: list[str] | None = None) -> int:
     remove.add_argument("name")
     avatar.set_defaults(func=_avatar)
 
+    ev = sub.add_parser("eval", help="measurements (lipsync: lag, correlation, closures)")
+    ev_sub = ev.add_subparsers(dest="what", required=True)
+    lip = ev_sub.add_parser("lipsync", help="render en/zh sentences, FaceMesh, docs/lipsync.md")
+    lip.add_argument("--weights", default="weights")
+    lip.add_argument("--avatar", default=None)
+    lip.add_argument("--docs", default="docs")
+    lip.add_argument("--no-doc", action="store_true")
+    lip.set_defaults(func=_eval_lipsync)
+
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+def _eval_lipsync(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from evals.lipsync import run
+
+    return run(Path(args.weights), args.avatar, Path(args.docs), not args.no_doc)
 
 
 if __name__ == "__main__":

@@ -371,26 +371,86 @@
     }
   }
 
-  async function loadAvatars() {
+  async function loadAvatars(select) {
     let names = [];
     try {
       const resp = await fetch('/api/avatars', { headers: { Accept: 'application/json' } });
       if (resp.status === 200) {
         const list = await resp.json();
         if (Array.isArray(list)) {
-          names = list.map((a) => (a && typeof a === 'object' ? a.name : a))
+          names = list.filter((a) => !(a && typeof a === 'object' && a.ready === false))
+            .map((a) => (a && typeof a === 'object' ? a.name : a))
             .filter((n) => typeof n === 'string' && n);
         }
       }
     } catch { /* no avatar API: keep "default" */ }
     if (!names.length) names = ['default'];
+    const keep = select || el.avatar.value;
     el.avatar.replaceChildren(...names.map((name) => new Option(name, name)));
+    if (names.includes(keep)) el.avatar.value = keep;
+  }
+
+  // Upload a photo or a clip: POST /api/avatars answers when it is prepared;
+  // meanwhile /api/avatars/{name}/progress is polled for the bar.
+  async function addAvatar(event) {
+    event.preventDefault();
+    const name = $('avatar-name').value.trim();
+    const file = $('avatar-file').files[0];
+    const bar = $('avatar-progress');
+    const status = $('avatar-status');
+    const button = $('avatar-add');
+    if (!name || !file) return;
+    const form = new FormData();
+    form.append('name', name);
+    form.append('file', file);
+    button.disabled = true;
+    bar.hidden = false;
+    bar.value = 0;
+    status.textContent = `Uploading ${file.name}…`;
+    let polling = true;
+    const poll = async () => {
+      while (polling) {
+        await new Promise((r) => setTimeout(r, 500));
+        if (!polling) break;
+        try {
+          const resp = await fetch(`/api/avatars/${encodeURIComponent(name)}/progress`);
+          if (resp.status === 200 && polling) {
+            const p = await resp.json();
+            if (p.state === 'running') {
+              bar.value = p.fraction;
+              status.textContent = `Preparing ${name}: ${p.message}`;
+            }
+          }
+        } catch { /* keep polling */ }
+      }
+    };
+    poll();
+    try {
+      const resp = await fetch('/api/avatars', { method: 'POST', body: form });
+      let body = {};
+      try { body = await resp.json(); } catch { /* not JSON */ }
+      if (resp.status === 201) {
+        bar.value = 1;
+        status.textContent = `Added ${name} (${body.mode || 'photo'}). Pick it and press Start.`;
+        $('avatar-form').reset();
+        await loadAvatars(name);
+      } else {
+        status.textContent = `Could not add ${name}: ${body.detail || resp.statusText}`;
+      }
+    } catch (err) {
+      status.textContent = `Upload failed: ${err}`;
+    } finally {
+      polling = false;
+      button.disabled = false;
+      setTimeout(() => { bar.hidden = true; }, 800);
+    }
   }
 
   el.start.addEventListener('click', start);
   el.hangup.addEventListener('click', () => { hangup(); });
   el.interrupt.addEventListener('click', interrupt);
   el.composer.addEventListener('submit', sendTyped);
+  $('avatar-form').addEventListener('submit', addAvatar);
   window.addEventListener('pagehide', () => { if (vc.pc) hangup(); });
 
   setConnected(false);

@@ -1,0 +1,102 @@
+"""The mouth-shape track (models/mouth.py) and lips closing in rendered frames."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models import mouth
+from models.avatar_photo import ASTRONAUT_META, AvatarAssets, PhotoAvatarStream, astronaut_image
+from models.base import MEDIA_SAMPLE_RATE, Speech
+
+SR = 24_000
+
+
+def _tone(seconds: float, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (amp * np.sin(2 * np.pi * 220 * t) * (1 + 0.3 * np.sin(2 * np.pi * 900 * t))).astype(
+        np.float32
+    )
+
+
+def _mama() -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    """'mama': quiet (m) - loud (a) - quiet (m) - loud (a), 0.1 s each, in silence."""
+    sil = np.zeros(int(0.2 * SR), np.float32)
+    audio = np.concatenate([sil, _tone(0.1, 0.03), _tone(0.15), _tone(0.1, 0.03), _tone(0.15), sil])
+    timings = [("m", 0.2, 0.3), ("a", 0.3, 0.45), ("m", 0.45, 0.55), ("a", 0.55, 0.7)]
+    return audio, timings
+
+
+def test_parse_phonemes():
+    assert mouth.parse_phonemes("mˈɑːm, hi") == ["m", "ɑ", "ɑ", "m", ".", "h", "i"]
+    assert mouth.parse_phonemes("ma→ma→") == ["m", "a", "m", "a"]
+
+
+def test_silence_is_closed_and_still():
+    track = mouth.mouth_track(np.zeros(SR, np.float32), SR)
+    assert track.shape == (mouth.TRACK_RATE, 4)
+    assert np.all(track[:, 0] < 0.01)  # no opening
+    assert np.all(track[:, 3] > 0.9)  # lips together
+
+
+def test_mama_closes_twice():
+    audio, timings = _mama()
+    track = mouth.mouth_track(audio, SR, timings)
+    closed = mouth.closed_frames(track)
+    t = np.arange(track.shape[0]) / mouth.TRACK_RATE
+    speech = (t > 0.22) & (t < 0.62)
+    # two closed runs inside the word, separated by open vowels
+    runs = np.flatnonzero(np.diff(closed[speech].astype(int)) == 1)
+    assert len(runs) + int(closed[speech][0]) == 2
+    assert track[(t > 0.33) & (t < 0.42), 0].max() > 0.3  # the first "a" opens
+    assert track[(t > 0.58) & (t < 0.66), 0].max() > 0.3
+
+
+def test_anticipation():
+    """The rounding of "u" starts before the "u" itself."""
+    audio = np.concatenate([np.zeros(int(0.2 * SR), np.float32), _tone(0.6)])
+    timings = [("i", 0.2, 0.5), ("u", 0.5, 0.8)]
+    track = mouth.mouth_track(audio, SR, timings)
+    row = int(0.5 * mouth.TRACK_RATE)
+    lead = int(0.05 * mouth.TRACK_RATE)
+    assert track[row - lead, 2] > 0.3  # already rounding 50 ms early
+    assert track[row - lead, 1] < track[row - 15, 1]  # and narrowing
+
+
+def test_align_phonemes_in_order_and_inside():
+    audio, _ = _mama()
+    timings = mouth.align_phonemes("mˈɑmɑ", audio, SR)
+    assert [p for p, _, _ in timings] == ["m", "ɑ", "m", "ɑ"]
+    starts = [a for _, a, _ in timings]
+    assert starts == sorted(starts)
+    assert all(0.0 <= a < b <= len(audio) / SR + 0.011 for _, a, b in timings)
+
+
+def test_rendered_lips_close_on_bilabial():
+    """Frames rendered during the "m"s show the lips together: the rows between the
+    lips (the teeth in the photo) are covered."""
+    assets = AvatarAssets("astronaut", astronaut_image(), ASTRONAUT_META, 512)
+    stream = PhotoAvatarStream(assets, seed=0)
+    stream._motion = lambda: (0.0, 0.0, 0.0, 0.0)  # keep the mouth box in place
+    audio, timings = _mama()
+    a48 = np.repeat(audio, 2)
+    stream.push_audio(a48, tag="t", speech=Speech(audio, SR, timings))
+    stream.end_of_segment()
+    m = ASTRONAUT_META["mouth"]
+    ys = slice(int(m["upper_lip"]) + 3, int(m["parting"]) - 3)
+    xs = slice(235, 255)
+    teeth = []
+    shapes = []
+    for _ in range(int(np.ceil(a48.size / 1920)) + 2):
+        f = stream.next_frame()
+        assert f.image.shape == (512, 512, 3) and f.image.dtype == np.uint8
+        box = f.image[ys, xs].astype(float)
+        teeth.append(float((box[..., 0] - box[..., 2]).mean()))  # lips are redder than teeth
+        shapes.append(stream.shape.copy())
+    shapes = np.array(shapes)
+    closed = shapes[:, 3] > 0.8
+    assert closed.any() and (shapes[:, 0] > 0.3).any()
+    # frames with the lips together show lip (red) where the photo shows teeth (white)
+    box = assets.image[ys, xs].astype(float)
+    rest = float((box[..., 0] - box[..., 2]).mean())
+    assert min(teeth[i] for i in np.flatnonzero(closed)) > rest + 6, (teeth, rest)
+    assert MEDIA_SAMPLE_RATE == 48_000
