@@ -20,7 +20,7 @@ _NOISE = re.compile(r"[*_`#>|~\[\]{}<>]+|^\s*[-•]\s+", re.MULTILINE)
 
 class SentenceSplitter:
     def __init__(
-        self, min_first_chars: int = 2, max_first_words: int = 6, max_first_cjk: int = 8
+        self, min_first_chars: int = 2, max_first_words: int = 4, max_first_cjk: int = 6
     ) -> None:
         self._buffer = ""
         self._first = True

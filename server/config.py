@@ -47,14 +47,14 @@ class LLMConfig(BaseModel):
     base_url: str = ""
     model: str = "qwen2.5-1.5b"
     api_key: str = "none"
-    threads: int = 2
+    threads: int = 1
     parallel_slots: int = 4
     context_tokens: int = 4096
     max_tokens: int = 160
     temperature: float = 0.6
     max_history_messages: int = 12
-    first_piece_max_words: int = 6  # speak the first clause early even without a comma
-    first_piece_max_cjk: int = 8
+    first_piece_max_words: int = 4  # speak the first clause early even without a comma
+    first_piece_max_cjk: int = 6
     system_prompt: str = "You are a friendly bilingual digital human. Answer briefly."
 
 

@@ -53,15 +53,15 @@ def test_empty_reply():
 def test_first_piece_is_capped_when_no_mark_comes():
     text = "The capital city of France is Paris and it is lovely. Bye."
     assert split_streamed(text) == [
-        "The capital city of France is",
-        "Paris and it is lovely.",
+        "The capital city of",
+        "France is Paris and it is lovely.",
         "Bye.",
     ]
 
 
 def test_first_chinese_piece_is_capped():
     text = "法国的首都是巴黎也是最大的城市。好。"
-    assert split_streamed(text) == ["法国的首都是巴黎", "也是最大的城市。", "好。"]
+    assert split_streamed(text) == ["法国的首都是", "巴黎也是最大的城市。", "好。"]
 
 
 def test_cap_can_be_disabled():
