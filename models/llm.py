@@ -11,7 +11,6 @@ and (2) llama.cpp's server gives each conversation its own KV-cache slot
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from models.base import BackendUnavailable, ChatMessage, ChatModel
+from models.threads import run_in_low_priority_thread
 from server.config import LLMConfig
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,8 @@ def _free_loopback_port() -> int:
 class EmbeddedLlamaChat(OpenAICompatibleChat):
     """xllamacpp's llama.cpp server on 127.0.0.1, loaded once per process."""
 
-    def __init__(self, config: LLMConfig, weights_dir: Path) -> None:
+    def __init__(self, config: LLMConfig, weights_dir: Path, nice: int = 0) -> None:
+        self.nice = nice  # llama.cpp's threads run below the media threads' priority
         model_path = weights_dir / config.model_file
         if not model_path.is_file():
             raise BackendUnavailable(
@@ -125,7 +126,7 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
 
     async def start(self) -> None:
         if self._server is None:
-            await asyncio.to_thread(self._start_server)
+            await run_in_low_priority_thread(self._start_server, self.nice)
             await self.warm_up()
 
     def _start_server(self) -> None:
@@ -167,9 +168,9 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
         self._server = None  # the destructor stops llama.cpp's loop
 
 
-def load_chat_model(config: LLMConfig, weights_dir: Path) -> ChatModel:
+def load_chat_model(config: LLMConfig, weights_dir: Path, nice: int = 0) -> ChatModel:
     if config.backend == "embedded":
-        return EmbeddedLlamaChat(config, weights_dir)
+        return EmbeddedLlamaChat(config, weights_dir, nice=nice)
     if config.backend == "openai":
         return OpenAICompatibleChat(config)
     raise BackendUnavailable(f"unknown llm.backend {config.backend!r}")

@@ -16,6 +16,7 @@ from models.base import (
     SpeechSynthesizer,
     VADModel,
 )
+from models.threads import lower_this_thread, run_in_low_priority_thread
 from server.config import Config
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,16 @@ class Engines:
     inference: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="infer")
     )
+
+    @classmethod
+    def with_priority(cls, nice: int, **models: object) -> Engines:
+        pool = ThreadPoolExecutor(
+            max_workers=2,
+            thread_name_prefix="infer",
+            initializer=lower_this_thread,
+            initargs=(nice,),
+        )
+        return cls(inference=pool, **models)  # type: ignore[arg-type]
 
     async def close(self) -> None:
         await self.llm.close()
@@ -61,16 +72,19 @@ async def load_engines(config: Config) -> Engines:
 
     weights = config.weights_path
     started = time.perf_counter()
-    llm = load_chat_model(config.llm, weights)
+    nice = config.inference_nice
+    llm = load_chat_model(config.llm, weights, nice=nice)
     # The LLM loads in llama.cpp's threads while Python loads the rest.
     llm_start = asyncio.create_task(llm.start())
     vad = load_vad(config.vad)
+    # Models load in low-priority threads so the worker threads they create
+    # inherit the lower priority (models/threads.py).
     log.info("loading ASR (%s)", config.asr.backend)
-    asr = await asyncio.to_thread(load_recognizer, config.asr, weights)
+    asr = await run_in_low_priority_thread(lambda: load_recognizer(config.asr, weights), nice)
     log.info("loading TTS (%s)", config.tts.backend)
-    tts = await asyncio.to_thread(load_synthesizer, config.tts, weights)
+    tts = await run_in_low_priority_thread(lambda: load_synthesizer(config.tts, weights), nice)
     log.info("loading avatar renderer (%s)", config.avatar.backend)
     avatar = await asyncio.to_thread(_load_avatar, config)
     await llm_start
     log.info("all models loaded in %.1f s", time.perf_counter() - started)
-    return Engines(vad=vad, asr=asr, llm=llm, tts=tts, avatar=avatar)
+    return Engines.with_priority(nice, vad=vad, asr=asr, llm=llm, tts=tts, avatar=avatar)

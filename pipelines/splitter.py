@@ -20,13 +20,22 @@ _NOISE = re.compile(r"[*_`#>|~\[\]{}<>]+|^\s*[-•]\s+", re.MULTILINE)
 
 class SentenceSplitter:
     def __init__(
-        self, min_first_chars: int = 2, max_first_words: int = 4, max_first_cjk: int = 6
+        self,
+        min_first_chars: int = 2,
+        max_first_words: int = 4,
+        max_first_cjk: int = 6,
+        clause_min_words: int = 8,
+        clause_min_cjk: int = 12,
     ) -> None:
         self._buffer = ""
         self._first = True
         self._min_first_chars = min_first_chars
         self._max_first_words = max_first_words  # 0: no cap
         self._max_first_cjk = max_first_cjk
+        # Later pieces end at sentences, or at a clause mark once they are this
+        # long: a long sentence would keep the listener waiting for its TTS.
+        self._clause_min_words = clause_min_words
+        self._clause_min_cjk = clause_min_cjk
 
     def push(self, delta: str) -> list[str]:
         """Add streamed text; return the pieces that are ready to speak."""
@@ -46,10 +55,11 @@ class SentenceSplitter:
         return [rest] if rest else []
 
     def _cut(self) -> str | None:
-        marks = CLAUSE_END if self._first else SENTENCE_END
         buffer = self._buffer
         for index, char in enumerate(buffer):
-            if char not in marks:
+            if char not in CLAUSE_END:
+                continue
+            if char not in SENTENCE_END and not self._first and not self._long(buffer[:index]):
                 continue
             if char in NEEDS_SPACE:
                 # ASCII '.', ',' and ':' end a piece only before whitespace: not in
@@ -69,6 +79,12 @@ class SentenceSplitter:
         if self._first:
             return self._cap_first_piece()
         return None
+
+    def _long(self, text: str) -> bool:
+        cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
+        if cjk:
+            return cjk >= self._clause_min_cjk
+        return len(text.split()) >= self._clause_min_words
 
     def _cap_first_piece(self) -> str | None:
         """No mark yet in the first piece: cut it after a few words anyway."""

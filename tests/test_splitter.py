@@ -68,3 +68,15 @@ def test_cap_can_be_disabled():
     splitter = SentenceSplitter(max_first_words=0, max_first_cjk=0)
     pieces = splitter.push("one two three four five six seven eight nine ") + splitter.flush()
     assert pieces == ["one two three four five six seven eight nine"]
+
+
+def test_long_later_sentences_split_at_clauses():
+    text = (
+        "Sure. London has mild winters and warm summers in most years, "
+        "and it rains often, but rarely for long."
+    )
+    assert split_streamed(text) == [
+        "Sure.",
+        "London has mild winters and warm summers in most years,",
+        "and it rains often, but rarely for long.",
+    ]
