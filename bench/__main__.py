@@ -170,6 +170,12 @@ async def run_concurrent(base: str, langs: list[str], prompts, n: int) -> list[d
     return [row for rows in results for row in rows]
 
 
+STORY_REQUEST = (
+    "Please tell me a long story, at least eight sentences, about a brave little dragon "
+    "who learns to fly."
+)
+
+
 async def run_barge_in(base: str, interruption, trials: int = 3) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]  # noqa: E501
     """Talk over a long reply. Return, per trial, the seconds from the start of
     the user's speech to the last non-silent reply audio frame at the client,
@@ -181,8 +187,8 @@ async def run_barge_in(base: str, interruption, trials: int = 3) -> tuple[list[f
     await client.connect()
     try:
         for _ in range(trials):
-            client.send({"type": "text", "text": "Tell me a long story about a brave dragon."})
             seen = len(client.received.events)
+            client.send({"type": "text", "text": STORY_REQUEST})
             await client.wait_for(
                 lambda e: e["type"] == "state" and e["value"] == "speaking", 90, since=seen
             )
