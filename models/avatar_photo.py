@@ -612,6 +612,10 @@ class PhotoAvatarModel(AvatarModel):
         meta_path = image_path.with_name("meta.json")
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
+            if meta.get("mode") == "video":  # the clip's own frames: models/avatar_video.py
+                from models.avatar_video import VideoAvatarAssets
+
+                return VideoAvatarAssets(name, image_path.parent, meta)  # type: ignore[return-value]
         else:
             meta = _guess_meta(image)
             log.warning("avatar %r has no meta.json: face geometry guessed from a face box", name)
@@ -636,8 +640,13 @@ class PhotoAvatarModel(AvatarModel):
 
     def new_stream(
         self, avatar: str | None = None, *, seed: int | None = None
-    ) -> PhotoAvatarStream:
-        return PhotoAvatarStream(self.assets(avatar or self.default), seed=seed)
+    ) -> BufferedAvatarStream:
+        assets = self.assets(avatar or self.default)
+        if not isinstance(assets, AvatarAssets):  # a video avatar
+            from models.avatar_video import VideoAvatarStream
+
+            return VideoAvatarStream(assets, seed=seed)
+        return PhotoAvatarStream(assets, seed=seed)
 
 
 # ===================================================================== stream

@@ -67,6 +67,10 @@ ChatMessage = dict[str, str]  # {"role": "system"|"user"|"assistant", "content":
 
 
 class ChatModel(ABC):
+    # True when a trailing assistant message is continued rather than answered
+    # (llama.cpp's server does this); lets the pipeline speak an opener first.
+    supports_prefill: bool = False
+
     @abstractmethod
     def stream_chat(
         self, messages: Sequence[ChatMessage], *, conversation: str | None = None

@@ -110,6 +110,8 @@ def _free_loopback_port() -> int:
 class EmbeddedLlamaChat(OpenAICompatibleChat):
     """xllamacpp's llama.cpp server on 127.0.0.1, loaded once per process."""
 
+    supports_prefill = True  # llama.cpp continues a trailing assistant message
+
     def __init__(self, config: LLMConfig, weights_dir: Path, nice: int = 0) -> None:
         self.nice = nice  # llama.cpp's threads run below the media threads' priority
         model_path = weights_dir / config.model_file

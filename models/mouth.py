@@ -42,6 +42,7 @@ ANTICIPATE_S = 0.07  # lip shape (width, rounding) leads the sound by this much
 CLOSURE_LEAD_S = 0.03  # lips close this much before a bilabial's aligned start
 OPEN_LEAD_S = 0.03  # the opening follows the loudness this much ahead
 BILABIAL_MIN_S = 0.06  # bilabial closures are held at least this long
+OPEN_POWER = 0.6  # opening ~ amplitude ** OPEN_POWER (see mouth_track)
 SHORT_GAP_S = 0.12  # breaks between aligned phonemes shorter than this keep the lips apart
 
 # ---------------------------------------------------------------- phoneme table
@@ -158,6 +159,42 @@ def _frames(audio: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 def envelope(audio: np.ndarray, sr: int) -> np.ndarray:
     """Loudness 0..1 per 10 ms (the curve the opening follows)."""
     return _frames(audio, sr)[0]
+
+
+# ------------------------------------------------------- Kokoro's own durations
+_STRESS = set("ˈˌ")
+# Kokoro's decoder sounds a phoneme about 50 ms before the span its durations
+# give it (measured: the loudness envelope of the eval sentences correlates best
+# with the vowel spans, and worst with the p/b/m spans, 50-70 ms earlier).
+KOKORO_SHIFT_S = -0.05
+
+
+def spans_from_tokens(spoken, shift_s: float = KOKORO_SHIFT_S) -> list[tuple[str, float, float]]:
+    """(phoneme, start_s, end_s) from per-token spans the TTS itself reports
+    (Kokoro's predicted durations: ``(char, start, end)`` or objects with
+    ``phoneme``/``start``/``end``, one per input character). Stress marks give
+    their time to the phoneme after them (espeak puts them before the stressed
+    syllable's nucleus), length and tone marks to the one before; word breaks
+    and punctuation stay gaps. All spans move by ``shift_s`` (clipped at 0)."""
+    out: list[list] = []
+    pending: float | None = None  # start of a stress mark waiting for its phoneme
+    for item in spoken:
+        if isinstance(item, tuple):
+            ch, start, end = item
+        else:
+            ch, start, end = item.phoneme, item.start, item.end
+        start, end = float(start), float(end)
+        if ch in _CHAR_CLASS:
+            out.append([ch, start if pending is None else pending, end])
+            pending = None
+        elif ch in _STRESS:
+            pending = start if pending is None else pending
+        elif ch.isspace() or ch in _PAUSE_CHARS:
+            pending = None
+        elif out and abs(out[-1][2] - start) < 1e-6:  # ː, tones, diacritics
+            out[-1][2] = max(out[-1][2], end)
+    moved = [(p, max(0.0, a + shift_s), max(0.0, b + shift_s)) for p, a, b in out]
+    return [(p, a, b) for p, a, b in moved if b > a]
 
 
 # ------------------------------------------------------------------ alignment
@@ -343,8 +380,13 @@ def mouth_track(
     closure = _smooth(_shift(targets[:, 3], int(round(CLOSURE_LEAD_S * TRACK_RATE))), 1.5)
     out = np.empty((t_n, 4), np.float32)
     # Opening: the phoneme's openness scaled by the loudness just ahead.
+    # The loudness is in dB over a 30 dB range; the jaw follows the amplitude
+    # more closely (loud vowels open far more than quiet consonants), so the
+    # dB scale is expanded back towards amplitude (a 0.6 power of it).
     phon_open = _smooth(_shift(targets[:, 0], lead), 2.0)
-    out[:, 0] = np.clip(env * (0.35 + 0.65 * phon_open), 0.0, 1.0)
+    floor = 10.0 ** (-1.5 * OPEN_POWER)
+    drive = np.clip((10.0 ** (1.5 * OPEN_POWER * (env - 1.0)) - floor) / (1.0 - floor), 0.0, 1.0)
+    out[:, 0] = np.clip(drive * (0.55 + 0.45 * phon_open), 0.0, 1.0)
     out[:, 1] = shape[:, 1]
     out[:, 2] = shape[:, 2]
     out[:, 3] = np.clip(closure, 0.0, 1.0)

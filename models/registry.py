@@ -12,6 +12,7 @@ from models.base import (
     AvatarModel,
     BackendUnavailable,
     ChatModel,
+    Speech,
     SpeechRecognizer,
     SpeechSynthesizer,
     VADModel,
@@ -23,12 +24,22 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Opener:
+    """A short reply opening ("Sure,", "嗯，") synthesized once at start-up."""
+
+    text: str
+    lang: str
+    speech: Speech
+
+
+@dataclass
 class Engines:
     vad: VADModel
     asr: SpeechRecognizer
     llm: ChatModel
     tts: SpeechSynthesizer
     avatar: AvatarModel
+    openers: dict[str, list[Opener]] = field(default_factory=dict)  # by language
     # ASR and TTS calls of every session run here: two workers for two cores, so
     # inference never blocks the event loop that paces media.
     inference: ThreadPoolExecutor = field(
@@ -85,6 +96,20 @@ async def load_engines(config: Config) -> Engines:
     tts = await run_in_low_priority_thread(lambda: load_synthesizer(config.tts, weights), nice)
     log.info("loading avatar renderer (%s)", config.avatar.backend)
     avatar = await asyncio.to_thread(_load_avatar, config)
+    openers: dict[str, list[Opener]] = {}
+    if config.llm.openers and llm.supports_prefill:
+        openers = await run_in_low_priority_thread(lambda: synthesize_openers(config, tts), nice)
     await llm_start
     log.info("all models loaded in %.1f s", time.perf_counter() - started)
-    return Engines.with_priority(nice, vad=vad, asr=asr, llm=llm, tts=tts, avatar=avatar)
+    return Engines.with_priority(
+        nice, vad=vad, asr=asr, llm=llm, tts=tts, avatar=avatar, openers=openers
+    )
+
+
+def synthesize_openers(config: Config, tts: SpeechSynthesizer) -> dict[str, list[Opener]]:
+    """Synthesize the configured openers once, in the default voices."""
+    openers: dict[str, list[Opener]] = {}
+    for lang, texts in config.llm.openers.items():
+        openers[lang] = [Opener(text, lang, tts.synthesize(text, lang)) for text in texts]
+    log.info("openers ready: %s", {lang: len(items) for lang, items in openers.items()})
+    return openers

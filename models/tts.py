@@ -119,10 +119,23 @@ class KokoroSynthesizer(SpeechSynthesizer):
         options.intra_op_num_threads = max(1, int(threads))
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # The same graph with Kokoro's per-phoneme durations as a second output
+        # (models/kokoro_timing.py, written by `videochat weights`): identical
+        # audio, plus real phoneme timings for the avatar's mouth.
+        from models.kokoro_timing import timed_path
+
+        timed = timed_path(model_path)
         session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            str(timed if timed.is_file() else model_path),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
         )
         self._kokoro = Kokoro.from_session(session, str(voices_path))
+        # True when Speech.phonemes come from Kokoro's own durations, False when
+        # they come from aligning the phonemes to the audio (models/mouth.py).
+        self.timed = bool(getattr(self._kokoro, "has_timings", False)) and hasattr(
+            self._kokoro, "_create_batches"
+        )
         # np.load gives a lazy NpzFile that re-reads the zip on every lookup and
         # is not thread-safe: load all 54 voices (28 MB) once.
         self._kokoro.voices = {name: np.asarray(v) for name, v in self._kokoro.voices.items()}
@@ -199,12 +212,14 @@ class KokoroSynthesizer(SpeechSynthesizer):
         phonemes = self.phonemize(text, lang, voice)
         if not phonemes.strip(" .,!?;:"):
             return Speech(np.zeros(0, dtype=np.float32), self.sample_rate)
+        if self.timed:
+            return self._synthesize_timed(phonemes, voice)
         audio, sample_rate = self._kokoro.create(
             phonemes, voice, speed=self.speed, is_phonemes=True
         )
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        # Kokoro does not output its durations: align the phonemes to the audio
-        # (models/mouth.py, a few ms) so the avatar gets timed mouth shapes.
+        # This graph does not output its durations: align the phonemes to the
+        # audio (models/mouth.py, a few ms) so the avatar gets timed mouth shapes.
         try:
             from models.mouth import align_phonemes
 
@@ -213,6 +228,18 @@ class KokoroSynthesizer(SpeechSynthesizer):
             log.exception("phoneme alignment failed")
             timings = []
         return Speech(audio, int(sample_rate), timings)
+
+    def _synthesize_timed(self, phonemes: str, voice: str) -> Speech:
+        """Kokoro.create's own steps (kokoro-onnx 0.6.1) minus its timing-based
+        pause insertion, so the audio is sample for sample what ``create`` gives
+        with the plain graph; the timings are Kokoro's predicted durations."""
+        from models.mouth import spans_from_tokens
+
+        k = self._kokoro
+        style, _, batches = k._prepare(phonemes, voice, self.speed, "en-us", True, 0.25, 0.1)
+        audio, spoken = k._create_batches(batches, style, self.speed, True)
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        return Speech(audio, self.sample_rate, spans_from_tokens(spoken))
 
 
 # --------------------------------------------------------------------- edge-tts

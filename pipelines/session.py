@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from models.base import MEDIA_SAMPLE_RATE, VAD_SAMPLE_RATE, AvatarFrame
-from models.registry import Engines
+from models.registry import Engines, Opener
 from models.tts import detect_lang
 from models.vad import EndOfTurn, SpeechStart, TurnDetector
 from pipelines.clock import MediaClock
@@ -132,6 +133,8 @@ class Session:
         self._turn: Turn | None = None
         self._turn_task: asyncio.Task[None] | None = None
         self._prime_task: asyncio.Task[None] | None = None
+        self._rng = random.Random()
+        self._last_opener: str | None = None
         self._sink: EventSink | None = None
         self._pending: list[dict[str, Any]] = []
         self.closed = False
@@ -295,8 +298,14 @@ class Session:
             if lang == "auto":
                 lang = detect_lang(text)
             # Generation may start before the turn is confirmed; speaking may not.
-            pieces: asyncio.Queue[str | None] = asyncio.Queue()
+            pieces: asyncio.Queue[str | Opener | None] = asyncio.Queue()
             messages = self.history.messages_with_user(text)
+            opener = self._pick_opener(lang)
+            if opener is not None:
+                # Say a short, pre-synthesized opener at once and let the LLM
+                # continue the sentence it starts (assistant prefill).
+                pieces.put_nowait(opener)
+                messages.append({"role": "assistant", "content": opener.text})
             producer = asyncio.create_task(self._generate(turn, messages, pieces))
             speaker = asyncio.create_task(self._speak(turn, pieces, lang))
             try:
@@ -322,7 +331,10 @@ class Session:
             self._finish_turn(turn)
 
     async def _generate(
-        self, turn: Turn, messages: list[dict[str, str]], pieces: asyncio.Queue[str | None]
+        self,
+        turn: Turn,
+        messages: list[dict[str, str]],
+        pieces: asyncio.Queue[str | Opener | None],
     ) -> None:
         splitter = SentenceSplitter(
             max_first_words=self.config.llm.first_piece_max_words,
@@ -341,13 +353,32 @@ class Session:
         finally:
             pieces.put_nowait(None)
 
-    async def _speak(self, turn: Turn, pieces: asyncio.Queue[str | None], lang: str) -> None:
+    def _pick_opener(self, lang: str) -> Opener | None:
+        choices = self.engines.openers.get(lang, []) if self.voice is None else []
+        choices = [o for o in choices if o.text != self._last_opener] or choices
+        if not choices or not self.engines.llm.supports_prefill:
+            return None
+        opener = choices[self._rng.randrange(len(choices))]
+        self._last_opener = opener.text
+        return opener
+
+    async def _speak(
+        self, turn: Turn, pieces: asyncio.Queue[str | Opener | None], lang: str
+    ) -> None:
         loop = asyncio.get_running_loop()
-        while (text := await pieces.get()) is not None:
-            piece_lang = detect_lang(text) if self.lang == "auto" else lang
-            speech = await loop.run_in_executor(
-                self.engines.inference, self.engines.tts.synthesize, text, piece_lang, self.voice
-            )
+        while (item := await pieces.get()) is not None:
+            if isinstance(item, Opener):
+                text, piece_lang, speech = item.text, item.lang, item.speech
+            else:
+                text = item
+                piece_lang = detect_lang(text) if self.lang == "auto" else lang
+                speech = await loop.run_in_executor(
+                    self.engines.inference,
+                    self.engines.tts.synthesize,
+                    text,
+                    piece_lang,
+                    self.voice,
+                )
             turn.mark("tts_first_audio")
             audio = _resample(speech.audio, speech.sample_rate, MEDIA_SAMPLE_RATE)
             if audio.size == 0:
@@ -373,7 +404,6 @@ class Session:
                 if piece_index == 0:
                     turn.marks.setdefault("first_audio_sent", now)
                     self._set_state("speaking")
-                    self._send_latency(turn)
             piece.played += samples
         if (
             turn.generation_done

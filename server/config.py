@@ -55,6 +55,9 @@ class LLMConfig(BaseModel):
     max_history_messages: int = 12
     first_piece_max_words: int = 4  # speak the first clause early even without a comma
     first_piece_max_cjk: int = 6
+    # Pre-synthesized reply openings spoken at once; the LLM continues them
+    # (embedded backend only). Empty lists / {} = off.
+    openers: dict[str, list[str]] = Field(default_factory=dict)
     system_prompt: str = "You are a friendly bilingual digital human. Answer briefly."
 
 

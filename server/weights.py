@@ -245,6 +245,26 @@ def assemble_all(weights_dir: Path, force: bool = False, extras: Iterable[str] =
         raise WeightsError(f"unknown extra(s) {sorted(unknown)}; known: {list(EXTRAS)}")
     models = [m for m in MODELS if m.extra is None or m.extra in extras]
     assemble(models, weights_dir, force=force)
+    _ensure_timed_kokoro(Path(weights_dir) / "kokoro" / "kokoro-v1.0.int8.onnx", force)
+
+
+def _ensure_timed_kokoro(model_path: Path, force: bool) -> None:
+    """Derive the Kokoro graph that also outputs per-phoneme durations (for
+    lip-sync; identical audio). Made from the verified model, so it is
+    re-made whenever that one is newer."""
+    from models.kokoro_timing import make_timed_model, timed_path
+
+    timed = timed_path(model_path)
+    if not model_path.is_file():  # not part of this assembly
+        return
+    if not force and timed.is_file() and timed.stat().st_mtime >= model_path.stat().st_mtime:
+        return
+    log.info("deriving %s (Kokoro with phoneme durations)", timed.name)
+    try:
+        make_timed_model(model_path)
+    except Exception as exc:  # the plain model still works; lip-sync falls back
+        timed.unlink(missing_ok=True)
+        raise WeightsError(f"could not derive {timed.name} from {model_path.name}: {exc}") from exc
 
 
 def assemble(models: Sequence[Model], weights_dir: Path, force: bool = False) -> None:

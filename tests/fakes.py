@@ -71,7 +71,7 @@ class ScriptedLLM(ChatModel):
         self, messages: Sequence[ChatMessage], *, conversation: str | None = None
     ) -> AsyncIterator[str]:
         self.requests.append((conversation, list(messages)))
-        question = messages[-1]["content"]
+        question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         reply = next((r for q, r in self.replies.items() if q in question), "I see.")
         try:
             for word in reply.split(" "):

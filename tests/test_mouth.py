@@ -100,3 +100,59 @@ def test_rendered_lips_close_on_bilabial():
     rest = float((box[..., 0] - box[..., 2]).mean())
     assert min(teeth[i] for i in np.flatnonzero(closed)) > rest + 6, (teeth, rest)
     assert MEDIA_SAMPLE_RATE == 48_000
+
+
+def test_spans_from_kokoro_tokens():
+    # Kokoro's per-character spans of "mˈɑːm ba.": stress joins the next phoneme,
+    # the length mark the previous one, space and punctuation stay gaps.
+    spoken = [
+        ("m", 0.10, 0.15),
+        ("ˈ", 0.15, 0.20),
+        ("ɑ", 0.20, 0.25),
+        ("ː", 0.25, 0.30),
+        ("m", 0.30, 0.40),
+        (" ", 0.40, 0.45),
+        ("b", 0.45, 0.50),
+        ("a", 0.50, 0.60),
+        (".", 0.60, 0.60),
+    ]
+    spans = mouth.spans_from_tokens(spoken, shift_s=0.0)
+    assert [p for p, _, _ in spans] == ["m", "ɑ", "m", "b", "a"]
+    assert spans[1] == ("ɑ", 0.15, 0.30)
+    shifted = mouth.spans_from_tokens(spoken)
+    assert shifted[0][1] == 0.10 + mouth.KOKORO_SHIFT_S
+
+
+def test_kokoro_timed_graph(tmp_path):
+    """The graph edit on a toy graph with the same Round -> Clip -> Cast tail."""
+    import pytest
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from models import kokoro_timing
+
+    nodes = [
+        helper.make_node("Round", ["x"], ["r"]),
+        helper.make_node("Clip", ["r", "lo"], ["c"]),
+        helper.make_node("Cast", ["c"], ["d"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["x", "x"], ["audio"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor("lo", TensorProto.FLOAT, [], [1.0])],
+    )
+    src = tmp_path / "toy.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    out = kokoro_timing.make_timed_model(src)
+    assert out == tmp_path / "toy.timed.onnx"
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["audio", "duration"]
+    audio, dur = sess.run(None, {"x": np.array([[0.2, 2.6, 3.4]], np.float32)})
+    assert np.allclose(audio, [[0.04, 6.76, 11.56]])
+    assert dur.tolist() == [[1, 3, 3]]

@@ -190,3 +190,26 @@ async def test_speculative_turn_is_dropped_when_the_user_goes_on():
         assert session.turns[0].index == 1
     finally:
         await session.close()
+
+
+async def test_opener_is_spoken_first_and_the_llm_continues_it():
+    from models.base import Speech
+    from models.registry import Opener
+
+    llm = ScriptedLLM({"France": "the capital of France is Paris."})
+    llm.supports_prefill = True
+    engines = fake_engines(llm=llm, tts=ToneTTS(seconds_per_char=0.01))
+    opener_audio = ToneTTS(delay=0).synthesize("Sure,", "en").audio
+    engines.openers = {"en": [Opener("Sure,", "en", Speech(opener_audio, 24000))]}
+    session, events = make_session(engines)
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: len(session.turns) == 1)
+        spoken = [e["text"] for e in of_type(events, "bot_text")]
+        assert spoken[0] == "Sure,"
+        assert " ".join(spoken[1:]) == "the capital of France is Paris."
+        assert llm.requests[-1][1][-1] == {"role": "assistant", "content": "Sure,"}
+        assert "Sure," not in engines.tts.calls  # pre-synthesized, not synthesized per turn
+        assert session.history.turns[-1]["content"] == "Sure, the capital of France is Paris."
+    finally:
+        await session.close()
