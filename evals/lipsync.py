@@ -374,6 +374,9 @@ VIDEO_NOTE = (
     "`evals.lipsync.make_talking_clip`). Its frames hold many real mouth openings, but "
     "rendered ones, so these figures show that the mouth selection and blending follow "
     "the track, not how a recorded face would look."
+    " The correlation is lower than in photo mode mostly because this clip's resting "
+    "mouth (the astronaut's smile with teeth) has a wider inner-lip gap than much of its "
+    'speech, so its quiet frames around and between words read as "open" to FaceMesh.'
 )
 
 
