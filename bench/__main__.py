@@ -227,6 +227,24 @@ async def run_barge_in(base: str, interruption, trials: int = 3) -> tuple[list[f
     return stops, detected
 
 
+def server_pacing(base: str) -> dict[str, float]:
+    """The server's own view of frame pacing, from /metrics."""
+    wanted = {
+        "videochat_frame_max_gap_seconds": "max_gap",
+        "videochat_frames_late_total": "late",
+    }
+    values: dict[str, float] = {}
+    try:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return values
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            values[wanted[name]] = float(value)
+    return values
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -305,7 +323,12 @@ def report(
         'other than the avatar\'s. "1 session": one conversation per language, one after',
         'the other. "2 sessions": two conversations at once (en and zh prompt sets), both',
         "asking at the same moment. Times in seconds from the end of the user's speech",
-        "(the last voiced sample sent by the client).",
+        "(the last voiced sample sent by the client). The client holds received audio",
+        "40 ms before decoding (aiortc's default is 80 ms; a browser's jitter buffer adapts",
+        "down on loopback), so its times are close to what a browser would play.",
+        "With the default config each reply starts with a pre-synthesized opener",
+        '("Sure,", "嗯，"), so **first audio** is the opener; **stall** shows the wait',
+        "after it.",
         "",
         "- **first audio**: first non-silent reply audio frame received by the client;",
         "- **first mouth**: first received video frame whose mouth region differs from",
@@ -359,14 +382,20 @@ def report(
         "",
         f"Peak RSS (VmHWM, all models loaded): **{peak_rss / 2**30:.2f} GiB**.",
         "",
-        "| scenario | wall s | server CPU s | CPU s per session | CPU s per session-second |",
-        "|---|---|---|---|---|",
+        "Server-side frame pacing comes from `/metrics` after each scenario (cumulative",
+        "over the run): the longest gap between two frames released by a session's",
+        "clock, and the frames released more than a frame late.",
+        "",
+        "| scenario | wall s | server CPU s | CPU s per session | CPU s per session-second "
+        "| server max frame gap so far (ms) | late frames so far |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, res in resources.items():
         per = res["cpu"] / res["sessions"]
         lines.append(
             f"| {name} | {res['wall']:.0f} | {res['cpu']:.1f} | {per:.1f} "
-            f"| {per / max(res['wall'], 1e-6):.2f} |"
+            f"| {per / max(res['wall'], 1e-6):.2f} | {1000 * res.get('max_gap', float('nan')):.0f} "
+            f"| {res.get('late', float('nan')):.0f} |"
         )
     lines += [
         "",
@@ -432,6 +461,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 "cpu": proc_stats(process.pid)[0] - cpu0,
                 "wall": time.perf_counter() - wall0,
                 "sessions": n,
+                **server_pacing(base),
             }
         if args.barge_in:
             barge_in = await run_barge_in(base, prompts["en"][0], trials=1 if args.quick else 3)

@@ -22,6 +22,8 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from server.rtc import shorten_audio_jitter_buffer
+
 RATE = 48_000
 FRAME = 960  # 20 ms
 
@@ -156,6 +158,9 @@ class Client:
         answer = response.json()
         self.session_id = answer["session_id"]
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        # Hold received audio 40 ms like the server does, not aiortc's 80 ms:
+        # closer to a browser, whose jitter buffer adapts down on loopback.
+        shorten_audio_jitter_buffer(pc, 2)
         await asyncio.wait_for(self._opened.wait(), 20)
 
     async def _notify(self) -> None:

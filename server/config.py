@@ -29,7 +29,7 @@ class VADConfig(BaseModel):
     threshold: float = 0.5
     hangover_ms: int = 300
     min_speech_ms: int = 200
-    barge_in_ms: int = 120
+    barge_in_ms: int = 96
     speculate_ms: int = 150  # start ASR+LLM after this much silence; 0 = wait for hangover
 
 
