@@ -97,7 +97,7 @@ async def load_engines(config: Config) -> Engines:
     log.info("loading avatar renderer (%s)", config.avatar.backend)
     avatar = await asyncio.to_thread(_load_avatar, config)
     openers: dict[str, list[Opener]] = {}
-    if config.llm.openers and llm.supports_prefill:
+    if config.llm.use_openers and config.llm.openers and llm.supports_prefill:
         openers = await run_in_low_priority_thread(lambda: synthesize_openers(config, tts), nice)
     await llm_start
     log.info("all models loaded in %.1f s", time.perf_counter() - started)

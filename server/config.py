@@ -57,6 +57,7 @@ class LLMConfig(BaseModel):
     first_piece_max_cjk: int = 6
     # Pre-synthesized reply openings spoken at once; the LLM continues them
     # (embedded backend only). Empty lists / {} = off.
+    use_openers: bool = True
     openers: dict[str, list[str]] = Field(default_factory=dict)
     system_prompt: str = "You are a friendly bilingual digital human. Answer briefly."
 

@@ -53,7 +53,7 @@ class _ClockCollector(Collector):
 
     def collect(self) -> Iterable[Any]:
         sent, dropped, late = self.metrics.retired_frames()
-        max_gap = 0.0
+        max_gap = self.metrics.retired_max_gap
         for session in self.metrics.live_sessions():
             clock = session.clock
             sent += int(clock.frames_sent)
@@ -75,7 +75,7 @@ class _ClockCollector(Collector):
         )
         yield GaugeMetricFamily(
             "videochat_frame_max_gap_seconds",
-            "Longest gap between two released video frames, over live sessions",
+            "Longest gap between two released video frames, over all sessions so far",
             value=max_gap,
         )
 
@@ -109,6 +109,7 @@ class Metrics:
             self.turns.labels(interrupted=value)  # export both series from the start
         self._sessions: Callable[[], Iterable[Any]] = lambda: ()
         self._retired = [0, 0, 0]  # frames sent, dropped, late of closed sessions
+        self.retired_max_gap = 0.0
         self._lock = threading.Lock()
         self.registry.register(_ClockCollector(self))
 
@@ -134,6 +135,7 @@ class Metrics:
             self._retired[0] += int(clock.frames_sent)
             self._retired[1] += int(clock.dropped)
             self._retired[2] += int(clock.late_frames)
+            self.retired_max_gap = max(self.retired_max_gap, float(clock.max_gap))
         self.active_sessions.set(count)
 
     # --------------------------------------------------------------- turns
