@@ -89,7 +89,7 @@ class Config(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIDEOCHAT_", env_nested_delimiter="__")
 
     weights_dir: Path = Path("weights")
-    inference_nice: int = 5  # ASR/LLM/TTS threads run this much below media pacing
+    inference_nice: int = 0  # >0: ASR/LLM/TTS threads run this much below media pacing
     server: ServerConfig = Field(default_factory=ServerConfig)
     vad: VADConfig = Field(default_factory=VADConfig)
     asr: ASRConfig = Field(default_factory=ASRConfig)
