@@ -189,10 +189,12 @@ async def run_barge_in(base: str, interruption, trials: int = 3) -> tuple[list[f
         for _ in range(trials):
             seen = len(client.received.events)
             client.send({"type": "text", "text": STORY_REQUEST})
+            first = await client.wait_for(lambda e: e["type"] == "bot_text", 90, since=seen)
+            # Talk once the story itself (not just its opener) is playing.
             await client.wait_for(
-                lambda e: e["type"] == "state" and e["value"] == "speaking", 90, since=seen
+                lambda e: e["type"] == "bot_text", 90, since=client.index_of(first) + 1
             )
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(0.3)
             since = len(client.received.events)
             client.mic.say(pcm, speech_start_offset=0.3)
             await client.wait_for(
@@ -210,11 +212,10 @@ async def run_barge_in(base: str, interruption, trials: int = 3) -> tuple[list[f
                 stops.append(max(loud, default=talk) - talk)
                 print(f"[barge-in] reply audio stopped {stops[-1]:.3f} s after talking", flush=True)
             # Let the interrupting question be answered, then go on.
-            await client.wait_for(
-                lambda e: e["type"] == "state" and e["value"] == "listening",
-                120,
-                since=len(client.received.events),
+            final = await client.wait_for(
+                lambda e: e["type"] == "user_text" and e["final"], 60, since=since
             )
+            await client.wait_for(lambda e: e["type"] == "turn", 120, since=client.index_of(final))
             await asyncio.sleep(1.0)
         async with httpx.AsyncClient(timeout=10) as http:
             info = (await http.get(f"{base}/api/sessions/{client.session_id}")).json()

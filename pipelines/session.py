@@ -341,17 +341,36 @@ class Session:
             max_first_cjk=self.config.llm.first_piece_max_cjk,
         )
         try:
-            async for delta in self.engines.llm.stream_chat(messages, conversation=self.id):
-                turn.mark("llm_first_token")
-                for piece in splitter.push(delta):
-                    turn.mark("first_clause")
-                    pieces.put_nowait(piece)
-            for piece in splitter.flush():
-                turn.mark("first_clause")
-                pieces.put_nowait(piece)
+            spoke = await self._stream_reply(turn, messages, splitter, pieces)
+            if not spoke and messages[-1]["role"] == "assistant":
+                # The model ended the turn right after the opener: ask again
+                # without it so the user never gets a bare "Hmm,".
+                log.info("session %s: empty continuation after the opener; asking again", self.id)
+                await self._stream_reply(turn, messages[:-1], splitter, pieces)
             turn.mark("llm_done")
         finally:
             pieces.put_nowait(None)
+
+    async def _stream_reply(
+        self,
+        turn: Turn,
+        messages: list[dict[str, str]],
+        splitter: SentenceSplitter,
+        pieces: asyncio.Queue[str | Opener | None],
+    ) -> bool:
+        """Stream one completion into ``pieces``; False if it said nothing."""
+        spoke = False
+        async for delta in self.engines.llm.stream_chat(messages, conversation=self.id):
+            turn.mark("llm_first_token")
+            for piece in splitter.push(delta):
+                turn.mark("first_clause")
+                pieces.put_nowait(piece)
+                spoke = True
+        for piece in splitter.flush():
+            turn.mark("first_clause")
+            pieces.put_nowait(piece)
+            spoke = True
+        return spoke
 
     def _pick_opener(self, lang: str) -> Opener | None:
         choices = self.engines.openers.get(lang, []) if self.voice is None else []

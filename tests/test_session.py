@@ -213,3 +213,30 @@ async def test_opener_is_spoken_first_and_the_llm_continues_it():
         assert session.history.turns[-1]["content"] == "Sure, the capital of France is Paris."
     finally:
         await session.close()
+
+
+async def test_an_empty_continuation_after_the_opener_is_asked_again():
+    from models.base import Speech
+    from models.registry import Opener
+
+    class SilentAfterOpener(ScriptedLLM):
+        async def stream_chat(self, messages, *, conversation=None):
+            if messages[-1]["role"] == "assistant":
+                self.requests.append((conversation, list(messages)))
+                return
+            async for delta in super().stream_chat(messages, conversation=conversation):
+                yield delta
+
+    llm = SilentAfterOpener({"France": "Paris is the capital."})
+    llm.supports_prefill = True
+    engines = fake_engines(llm=llm, tts=ToneTTS(seconds_per_char=0.01))
+    audio = ToneTTS(delay=0).synthesize("Hmm,", "en").audio
+    engines.openers = {"en": [Opener("Hmm,", "en", Speech(audio, 24000))]}
+    session, events = make_session(engines)
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: len(session.turns) == 1)
+        assert len(llm.requests) == 2 and llm.requests[1][1][-1]["role"] == "user"
+        assert session.history.turns[-1]["content"] == "Hmm, Paris is the capital."
+    finally:
+        await session.close()
