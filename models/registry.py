@@ -92,6 +92,9 @@ async def load_engines(config: Config) -> Engines:
     # inherit the lower priority (models/threads.py).
     log.info("loading ASR (%s)", config.asr.backend)
     asr = await run_in_low_priority_thread(lambda: load_recognizer(config.asr, weights), nice)
+    from pipelines.splitter import warm_up as warm_up_splitter
+
+    warm_up_splitter()
     log.info("loading TTS (%s)", config.tts.backend)
     tts = await run_in_low_priority_thread(lambda: load_synthesizer(config.tts, weights), nice)
     log.info("loading avatar renderer (%s)", config.avatar.backend)

@@ -80,3 +80,10 @@ def test_long_later_sentences_split_at_clauses():
         "London has mild winters and warm summers in most years,",
         "and it rains often, but rarely for long.",
     ]
+
+
+def test_chinese_cap_does_not_split_a_word():
+    text = "今天的天气晴朗阳光明媚。"
+    pieces = split_streamed(text)
+    assert pieces[0] == "今天的天气晴朗"
+    assert "".join(pieces) == text
