@@ -94,16 +94,7 @@ async def ask(client: Client, lang: str, scenario: str, prompt, barrier=None) ->
     client.mic.say(pcm, speech_end_offset=speech_end)
     await asyncio.sleep(0.05)
     end_of_speech = client.mic.speech_end_times[-1]
-    final = await client.wait_for(lambda e: e["type"] == "user_text" and e["final"], 60, since=seen)
-    turn = await client.wait_for(lambda e: e["type"] == "turn", 90, since=seen)
-    speaking = await client.wait_for(
-        lambda e: e["type"] == "state" and e["value"] == "speaking", 90, since=seen
-    )
-    await client.wait_for(
-        lambda e: e["type"] == "state" and e["value"] == "listening",
-        120,
-        since=client.index_of(speaking),
-    )
+    final, turn = await client.wait_for_reply(since=seen)
     reply_end = time.perf_counter()
     client.keep_crops = False
     crops, client.received.crops = client.received.crops, []

@@ -188,6 +188,17 @@ class Client:
                 except TimeoutError:
                     pass
 
+    async def wait_for_reply(self, since: int, timeout: float = 120) -> tuple[dict, dict]:
+        """Wait for the transcript of the user's turn and for that turn's end
+        (the server sends `turn` when the reply has been played); return both."""
+        final = await self.wait_for(
+            lambda e: e["type"] == "user_text" and e["final"], timeout, since=since
+        )
+        turn = await self.wait_for(
+            lambda e: e["type"] == "turn", timeout, since=self.index_of(final)
+        )
+        return final, turn
+
     def index_of(self, event: dict[str, Any]) -> int:
         return next(i for i, (_, e) in enumerate(self.received.events) if e is event)
 

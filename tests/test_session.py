@@ -192,15 +192,20 @@ async def test_speculative_turn_is_dropped_when_the_user_goes_on():
         await session.close()
 
 
-async def test_opener_is_spoken_first_and_the_llm_continues_it():
+def engines_with_opener(llm: ScriptedLLM, opener: str):
     from models.base import Speech
     from models.registry import Opener
 
-    llm = ScriptedLLM({"France": "the capital of France is Paris."})
     llm.supports_prefill = True
     engines = fake_engines(llm=llm, tts=ToneTTS(seconds_per_char=0.01))
-    opener_audio = ToneTTS(delay=0).synthesize("Sure,", "en").audio
-    engines.openers = {"en": [Opener("Sure,", "en", Speech(opener_audio, 24000))]}
+    audio = ToneTTS(delay=0).synthesize(opener, "en").audio
+    engines.openers = {"en": [Opener(opener, "en", Speech(audio, 24000))]}
+    return engines
+
+
+async def test_opener_is_spoken_first_and_the_llm_continues_it():
+    llm = ScriptedLLM({"France": "the capital of France is Paris."})
+    engines = engines_with_opener(llm, "Sure,")
     session, events = make_session(engines)
     try:
         speak(session, QUESTION_EN)
@@ -216,9 +221,6 @@ async def test_opener_is_spoken_first_and_the_llm_continues_it():
 
 
 async def test_an_empty_continuation_after_the_opener_is_asked_again():
-    from models.base import Speech
-    from models.registry import Opener
-
     class SilentAfterOpener(ScriptedLLM):
         async def stream_chat(self, messages, *, conversation=None):
             if messages[-1]["role"] == "assistant":
@@ -228,10 +230,7 @@ async def test_an_empty_continuation_after_the_opener_is_asked_again():
                 yield delta
 
     llm = SilentAfterOpener({"France": "Paris is the capital."})
-    llm.supports_prefill = True
-    engines = fake_engines(llm=llm, tts=ToneTTS(seconds_per_char=0.01))
-    audio = ToneTTS(delay=0).synthesize("Hmm,", "en").audio
-    engines.openers = {"en": [Opener("Hmm,", "en", Speech(audio, 24000))]}
+    engines = engines_with_opener(llm, "Hmm,")
     session, events = make_session(engines)
     try:
         speak(session, QUESTION_EN)
