@@ -224,10 +224,16 @@
       function done() {
         clearTimeout(timer);
         pc.removeEventListener('icegatheringstatechange', check);
+        pc.removeEventListener('iceconnectionstatechange', check);
         resolve();
       }
-      function check() { if (pc.iceGatheringState === 'complete') done(); }
+      // Stop waiting when gathering completes, or when ICE has already failed
+      // (no usable interface), so the page reports the error at once.
+      function check() {
+        if (pc.iceGatheringState === 'complete' || pc.iceConnectionState === 'failed') done();
+      }
       pc.addEventListener('icegatheringstatechange', check);
+      pc.addEventListener('iceconnectionstatechange', check);
     });
   }
 
