@@ -460,7 +460,41 @@ async def main_async(args: argparse.Namespace) -> None:
         peak_rss = proc_stats(process.pid)[1]
     out = Path(args.out)
     plots = write_plots(rows, out.parent)
-    print(report(rows, barge_in, resources, peak_rss, args.command, out, plots))
+    text = report(rows, barge_in, resources, peak_rss, args.command, out, plots)
+    if args.lipsync and not args.quick:
+        text += lipsync_section()
+        out.write_text(text, encoding="utf-8")
+    print(text)
+
+
+def lipsync_section() -> str:
+    """The lip-sync figures of `videochat eval lipsync` (photo mode, default
+    avatar), measured in this run; docs/lipsync.md has the method."""
+    from evals.lipsync import evaluate
+
+    print("measuring lip-sync ...", flush=True)
+    results, _items = evaluate(load_config().weights_path)
+    lines = [
+        "",
+        "## Lip-sync (photo avatar, `videochat eval lipsync` method)",
+        "",
+        "Targets: lag within ±40 ms, correlation >= 0.6, bilabials closed >= 80 %. "
+        "Method and media: [lipsync.md](lipsync.md).",
+        "",
+        "| set | lag (ms) | correlation | bilabials closed |",
+        "|---|---|---|---|",
+    ]
+    for key in ("all", "en", "zh"):
+        r = results[key]
+        lines.append(
+            f"| {key} | {r['lag_ms']:+.0f} | {r['corr']:.2f} | "
+            f"{r['bilabial_closed']}/{r['bilabials']} ({100 * r['closed_share']:.0f} %) |"
+        )
+    lines.append(
+        f"\nRendering: {results['render_ms_median']:.2f} ms per 512x512 frame (median, "
+        f"p95 {results['render_ms_p95']:.2f} ms) on one core."
+    )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -473,6 +507,7 @@ def main() -> None:
         "--sessions", nargs="+", type=int, default=[1, 2], help="concurrent sessions per scenario"
     )
     parser.add_argument("--quick", action="store_true", help="1 prompt per language (smoke test)")
+    parser.add_argument("--no-lipsync", dest="lipsync", action="store_false")
     args = parser.parse_args()
     if args.command is None:
         args.command = "python -m bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
