@@ -470,7 +470,7 @@ async def main_async(args: argparse.Namespace) -> None:
 def lipsync_section() -> str:
     """The lip-sync figures of `videochat eval lipsync` (photo mode, default
     avatar), measured in this run; docs/lipsync.md has the method."""
-    from evals.lipsync import evaluate
+    from evals.lipsync import evaluate, figure_rows
 
     print("measuring lip-sync ...", flush=True)
     results, _items = evaluate(load_config().weights_path)
@@ -484,12 +484,7 @@ def lipsync_section() -> str:
         "| set | lag (ms) | correlation | bilabials closed |",
         "|---|---|---|---|",
     ]
-    for key in ("all", "en", "zh"):
-        r = results[key]
-        lines.append(
-            f"| {key} | {r['lag_ms']:+.0f} | {r['corr']:.2f} | "
-            f"{r['bilabial_closed']}/{r['bilabials']} ({100 * r['closed_share']:.0f} %) |"
-        )
+    lines += figure_rows(results)
     lines.append(
         f"\nRendering: {results['render_ms_median']:.2f} ms per 512x512 frame (median, "
         f"p95 {results['render_ms_p95']:.2f} ms) on one core."

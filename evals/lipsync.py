@@ -365,6 +365,18 @@ def _figures(items: list[Rendered]) -> dict:
     return results
 
 
+def figure_rows(results: dict) -> list[str]:
+    """Markdown table rows (all, en, zh) of lag, correlation and bilabial closure."""
+    rows = []
+    for key in ("all", "en", "zh"):
+        r = results[key]
+        rows.append(
+            f"| {key} | {r['lag_ms']:+.0f} | {r['corr']:.2f} | "
+            f"{r['bilabial_closed']}/{r['bilabials']} ({100 * r['closed_share']:.0f} %) |"
+        )
+    return rows
+
+
 VIDEO_BEGIN, VIDEO_END = "<!-- video mode -->", "<!-- /video mode -->"
 VIDEO_NOTE = (
     "The video avatar measured here was not recorded from a person (none is available "
@@ -411,12 +423,7 @@ def write_doc(results: dict, items: list[Rendered], docs: Path, command: str) ->
         "| set | lag (ms, + = mouth after sound) | correlation | bilabials closed |",
         "|---|---|---|---|",
     ]
-    for key in ("all", "en", "zh"):
-        r = results[key]
-        lines.append(
-            f"| {key} | {r['lag_ms']:+.0f} | {r['corr']:.2f} | "
-            f"{r['bilabial_closed']}/{r['bilabials']} ({100 * r['closed_share']:.0f} %) |"
-        )
+    lines += figure_rows(results)
     fb = results.get("fallback")
     if fb:
         lines.append(
