@@ -99,6 +99,20 @@ class Speech:
     phonemes: list[tuple[str, float, float]] = field(default_factory=list)
 
 
+def to_media_rate(speech: Speech) -> np.ndarray:
+    """The speech as mono float32 at MEDIA_SAMPLE_RATE (what the avatar takes)."""
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    audio = np.asarray(speech.audio, dtype=np.float32).reshape(-1)
+    if speech.sample_rate == MEDIA_SAMPLE_RATE:
+        return audio
+    g = gcd(speech.sample_rate, MEDIA_SAMPLE_RATE)
+    up, down = MEDIA_SAMPLE_RATE // g, speech.sample_rate // g
+    return resample_poly(audio, up, down).astype(np.float32)
+
+
 class SpeechSynthesizer(ABC):
     """Loaded once; ``synthesize`` is blocking (run it in a worker thread)."""
 

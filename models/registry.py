@@ -8,6 +8,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from models.base import (
     AvatarModel,
     BackendUnavailable,
@@ -16,6 +18,7 @@ from models.base import (
     SpeechRecognizer,
     SpeechSynthesizer,
     VADModel,
+    to_media_rate,
 )
 from models.threads import lower_this_thread, run_in_low_priority_thread
 from server.config import Config
@@ -30,6 +33,10 @@ class Opener:
     text: str
     lang: str
     speech: Speech
+    audio: np.ndarray = field(init=False)  # at the media rate, resampled once
+
+    def __post_init__(self) -> None:
+        self.audio = to_media_rate(self.speech)
 
 
 @dataclass
@@ -92,9 +99,6 @@ async def load_engines(config: Config) -> Engines:
     # inherit the lower priority (models/threads.py).
     log.info("loading ASR (%s)", config.asr.backend)
     asr = await run_in_low_priority_thread(lambda: load_recognizer(config.asr, weights), nice)
-    from pipelines.splitter import warm_up as warm_up_splitter
-
-    warm_up_splitter()
     log.info("loading TTS (%s)", config.tts.backend)
     tts = await run_in_low_priority_thread(lambda: load_synthesizer(config.tts, weights), nice)
     log.info("loading avatar renderer (%s)", config.avatar.backend)

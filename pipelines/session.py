@@ -15,13 +15,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from math import gcd
 from typing import Any
 
 import numpy as np
-from scipy.signal import resample_poly
 
-from models.base import MEDIA_SAMPLE_RATE, VAD_SAMPLE_RATE, AvatarFrame
+from models.base import VAD_SAMPLE_RATE, AvatarFrame, Speech, to_media_rate
 from models.registry import Engines, Opener
 from models.tts import detect_lang
 from models.vad import EndOfTurn, SpeechStart, TurnDetector
@@ -372,6 +370,10 @@ class Session:
             spoke = True
         return spoke
 
+    def _synthesize(self, text: str, lang: str) -> tuple[Speech, np.ndarray]:
+        speech = self.engines.tts.synthesize(text, lang, self.voice)
+        return speech, to_media_rate(speech)
+
     def _pick_opener(self, lang: str) -> Opener | None:
         choices = self.engines.openers.get(lang, []) if self.voice is None else []
         choices = [o for o in choices if o.text != self._last_opener] or choices
@@ -387,19 +389,15 @@ class Session:
         loop = asyncio.get_running_loop()
         while (item := await pieces.get()) is not None:
             if isinstance(item, Opener):
-                text, piece_lang, speech = item.text, item.lang, item.speech
+                text, piece_lang, speech, audio = item.text, item.lang, item.speech, item.audio
             else:
                 text = item
                 piece_lang = detect_lang(text) if self.lang == "auto" else lang
-                speech = await loop.run_in_executor(
-                    self.engines.inference,
-                    self.engines.tts.synthesize,
-                    text,
-                    piece_lang,
-                    self.voice,
+                # Synthesis and resampling both run off the event loop.
+                speech, audio = await loop.run_in_executor(
+                    self.engines.inference, self._synthesize, text, piece_lang
                 )
             turn.mark("tts_first_audio")
-            audio = _resample(speech.audio, speech.sample_rate, MEDIA_SAMPLE_RATE)
             if audio.size == 0:
                 continue
             await turn.confirmed.wait()
@@ -493,11 +491,3 @@ class Session:
             info["turn_log"] = [t.summary() for t in self.turns]
             info["history"] = self.history.turns
         return info
-
-
-def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
-    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-    if rate == target:
-        return audio
-    g = gcd(rate, target)
-    return resample_poly(audio, target // g, rate // g).astype(np.float32)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from models.base import BackendUnavailable
 from models.registry import Engines, load_engines
 from pipelines.session import Session
+from pipelines.splitter import warm_up as warm_up_splitter
 from server.avatars_api import router as avatars_router
 from server.config import REPO_ROOT, Config
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -129,6 +130,7 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
             except BackendUnavailable as exc:
                 log.error("%s", exc)
                 raise SystemExit(f"cannot start: {exc}") from None
+        warm_up_splitter()  # jieba's dictionary, before the first Chinese turn
         app.state.manager = SessionManager(loaded, config, metrics)
         host = config.server.host if config.server.host != "0.0.0.0" else "127.0.0.1"
         log.info("ready: open http://%s:%d in Chromium or Firefox", host, config.server.port)
