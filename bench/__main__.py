@@ -22,7 +22,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.analysis import edit_distance, first_moving_mouth, frame_stats, pct, stall_time, tokens
+from bench.analysis import (
+    edit_distance,
+    first_moving_mouth,
+    frame_stats,
+    pct,
+    stall_time,
+    stalls,
+    tokens,
+)
 from bench.client import Client, to_48k
 from bench.launch import REPO, running_server
 from bench.plots import write_plots
@@ -101,9 +109,9 @@ async def ask(client: Client, lang: str, scenario: str, prompt, barrier=None) ->
     # Idle frames: the avatar listening while the user speaks, just before the end.
     idle = [c for t, c in crops if end_of_speech - 1.6 <= t < end_of_speech]
     first_audio = client.first_loud_audio_after(end_of_speech + 0.05)
-    mouth = first_moving_mouth(idle, [(t, c) for t, c in crops if t >= end_of_speech], 0.0)
     reply_start = first_audio or end_of_speech
     fps, max_gap = frame_stats(client.received.video_times, reply_start, reply_end)
+    _, max_gap_net = frame_stats(client.received.video_packet_times, reply_start, reply_end)
     ref, hyp = tokens(text, lang), tokens(final["text"], lang)
     row = {
         "scenario": scenario,
@@ -111,24 +119,44 @@ async def ask(client: Client, lang: str, scenario: str, prompt, barrier=None) ->
         "prompt": text,
         "heard": final["text"],
         "first_audio": (first_audio - end_of_speech) if first_audio else float("nan"),
-        "first_mouth": (mouth - end_of_speech) if mouth else float("nan"),
         "stall": stall_time(client.received.audio, reply_start, reply_end),
+        "stalls": stalls(client.received.audio, reply_start, reply_end),
         "stages": turn["latency"],
         "errors": edit_distance(ref, hyp),
         "ref_len": len(ref),
         "fps": fps,
         "max_gap": max_gap,
+        "max_gap_net": max_gap_net,
         "bot": " ".join(
             e["text"] for _, e in client.received.events[seen:] if e["type"] == "bot_text"
         ),
+        # The mouth-motion search is slow pure Python: it runs in settle(), once
+        # no other session is receiving, so it never blocks their packets.
+        "_mouth": (end_of_speech, idle, [(t, c) for t, c in crops if t >= end_of_speech]),
     }
     print(
         f"[{scenario} {lang}] {text} -> {final['text']!r}: first audio "
-        f"{row['first_audio']:.2f} s, first mouth {row['first_mouth']:.2f} s, "
-        f"stall {row['stall']:.2f} s, fps {fps:.1f}, max gap {1000 * max_gap:.0f} ms",
+        f"{row['first_audio']:.2f} s, stall {row['stall']:.2f} s, fps {fps:.1f}, "
+        f"max gap {1000 * max_gap:.0f} ms (packets {1000 * max_gap_net:.0f} ms)",
         flush=True,
     )
     return row
+
+
+def _stall_places(row: dict) -> str:
+    """Total stall, then each stall as excess@seconds-into-the-reply."""
+    places = " ".join(f"{x:.2f}@{w:.1f}" for w, x in row.get("stalls", []))
+    return f"{_f(row['stall'])} ({places})" if places else _f(row["stall"])
+
+
+def settle(rows: list[dict]) -> list[dict]:
+    """Finish the measurements left for after a scenario (first moving mouth)."""
+    for row in rows:
+        if "_mouth" in row:
+            end_of_speech, idle, frames = row.pop("_mouth")
+            mouth = first_moving_mouth(idle, frames, 0.0)
+            row["first_mouth"] = (mouth - end_of_speech) if mouth else float("nan")
+    return rows
 
 
 async def run_language(
@@ -223,6 +251,7 @@ def server_pacing(base: str) -> dict[str, float]:
     """The server's own view of frame pacing, from /metrics."""
     wanted = {
         "videochat_frame_max_gap_seconds": "max_gap",
+        "videochat_frame_max_send_gap_seconds": "send_gap",
         "videochat_frames_late_total": "late",
     }
     values: dict[str, float] = {}
@@ -327,7 +356,9 @@ def report(
         "  every idle frame (received while the user spoke) by more than idle frames",
         "  differ among themselves, head sway compensated (`bench/analysis.py`);",
         "- **fps / max gap**: video frames received between first audio and the end",
-        "  of the reply, and the longest arrival gap between two of them;",
+        "  of the reply, and the longest arrival gap between two of them: decoded",
+        "  frames as the client's track returns them / last RTP packet of each frame",
+        "  as it arrives, before the client's decoder (the network-side view);",
         "- **stall**: per reply, silences between reply audio frames longer than the",
         "  natural pause between sentences (350 ms), summed beyond that pause;",
         "- **ASR error**: WER (en, words) or CER (zh, characters) of the final transcripts.",
@@ -335,7 +366,7 @@ def report(
         "## End of speech to first reply audio and first moving mouth (p50 / p95 / max)",
         "",
         "| scenario | lang | prompts | first audio | first mouth | fps median (min) "
-        "| max frame gap (ms) | stall per reply median / max | ASR error |",
+        "| max frame gap (ms) decoded / packets | stall per reply median / max | ASR error |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
@@ -349,11 +380,14 @@ def report(
             fps = [r["fps"] for r in sub]
             stalls = [r["stall"] for r in sub]
             gaps = [r["max_gap"] for r in sub if r["max_gap"] == r["max_gap"]]
+            net = [r.get("max_gap_net", float("nan")) for r in sub]
+            net = [g for g in net if g == g]
             lines.append(
                 f"| {scenario} | {lang} | {len(sub)} | {_spread([r['first_audio'] for r in sub])} "
                 f"| {_spread([r['first_mouth'] for r in sub])} "
                 f"| {statistics.median(fps):.1f} ({min(fps):.1f}) "
-                f"| {1000 * max(gaps, default=float('nan')):.0f} "
+                f"| {1000 * max(gaps, default=float('nan')):.0f} / "
+                f"{1000 * max(net, default=float('nan')):.0f} "
                 f"| {_f(pct(stalls, 50))} / {_f(max(stalls))} | {metric} {100 * err:.1f} % |"
             )
     stops, detected = barge_in
@@ -376,17 +410,20 @@ def report(
         "",
         "Server-side frame pacing comes from `/metrics` after each scenario (cumulative",
         "over the run): the longest gap between two frames released by a session's",
-        "clock, and the frames released more than a frame late.",
+        "clock, the longest gap between two frames taken by aiortc's sender (it",
+        "encodes and sends a frame before taking the next, so this includes encoding),",
+        "and the frames released more than a frame late.",
         "",
         "| scenario | wall s | server CPU s | CPU s per session | CPU s per session-second "
-        "| server max frame gap so far (ms) | late frames so far |",
-        "|---|---|---|---|---|---|---|",
+        "| server max frame gap so far (ms) | sender max gap so far (ms) | late frames so far |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, res in resources.items():
         per = res["cpu"] / res["sessions"]
         lines.append(
             f"| {name} | {res['wall']:.0f} | {res['cpu']:.1f} | {per:.1f} "
             f"| {per / max(res['wall'], 1e-6):.2f} | {1000 * res.get('max_gap', float('nan')):.0f} "
+            f"| {1000 * res.get('send_gap', float('nan')):.0f} "
             f"| {res.get('late', float('nan')):.0f} |"
         )
     lines += [
@@ -415,14 +452,14 @@ def report(
         "",
         "## Every prompt",
         "",
-        "| scenario | lang | prompt | heard (ASR) | first audio | first mouth | stall "
-        "| fps | max gap (ms) | reply |",
+        "| scenario | lang | prompt | heard (ASR) | first audio | first mouth "
+        "| stall (each: excess@s into the reply) | fps | max gap (ms) | reply |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['scenario']} | {r['lang']} | {r['prompt']} | {r['heard']} "
-            f"| {_f(r['first_audio'])} | {_f(r['first_mouth'])} | {_f(r['stall'])} "
+            f"| {_f(r['first_audio'])} | {_f(r['first_mouth'])} | {_stall_places(r)} "
             f"| {r['fps']:.1f} | {_f(1000 * r['max_gap'], 0)} | {r['bot'][:80]} |"
         )
     lines += ["", levers.rstrip()]
@@ -446,9 +483,9 @@ async def main_async(args: argparse.Namespace) -> None:
             cpu0, wall0 = proc_stats(process.pid)[0], time.perf_counter()
             if n == 1:
                 for lang in args.langs:
-                    rows += await run_language(base, lang, prompts[lang])
+                    rows += settle(await run_language(base, lang, prompts[lang]))
             else:
-                rows += await run_concurrent(base, args.langs, prompts, n)
+                rows += settle(await run_concurrent(base, args.langs, prompts, n))
             resources[name] = {
                 "cpu": proc_stats(process.pid)[0] - cpu0,
                 "wall": time.perf_counter() - wall0,

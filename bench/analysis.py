@@ -45,26 +45,37 @@ def loud_times(audio: Sequence[tuple[float, float]], start: float, end: float) -
     return [t for t, rms in audio if start <= t <= end and rms > LOUD_RMS]
 
 
+def stalls(
+    audio: Sequence[tuple[float, float]],
+    start: float,
+    end: float,
+    pause: float = NATURAL_PAUSE,
+) -> list[tuple[float, float]]:
+    """The silences inside a reply longer than the natural pause between sentences.
+
+    ``audio`` is the client's (arrival time, rms) per 20 ms frame. Between the
+    first and the last loud frame in [start, end], every silence (gap between
+    consecutive loud frames, less one frame) longer than ``pause`` is returned
+    as (seconds from the first loud frame to where it starts, seconds beyond
+    ``pause``).
+    """
+    loud = loud_times(audio, start, end)
+    found = []
+    for before, after in zip(loud, loud[1:], strict=False):
+        silence = after - before - AUDIO_FRAME
+        if silence > pause:
+            found.append((before + AUDIO_FRAME - loud[0], silence - pause))
+    return found
+
+
 def stall_time(
     audio: Sequence[tuple[float, float]],
     start: float,
     end: float,
     pause: float = NATURAL_PAUSE,
 ) -> float:
-    """Seconds of silence inside a reply beyond the natural pause between sentences.
-
-    ``audio`` is the client's (arrival time, rms) per 20 ms frame. Between the
-    first and the last loud frame in [start, end], every silence (gap between
-    consecutive loud frames, less one frame) longer than ``pause`` adds what it
-    lasts beyond ``pause``.
-    """
-    loud = loud_times(audio, start, end)
-    total = 0.0
-    for before, after in zip(loud, loud[1:], strict=False):
-        silence = after - before - AUDIO_FRAME
-        if silence > pause:
-            total += silence - pause
-    return total
+    """Seconds of silence inside a reply beyond the natural pause, summed."""
+    return sum(excess for _, excess in stalls(audio, start, end, pause))
 
 
 # ---------------------------------------------------------------------- video

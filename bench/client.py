@@ -106,7 +106,10 @@ class MicrophoneTrack(MediaStreamTrack):
 class Received:
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     audio: list[tuple[float, float]] = field(default_factory=list)  # (time, rms)
-    video_times: list[float] = field(default_factory=list)
+    video_times: list[float] = field(default_factory=list)  # decoded frames
+    # Arrival of the last RTP packet of each video frame, before decoding: the
+    # network-side view, apart from this client's decoder.
+    video_packet_times: list[float] = field(default_factory=list)
     video_sizes: set[tuple[int, int]] = field(default_factory=set)
     # (arrival time, mouth-region crop) of each frame while Client.keep_crops is set.
     crops: list[tuple[float, np.ndarray]] = field(default_factory=list)
@@ -161,7 +164,28 @@ class Client:
         # Hold received audio 40 ms like the server does, not aiortc's 80 ms:
         # closer to a browser, whose jitter buffer adapts down on loopback.
         shorten_audio_jitter_buffer(pc, 2)
+        self._stamp_video_packets()
         await asyncio.wait_for(self._opened.wait(), 20)
+
+    def _stamp_video_packets(self) -> None:
+        """Record when each video frame's last RTP packet (marker bit) arrives.
+
+        Wraps aiortc 1.16's RTCRtpReceiver._handle_rtp_packet (private, called by
+        the DTLS transport per packet): the only place that sees packets before
+        the decoder thread."""
+        stamps = self.received.video_packet_times
+        for transceiver in self.pc.getTransceivers():
+            receiver = transceiver.receiver
+            if transceiver.kind != "video" or not hasattr(receiver, "_handle_rtp_packet"):
+                continue
+            handle = receiver._handle_rtp_packet
+
+            async def stamped(packet, arrival_time_ms, _handle=handle):  # type: ignore[no-untyped-def]
+                if packet.marker:
+                    stamps.append(time.perf_counter())
+                await _handle(packet, arrival_time_ms)
+
+            receiver._handle_rtp_packet = stamped  # type: ignore[method-assign]
 
     async def _notify(self) -> None:
         async with self._event:

@@ -39,6 +39,11 @@ class PacedTrack(MediaStreamTrack):
         self.kind = kind
         self._queue: asyncio.Queue[av.AudioFrame | av.VideoFrame | None] = asyncio.Queue()
         self.dropped = 0
+        # aiortc's sender takes a frame, encodes it, sends its packets, then asks
+        # for the next: the longest wait between two takes is the longest gap
+        # on the wire that this server caused (encoding included).
+        self.max_take_gap = 0.0
+        self._last_take: float | None = None
 
     def put(self, frame: av.AudioFrame | av.VideoFrame) -> None:
         if self._queue.qsize() >= QUEUE_LIMIT:
@@ -52,6 +57,10 @@ class PacedTrack(MediaStreamTrack):
         frame = await self._queue.get()
         if frame is None:
             raise MediaStreamError
+        now = time.perf_counter()
+        if self._last_take is not None:
+            self.max_take_gap = max(self.max_take_gap, now - self._last_take)
+        self._last_take = now
         return frame
 
     def stop(self) -> None:

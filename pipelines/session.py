@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import VAD_SAMPLE_RATE, AvatarFrame, Speech, to_media_rate
+from models.base import MEDIA_SAMPLE_RATE, VAD_SAMPLE_RATE, AvatarFrame, Speech, to_media_rate
 from models.registry import Engines, Opener
 from models.tts import detect_lang
 from models.vad import EndOfTurn, SpeechStart, TurnDetector
@@ -60,6 +60,9 @@ class Turn:
     # A speculative turn starts during the hang-over; it speaks only once confirmed.
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
     speech_end_sample: int | None = None  # the VAD position its audio ends at
+    # Set when the LLM's first token arrives; the opener waits for it (bounded).
+    first_token: asyncio.Event = field(default_factory=asyncio.Event)
+    synthesizing: bool = False  # a TTS call of this turn is running
 
     def mark(self, name: str) -> None:
         self.marks.setdefault(name, time.perf_counter())
@@ -360,7 +363,11 @@ class Session:
         spoke = False
         async for delta in self.engines.llm.stream_chat(messages, conversation=self.id):
             turn.mark("llm_first_token")
-            for piece in splitter.push(delta):
+            turn.first_token.set()
+            ready = splitter.push(delta)
+            if not ready and splitter.started and self._running_dry(turn, pieces):
+                ready = splitter.cut_early()
+            for piece in ready:
                 turn.mark("first_clause")
                 pieces.put_nowait(piece)
                 spoke = True
@@ -369,6 +376,14 @@ class Session:
             pieces.put_nowait(piece)
             spoke = True
         return spoke
+
+    def _running_dry(self, turn: Turn, pieces: asyncio.Queue[str | Opener | None]) -> bool:
+        """Whether the reply audio queued for playback is about to run out with
+        nothing else on its way (no piece waiting, no TTS call running)."""
+        low = self.config.llm.cut_when_queued_audio_below_s
+        if not low or not turn.confirmed.is_set() or turn.synthesizing or not pieces.empty():
+            return False
+        return self.avatar.queued_samples < low * MEDIA_SAMPLE_RATE
 
     def _synthesize(self, text: str, lang: str) -> tuple[Speech, np.ndarray]:
         speech = self.engines.tts.synthesize(text, lang, self.voice)
@@ -383,6 +398,20 @@ class Session:
         self._last_opener = opener.text
         return opener
 
+    async def _hold_opener(self, turn: Turn) -> None:
+        """Start the opener when the LLM's first token arrives, or at the latest
+        ``llm.opener_wait_s`` after the end of speech. Said at once, the opener
+        (~0.5 s) ends long before the continuation is synthesized and leaves a
+        pause; from the first token on, the first clause plus its TTS take about
+        as long as the opener itself (docs/benchmarks.md)."""
+        left = turn.end_of_speech + self.config.llm.opener_wait_s - time.perf_counter()
+        if turn.first_token.is_set() or left <= 0:
+            return
+        try:
+            await asyncio.wait_for(turn.first_token.wait(), left)
+        except TimeoutError:
+            pass
+
     async def _speak(
         self, turn: Turn, pieces: asyncio.Queue[str | Opener | None], lang: str
     ) -> None:
@@ -390,13 +419,18 @@ class Session:
         while (item := await pieces.get()) is not None:
             if isinstance(item, Opener):
                 text, piece_lang, speech, audio = item.text, item.lang, item.speech, item.audio
+                await self._hold_opener(turn)
             else:
                 text = item
                 piece_lang = detect_lang(text) if self.lang == "auto" else lang
                 # Synthesis and resampling both run off the event loop.
-                speech, audio = await loop.run_in_executor(
-                    self.engines.inference, self._synthesize, text, piece_lang
-                )
+                turn.synthesizing = True
+                try:
+                    speech, audio = await loop.run_in_executor(
+                        self.engines.inference, self._synthesize, text, piece_lang
+                    )
+                finally:
+                    turn.synthesizing = False
             turn.mark("tts_first_audio")
             if audio.size == 0:
                 continue

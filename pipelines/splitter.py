@@ -49,6 +49,33 @@ class SentenceSplitter:
             if piece:
                 pieces.append(piece)
 
+    @property
+    def started(self) -> bool:
+        """Whether the first piece has been cut."""
+        return not self._first
+
+    def cut_early(self, min_words: int = 3, min_cjk: int = 4) -> list[str]:
+        """Playback is running dry: cut the text so far at its last complete word
+        (Chinese: at a word boundary) if it holds at least ``min_words`` words
+        (``min_cjk`` characters), rather than wait for a clause mark."""
+        buffer = self._buffer
+        cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in buffer)
+        if cjk:
+            if cjk <= min_cjk:
+                return []
+            cut = _cjk_word_cut(buffer, cjk, at_least=min_cjk)
+        else:
+            ends = [m.start() for m in re.finditer(r"\S(?=\s)", buffer)]
+            cut = ends[-1] + 1 if len(ends) >= min_words else None
+        if cut is None:
+            return []
+        piece = _clean(buffer[:cut])
+        if not piece:
+            return []
+        self._buffer = buffer[cut:]
+        self._first = False
+        return [piece]
+
     def flush(self) -> list[str]:
         """End of the reply: whatever is left is one last piece."""
         rest = _clean(self._buffer)
@@ -117,19 +144,26 @@ def warm_up() -> None:
     jieba.initialize()
 
 
-def _cjk_word_cut(text: str, limit: int) -> int | None:
-    """Where to cut ``text`` after at least ``limit`` Chinese characters without
-    splitting a word (jieba, which misaki's Chinese G2P already depends on)."""
+def _cjk_word_cut(text: str, limit: int, at_least: int | None = None) -> int | None:
+    """Where to cut ``text`` without splitting a word (jieba, which misaki's
+    Chinese G2P already depends on): after the first word that brings the count
+    of Chinese characters to ``limit``; or, with ``at_least``, at the last word
+    boundary (before the final, maybe still streaming, word) that has at least
+    ``at_least`` characters before it."""
     import jieba
 
     position = count = 0
+    best = None
     words = jieba.lcut(text)
     for word in words[:-1]:  # the last word may still be streaming
         position += len(word)
         count += sum("\u4e00" <= ch <= "\u9fff" for ch in word)
-        if count >= limit:
+        if at_least is not None:
+            if count >= at_least:
+                best = position
+        elif count >= limit:
             return position
-    return None
+    return best
 
 
 def _clean(text: str) -> str:

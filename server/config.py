@@ -55,10 +55,18 @@ class LLMConfig(BaseModel):
     max_history_messages: int = 12
     first_piece_max_words: int = 4  # speak the first clause early even without a comma
     first_piece_max_cjk: int = 6
+    # Later pieces wait for a sentence end (or a clause mark once long), unless
+    # the reply audio still queued drops below this: then the text so far is
+    # spoken at its last complete word, so the avatar does not fall silent
+    # mid-reply while the LLM writes a long sentence. 0 = never.
+    cut_when_queued_audio_below_s: float = 0.8
     # Pre-synthesized reply openings spoken at once; the LLM continues them
     # (embedded backend only). Empty lists / {} = off.
     use_openers: bool = True
     openers: dict[str, list[str]] = Field(default_factory=dict)
+    # The opener waits for the LLM's first token, but at most this long after the
+    # end of speech (0 = say it at once).
+    opener_wait_s: float = 1.0
     system_prompt: str = "You are a friendly bilingual digital human. Answer briefly."
 
 

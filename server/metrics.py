@@ -11,9 +11,11 @@ must not collide on the global default registry). `GET /metrics` answers
 - `videochat_turn_first_audio_seconds`: the total, end of speech to the first
   reply audio sent.
 - `videochat_active_sessions`, `videochat_turns_total{interrupted}`.
-- `videochat_frames_{sent,dropped,late}_total` and
-  `videochat_frame_max_gap_seconds`: read from each session's media clock at
-  scrape time (live sessions plus the totals of closed ones).
+- `videochat_frames_{sent,dropped,late}_total`,
+  `videochat_frame_max_gap_seconds` (frames released by the clock) and
+  `videochat_frame_max_send_gap_seconds` (frames taken by aiortc's sender,
+  which encodes and sends one before taking the next): read from each
+  session's media clock at scrape time (live sessions plus closed ones).
 """
 
 from __future__ import annotations
@@ -54,12 +56,14 @@ class _ClockCollector(Collector):
     def collect(self) -> Iterable[Any]:
         sent, dropped, late = self.metrics.retired_frames()
         max_gap = self.metrics.retired_max_gap
+        take_gap = self.metrics.retired_take_gap
         for session in self.metrics.live_sessions():
             clock = session.clock
             sent += int(clock.frames_sent)
             dropped += int(clock.dropped)
             late += int(clock.late_frames)
             max_gap = max(max_gap, float(clock.max_gap))
+            take_gap = max(take_gap, float(clock.video_track.max_take_gap))
         yield CounterMetricFamily(
             "videochat_frames_sent", "Video frames released by the media clocks", value=sent
         )
@@ -77,6 +81,12 @@ class _ClockCollector(Collector):
             "videochat_frame_max_gap_seconds",
             "Longest gap between two released video frames, over all sessions so far",
             value=max_gap,
+        )
+        yield GaugeMetricFamily(
+            "videochat_frame_max_send_gap_seconds",
+            "Longest gap between two video frames taken by the WebRTC sender (it takes "
+            "the next one after encoding and sending the last), over all sessions so far",
+            value=take_gap,
         )
 
 
@@ -110,6 +120,7 @@ class Metrics:
         self._sessions: Callable[[], Iterable[Any]] = lambda: ()
         self._retired = [0, 0, 0]  # frames sent, dropped, late of closed sessions
         self.retired_max_gap = 0.0
+        self.retired_take_gap = 0.0
         self._lock = threading.Lock()
         self.registry.register(_ClockCollector(self))
 
@@ -136,6 +147,9 @@ class Metrics:
             self._retired[1] += int(clock.dropped)
             self._retired[2] += int(clock.late_frames)
             self.retired_max_gap = max(self.retired_max_gap, float(clock.max_gap))
+            self.retired_take_gap = max(
+                self.retired_take_gap, float(clock.video_track.max_take_gap)
+            )
         self.active_sessions.set(count)
 
     # --------------------------------------------------------------- turns

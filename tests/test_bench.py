@@ -13,6 +13,7 @@ from bench.analysis import (
     mouth_crop,
     pct,
     stall_time,
+    stalls,
     tokens,
 )
 
@@ -56,6 +57,9 @@ def test_stall_counts_only_silence_beyond_the_natural_pause():
     # A second sentence 1 s late: 1 s of silence, 0.65 s beyond the pause.
     audio = audio_track([(1.0, 2.0), (3.0, 3.5), (3.8, 4.0)], 5.0)
     assert abs(stall_time(audio, 0.0, 5.0) - 0.65) < 0.03
+    # ... which starts 1 s into the reply.
+    [(where, excess)] = stalls(audio, 0.0, 5.0)
+    assert abs(where - 1.0) < 0.03 and abs(excess - 0.65) < 0.03
     # Silence before the reply starts or after it ends is not a stall.
     assert stall_time(audio_track([(2.0, 3.0)], 6.0), 0.0, 6.0) == 0.0
 

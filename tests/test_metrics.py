@@ -83,7 +83,13 @@ def test_observe_turn_updates_histograms_and_counters():
 
 def test_frame_counters_are_read_from_the_clocks_and_kept_after_close():
     metrics = Metrics()
-    clock = SimpleNamespace(frames_sent=250, dropped=3, late_frames=2, max_gap=0.09)
+    clock = SimpleNamespace(
+        frames_sent=250,
+        dropped=3,
+        late_frames=2,
+        max_gap=0.09,
+        video_track=SimpleNamespace(max_take_gap=0.12),
+    )
     session = SimpleNamespace(clock=clock)
     live = [session]
     metrics.track_sessions(lambda: live)
@@ -92,11 +98,13 @@ def test_frame_counters_are_read_from_the_clocks_and_kept_after_close():
     assert sample(metrics, "videochat_frames_dropped_total") == 3
     assert sample(metrics, "videochat_frames_late_total") == 2
     assert sample(metrics, "videochat_frame_max_gap_seconds") == 0.09
+    assert sample(metrics, "videochat_frame_max_send_gap_seconds") == 0.12
     live.clear()
     metrics.session_closed(session, 0)
     assert sample(metrics, "videochat_active_sessions") == 0
     assert sample(metrics, "videochat_frames_sent_total") == 250
     assert sample(metrics, "videochat_frames_dropped_total") == 3
+    assert sample(metrics, "videochat_frame_max_send_gap_seconds") == 0.12
 
 
 async def test_sessions_report_their_turns_through_the_hook():

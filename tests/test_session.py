@@ -220,6 +220,38 @@ async def test_opener_is_spoken_first_and_the_llm_continues_it():
         await session.close()
 
 
+class SlowFirstToken(ScriptedLLM):
+    """The first token arrives after ``first_delay`` seconds (a slow prefill)."""
+
+    def __init__(self, replies: dict[str, str], first_delay: float) -> None:
+        super().__init__(replies)
+        self.first_delay = first_delay
+
+    async def stream_chat(self, messages, *, conversation=None):
+        await asyncio.sleep(self.first_delay)
+        async for delta in super().stream_chat(messages, conversation=conversation):
+            yield delta
+
+
+@pytest.mark.parametrize("wait_s", [3.0, 0.0])
+async def test_the_opener_waits_for_the_first_token_up_to_opener_wait(wait_s):
+    llm = SlowFirstToken({"France": "the capital of France is Paris."}, first_delay=0.8)
+    engines = engines_with_opener(llm, "Sure,")
+    session, events = make_session(engines)
+    session.config.llm.opener_wait_s = wait_s
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: len(session.turns) == 1)
+        latency = of_type(events, "turn")[0]["latency"]
+        assert [e["text"] for e in of_type(events, "bot_text")][0] == "Sure,"
+        if wait_s:  # held until the model starts answering
+            assert latency["first_audio_sent"] >= latency["llm_first_token"]
+        else:  # said at once, long before the model's first token
+            assert latency["first_audio_sent"] < latency["llm_first_token"] - 0.3
+    finally:
+        await session.close()
+
+
 async def test_an_empty_continuation_after_the_opener_is_asked_again():
     class SilentAfterOpener(ScriptedLLM):
         async def stream_chat(self, messages, *, conversation=None):
@@ -237,5 +269,28 @@ async def test_an_empty_continuation_after_the_opener_is_asked_again():
         await wait_until(lambda: len(session.turns) == 1)
         assert len(llm.requests) == 2 and llm.requests[1][1][-1]["role"] == "user"
         assert session.history.turns[-1]["content"] == "Hmm, Paris is the capital."
+    finally:
+        await session.close()
+
+
+@pytest.mark.parametrize("low_water", [0.8, 0.0])
+async def test_a_long_sentence_is_cut_when_the_reply_audio_runs_dry(low_water):
+    long_sentence = (
+        "London has mild winters and warm summers and a lot of parks to walk in "
+        "when the sun comes out after the rain."
+    )
+    llm = ScriptedLLM({"France": "Sure. " + long_sentence}, token_delay=0.05)
+    engines = fake_engines(llm=llm, tts=ToneTTS(seconds_per_char=0.005))
+    session, events = make_session(engines)
+    session.config.llm.cut_when_queued_audio_below_s = low_water
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: len(session.turns) == 1)
+        spoken = [e["text"] for e in of_type(events, "bot_text")]
+        assert " ".join(spoken) == "Sure. " + long_sentence  # nothing lost or doubled
+        if low_water:  # the audio ran dry long before the sentence ended
+            assert len(spoken) > 2
+        else:  # later pieces wait for the sentence end
+            assert spoken == ["Sure.", long_sentence]
     finally:
         await session.close()

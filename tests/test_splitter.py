@@ -87,3 +87,27 @@ def test_chinese_cap_does_not_split_a_word():
     pieces = split_streamed(text)
     assert pieces[0] == "今天的天气晴朗"
     assert "".join(pieces) == text
+
+
+def test_cut_early_speaks_the_text_so_far_at_its_last_whole_word():
+    splitter = SentenceSplitter()
+    assert splitter.push("Sure. London has mild win") == ["Sure."]
+    # "win" may still be streaming: the cut stops before it.
+    assert splitter.cut_early() == ["London has mild"]
+    assert splitter.push("ters and warm summers. ") == ["winters and warm summers."]
+    assert splitter.cut_early() == []  # nothing left to cut
+
+
+def test_cut_early_needs_a_few_words():
+    splitter = SentenceSplitter()
+    splitter.push("Sure. It is")
+    assert splitter.cut_early(min_words=3) == []
+
+
+def test_cut_early_in_chinese_keeps_words_whole():
+    splitter = SentenceSplitter()
+    assert splitter.push("好的，今天的天气晴朗阳光") == ["好的，"]
+    [piece] = splitter.cut_early(min_cjk=4)
+    assert "今天的天气晴朗阳光".startswith(piece) and len(piece) >= 4
+    rest = splitter.push("明媚。")
+    assert piece + "".join(rest) == "今天的天气晴朗阳光明媚。"
