@@ -195,13 +195,16 @@ STORY_REQUEST = (
 )
 
 
-async def run_barge_in(base: str, interruption, trials: int = 3) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]  # noqa: E501
+async def run_barge_in(
+    base: str, interruption, trials: int = 3
+) -> tuple[list[float], list[float], list[float]]:  # type: ignore[no-untyped-def]  # noqa: E501
     """Talk over a long reply. Return, per trial, the seconds from the start of
     the user's speech to the last non-silent reply audio frame at the client,
     and the server's barge_in_detected_after of the interrupted turns."""
     text, pcm, _speech_end = interruption
     stops: list[float] = []
     detected: list[float] = []
+    noticed: list[float] = []
     client = Client(base, lang="auto")
     await client.connect()
     try:
@@ -216,20 +219,29 @@ async def run_barge_in(base: str, interruption, trials: int = 3) -> tuple[list[f
             await asyncio.sleep(0.3)
             since = len(client.received.events)
             client.mic.say(pcm, speech_start_offset=0.3)
-            await client.wait_for(
+            stopped = await client.wait_for(
                 lambda e: e["type"] == "state" and e["value"] == "listening", 10, since=since
             )
             talk = client.mic.speech_start_times[-1]
+            # The server's "listening" event follows the interruption at once: its
+            # arrival splits the stop time into noticing and silencing.
+            noticed.append(client.received.events[client.index_of(stopped)][0] - talk)
             await asyncio.sleep(1.0)
             playing = [
                 t for t, rms in client.received.audio if talk - 0.6 < t <= talk and rms > 0.01
             ]
             loud = [t for t, rms in client.received.audio if t > talk and rms > 0.01]
-            if not playing:
+            # No reply could stop in under 0.1 s (mic, VAD frame, way back): silence
+            # then means the user talked into a pause between sentences.
+            if not playing or not any(t <= talk + 0.1 for t in loud):
                 print("[barge-in] the reply was not playing when the user talked; trial skipped")
             else:
                 stops.append(max(loud, default=talk) - talk)
-                print(f"[barge-in] reply audio stopped {stops[-1]:.3f} s after talking", flush=True)
+                print(
+                    f"[barge-in] reply audio stopped {stops[-1]:.3f} s after talking "
+                    f"(server's interruption event after {noticed[-1]:.3f} s)",
+                    flush=True,
+                )
             # Let the interrupting question be answered, then go on.
             final = await client.wait_for(
                 lambda e: e["type"] == "user_text" and e["final"], 60, since=since
@@ -244,7 +256,7 @@ async def run_barge_in(base: str, interruption, trials: int = 3) -> tuple[list[f
                 detected.append(float(after))
     finally:
         await client.close()
-    return stops, detected
+    return stops, detected, noticed
 
 
 def server_pacing(base: str) -> dict[str, float]:
@@ -325,7 +337,7 @@ def kept_levers(out: Path) -> str:
 
 def report(
     rows: list[dict],
-    barge_in: tuple[list[float], list[float]],
+    barge_in: tuple[list[float], list[float], list[float]],
     resources: dict[str, dict[str, float]],
     peak_rss: int,
     command: str,
@@ -390,19 +402,25 @@ def report(
                 f"{1000 * max(net, default=float('nan')):.0f} "
                 f"| {_f(pct(stalls, 50))} / {_f(max(stalls))} | {metric} {100 * err:.1f} % |"
             )
-    stops, detected = barge_in
+    stops, detected, noticed = barge_in
+
+    def spread(values: list[float]) -> str:
+        return f"{_f(pct(values, 50), 3)} / {_f(max(values, default=float('nan')), 3)}"
+
     lines += [
         "",
         "## Barge-in",
         "",
         "Talking over a long reply: seconds from the start of the user's speech to the",
-        "last non-silent reply audio frame at the client, and the user speech the",
-        "server's VAD needed to notice (`barge_in_detected_after`, GET /api/sessions/{id}).",
+        "last non-silent reply audio frame at the client; to the arrival at the client",
+        "of the server's `state: listening` event, sent the moment it interrupted the",
+        "reply; and the user speech the server's VAD needed to notice",
+        "(`barge_in_detected_after`, GET /api/sessions/{id}).",
         "",
-        "| trials | reply audio stopped after (p50 / max) | detected after (server, p50 / max) |",
-        "|---|---|---|",
-        f"| {len(stops)} | {_f(pct(stops, 50), 3)} / {_f(max(stops, default=float('nan')), 3)} "
-        f"| {_f(pct(detected, 50), 3)} / {_f(max(detected, default=float('nan')), 3)} |",
+        "| trials | reply audio stopped after (p50 / max) | interruption event after "
+        "| speech needed (server, p50 / max) |",
+        "|---|---|---|---|",
+        f"| {len(stops)} | {spread(stops)} | {spread(noticed)} | {spread(detected)} |",
         "",
         "## Resources (server process)",
         "",
@@ -476,7 +494,7 @@ async def main_async(args: argparse.Namespace) -> None:
         prompts = {lang: items[:1] for lang, items in prompts.items()}
     rows: list[dict] = []
     resources: dict[str, dict[str, float]] = {}
-    barge_in: tuple[list[float], list[float]] = ([], [])
+    barge_in: tuple[list[float], list[float], list[float]] = ([], [], [])
     with running_server() as (base, process):
         for n in args.sessions:
             name = "1 session" if n == 1 else f"{n} sessions"
@@ -493,7 +511,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 **server_pacing(base),
             }
         if args.barge_in:
-            barge_in = await run_barge_in(base, prompts["en"][0], trials=1 if args.quick else 3)
+            barge_in = await run_barge_in(base, prompts["en"][0], trials=1 if args.quick else 5)
         peak_rss = proc_stats(process.pid)[1]
     out = Path(args.out)
     plots = write_plots(rows, out.parent)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.base import (
+    MEDIA_SAMPLE_RATE,
     AvatarModel,
     BackendUnavailable,
     ChatModel,
@@ -34,9 +35,13 @@ class Opener:
     lang: str
     speech: Speech
     audio: np.ndarray = field(init=False)  # at the media rate, resampled once
+    voiced_seconds: float = field(init=False)  # up to its last audible sample
 
     def __post_init__(self) -> None:
         self.audio = to_media_rate(self.speech)
+        level = np.abs(self.audio.astype(np.float32))
+        loud = np.flatnonzero(level > 0.05 * float(level.max(initial=0.0)))
+        self.voiced_seconds = (int(loud[-1]) + 1 if loud.size else 0) / MEDIA_SAMPLE_RATE
 
 
 @dataclass

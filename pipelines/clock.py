@@ -87,11 +87,19 @@ class MediaClock:
         self.late_frames = 0
         self.max_gap = 0.0
         self._flushes = 0  # bumped by flush(); frames rendered before it go out silent
+        self.held = False  # see hold()
 
     def flush(self) -> None:
         """Silence audio already rendered but not yet sent (barge-in): the frame
         rendered ahead and the second half of the current one."""
         self._flushes += 1
+
+    def hold(self, held: bool) -> None:
+        """Pause the reply where it is (the user may be starting to talk): until
+        released, the clock repeats the last picture with silence and takes
+        nothing from the avatar, so a false alarm resumes exactly where it
+        stopped, and a real barge-in interrupts a reply that is already silent."""
+        self.held = held
 
     def start(self) -> None:
         if self._task is None:
@@ -117,14 +125,24 @@ class MediaClock:
         last_sent = None
         pending = loop.run_in_executor(self._renderer, self.avatar.next_frame)
         rendered_at = self._flushes
+        last_image: np.ndarray | None = None
         while True:
-            frame = await pending
-            if rendered_at != self._flushes:
-                frame.audio = np.zeros_like(frame.audio)
-                frame.played = []
-            # Render the next frame while this one waits for its due time.
-            rendered_at = self._flushes
-            pending = loop.run_in_executor(self._renderer, self.avatar.next_frame)
+            if self.held and last_image is not None:
+                # The rendered frame waits in `pending` for the release.
+                frame = AvatarFrame(
+                    image=last_image,
+                    audio=np.zeros(2 * AUDIO_FRAME_SAMPLES, np.int16),
+                    speaking=False,
+                )
+            else:
+                frame = await pending
+                if rendered_at != self._flushes:
+                    frame.audio = np.zeros_like(frame.audio)
+                    frame.played = []
+                # Render the next frame while this one waits for its due time.
+                rendered_at = self._flushes
+                pending = loop.run_in_executor(self._renderer, self.avatar.next_frame)
+                last_image = frame.image
             due = start + index * FRAME_PERIOD
             delay = due - loop.time()
             if delay > 0:

@@ -32,6 +32,23 @@ log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict[str, Any]], None]
 MAX_TEXT_CHARS = 500
+# The opener is timed to end a comma's pause before the reply's first piece is
+# ready; that piece usually takes this long after the LLM's first token on a
+# 2-core CPU (first clause + its TTS; docs/benchmarks.md), learnt per session.
+INITIAL_REPLY_LAG_S = 0.5
+REPLY_LAG_SMOOTHING = 0.3
+OPENER_PAUSE_S = 0.2
+
+
+async def _wait_event(event: asyncio.Event, until: float) -> None:
+    """Wait for ``event``, but not past the perf_counter time ``until``."""
+    left = until - time.perf_counter()
+    if event.is_set() or left <= 0:
+        return
+    try:
+        await asyncio.wait_for(event.wait(), left)
+    except TimeoutError:
+        pass
 
 
 @dataclass
@@ -63,6 +80,7 @@ class Turn:
     # Set when the LLM's first token arrives; the opener waits for it (bounded).
     first_token: asyncio.Event = field(default_factory=asyncio.Event)
     synthesizing: bool = False  # a TTS call of this turn is running
+    reply_ready: asyncio.Event = field(default_factory=asyncio.Event)  # first piece synthesized
 
     def mark(self, name: str) -> None:
         self.marks.setdefault(name, time.perf_counter())
@@ -136,6 +154,7 @@ class Session:
         self._prime_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
         self._last_opener: str | None = None
+        self._reply_lag = INITIAL_REPLY_LAG_S
         self._sink: EventSink | None = None
         self._pending: list[dict[str, Any]] = []
         self.closed = False
@@ -217,6 +236,23 @@ class Session:
             # Record how much of their speech it took to notice (audio time).
             turn.barge_in_after = detector.speech_ms / 1000
             self.interrupt("barge-in")
+        else:
+            self._pause_for_speech(detector)
+
+    def _pause_for_speech(self, detector: TurnDetector) -> None:
+        """Pause the reply at the first sign of user speech; resume it if that
+        speech stops before it becomes a barge-in (a cough, a click, "mm-hm")."""
+        vad = self.config.vad
+        if not vad.pause_on_speech_ms:
+            return
+        speech, silence = detector.speech_ms, detector.silence_ms
+        if speech >= vad.pause_on_speech_ms and silence < vad.resume_after_silence_ms:
+            if not self.clock.held:
+                log.info("session %s: user speech, reply paused", self.id)
+            self.clock.hold(True)
+        elif self.clock.held:
+            log.info("session %s: false alarm, reply resumed", self.id)
+            self.clock.hold(False)
 
     @staticmethod
     def _is_speculative(turn: Turn | None) -> bool:
@@ -398,46 +434,78 @@ class Session:
         self._last_opener = opener.text
         return opener
 
-    async def _hold_opener(self, turn: Turn) -> None:
-        """Start the opener when the LLM's first token arrives, or at the latest
-        ``llm.opener_wait_s`` after the end of speech. Said at once, the opener
-        (~0.5 s) ends long before the continuation is synthesized and leaves a
-        pause; from the first token on, the first clause plus its TTS take about
-        as long as the opener itself (docs/benchmarks.md)."""
-        left = turn.end_of_speech + self.config.llm.opener_wait_s - time.perf_counter()
-        if turn.first_token.is_set() or left <= 0:
-            return
-        try:
-            await asyncio.wait_for(turn.first_token.wait(), left)
-        except TimeoutError:
-            pass
+    async def _hold_opener(self, turn: Turn, opener: Opener) -> None:
+        """Hold the opener so that it ends just before the reply's first piece is
+        ready. Said at once, the ~0.3-0.5 s opener ends long before the reply is
+        written and synthesized and leaves a pause. So it waits for the LLM's
+        first token, then for as long as the first piece usually takes from
+        there (learnt per session) less the opener's own length and a comma's
+        pause; it never waits past ``llm.opener_wait_s`` after the end of
+        speech, nor once the first piece is ready."""
+        deadline = turn.end_of_speech + self.config.llm.opener_wait_s
+        await _wait_event(turn.first_token, deadline)
+        if turn.first_token.is_set():
+            start = (
+                turn.marks["llm_first_token"]
+                + self._reply_lag
+                - opener.voiced_seconds
+                - OPENER_PAUSE_S
+            )
+            await _wait_event(turn.reply_ready, min(start, deadline))
+
+    async def _say_opener(self, turn: Turn, opener: Opener) -> None:
+        await self._hold_opener(turn, opener)
+        turn.mark("tts_first_audio")
+        await self._push(turn, opener.text, opener.lang, opener.speech, opener.audio)
+
+    def _learn_reply_lag(self, turn: Turn) -> None:
+        """Seconds from the first token to the first piece's audio, smoothed."""
+        first_token = turn.marks.get("llm_first_token")
+        if first_token is not None:
+            lag = time.perf_counter() - first_token
+            self._reply_lag += REPLY_LAG_SMOOTHING * (lag - self._reply_lag)
+
+    async def _push(
+        self, turn: Turn, text: str, lang: str, speech: Speech, audio: np.ndarray
+    ) -> None:
+        await turn.confirmed.wait()
+        tag = (turn.index, len(turn.pieces))
+        turn.pieces.append(ReplyPiece(text=text, lang=lang, samples=audio.size))
+        self.avatar.push_audio(audio, tag=tag, speech=speech)
 
     async def _speak(
         self, turn: Turn, pieces: asyncio.Queue[str | Opener | None], lang: str
     ) -> None:
         loop = asyncio.get_running_loop()
-        while (item := await pieces.get()) is not None:
-            if isinstance(item, Opener):
-                text, piece_lang, speech, audio = item.text, item.lang, item.speech, item.audio
-                await self._hold_opener(turn)
-            else:
-                text = item
-                piece_lang = detect_lang(text) if self.lang == "auto" else lang
+        opener: asyncio.Task[None] | None = None
+        try:
+            while (item := await pieces.get()) is not None:
+                if isinstance(item, Opener):
+                    # Held in its own task while the reply is synthesized.
+                    opener = asyncio.create_task(self._say_opener(turn, item))
+                    continue
+                piece_lang = detect_lang(item) if self.lang == "auto" else lang
                 # Synthesis and resampling both run off the event loop.
                 turn.synthesizing = True
                 try:
                     speech, audio = await loop.run_in_executor(
-                        self.engines.inference, self._synthesize, text, piece_lang
+                        self.engines.inference, self._synthesize, item, piece_lang
                     )
                 finally:
                     turn.synthesizing = False
-            turn.mark("tts_first_audio")
-            if audio.size == 0:
-                continue
-            await turn.confirmed.wait()
-            tag = (turn.index, len(turn.pieces))
-            turn.pieces.append(ReplyPiece(text=text, lang=piece_lang, samples=audio.size))
-            self.avatar.push_audio(audio, tag=tag, speech=speech)
+                if not turn.reply_ready.is_set():
+                    self._learn_reply_lag(turn)
+                    turn.reply_ready.set()
+                if opener is not None:
+                    await opener  # the opener goes first
+                turn.mark("tts_first_audio")
+                if audio.size:
+                    await self._push(turn, item, piece_lang, speech, audio)
+            if opener is not None:
+                await opener
+        finally:
+            if opener is not None:
+                opener.cancel()
 
     # ---------------------------------------------------------- media clock
     def _on_frame(self, frame: AvatarFrame, now: float) -> None:
@@ -477,6 +545,7 @@ class Session:
         log.info("session %s turn %d interrupted (%s)", self.id, turn.index, reason)
         self.avatar.clear()
         self.clock.flush()
+        self.clock.hold(False)
         if self._turn_task is not None and not self._turn_task.done():
             self._turn_task.cancel()
         turn.interrupted = True
@@ -486,6 +555,7 @@ class Session:
     def _finish_turn(self, turn: Turn) -> None:
         if self._turn is not turn:
             return
+        self.clock.hold(False)
         turn.heard_text = turn.heard()
         if turn.user_text:
             self.history.add_assistant(turn.heard_text)

@@ -21,7 +21,9 @@ class ServerConfig(BaseModel):
     port: int = 8000
     loopback_only: bool = False
     max_sessions: int = 4
-    mic_prefetch_packets: int = 2  # incoming audio held for N x 20 ms (aiortc's default: 4)
+    # aiortc hands a mic frame on once N later ones have arrived (its default: 4);
+    # a missing packet is waited for whatever N is, so 1 only removes delay.
+    mic_prefetch_packets: int = 1
 
 
 class VADConfig(BaseModel):
@@ -30,6 +32,11 @@ class VADConfig(BaseModel):
     hangover_ms: int = 300
     min_speech_ms: int = 200
     barge_in_ms: int = 96
+    # While the avatar talks, this much user speech pauses the reply (0 = never);
+    # it resumes after resume_after_silence_ms of silence unless barge_in_ms of
+    # speech interrupt it first.
+    pause_on_speech_ms: int = 32
+    resume_after_silence_ms: int = 96
     speculate_ms: int = 150  # start ASR+LLM after this much silence; 0 = wait for hangover
 
 
@@ -59,14 +66,15 @@ class LLMConfig(BaseModel):
     # the reply audio still queued drops below this: then the text so far is
     # spoken at its last complete word, so the avatar does not fall silent
     # mid-reply while the LLM writes a long sentence. 0 = never.
-    cut_when_queued_audio_below_s: float = 0.8
+    cut_when_queued_audio_below_s: float = 1.2
     # Pre-synthesized reply openings spoken at once; the LLM continues them
     # (embedded backend only). Empty lists / {} = off.
     use_openers: bool = True
     openers: dict[str, list[str]] = Field(default_factory=dict)
-    # The opener waits for the LLM's first token, but at most this long after the
-    # end of speech (0 = say it at once).
-    opener_wait_s: float = 1.0
+    # The opener is timed to end just before the reply's first piece (it waits
+    # for the LLM's first token), but waits at most this long after the end of
+    # speech (0 = say it at once).
+    opener_wait_s: float = 1.5
     system_prompt: str = "You are a friendly bilingual digital human. Answer briefly."
 
 

@@ -33,3 +33,47 @@ async def test_a_sender_that_does_not_keep_up_loses_the_oldest_frames():
     first = await track.recv()
     assert first.pts == frame(3).pts
     track.stop()
+
+
+class CountingAvatar:
+    """Frames whose audio is their index, so the order played can be read back."""
+
+    def __init__(self) -> None:
+        self.rendered = 0
+
+    def next_frame(self):
+        from models.base import SAMPLES_PER_VIDEO_FRAME, AvatarFrame
+
+        self.rendered += 1
+        image = np.full((16, 16, 3), self.rendered, np.uint8)
+        audio = np.full(SAMPLES_PER_VIDEO_FRAME, self.rendered, np.int16)
+        return AvatarFrame(image=image, audio=audio, speaking=True)
+
+
+async def test_a_held_clock_repeats_the_picture_in_silence_and_resumes_in_order():
+    from pipelines.clock import MediaClock
+
+    avatar = CountingAvatar()
+    clock = MediaClock(avatar)  # type: ignore[arg-type]
+    clock.start()
+    try:
+        audio = []
+
+        async def take(n: int) -> None:
+            for _ in range(n):
+                frame = await clock.audio_track.recv()
+                audio.append(int(frame.to_ndarray().max()))
+
+        await take(4)  # frames 1 and 2, two audio halves each
+        clock.hold(True)
+        rendered = avatar.rendered
+        await take(8)
+        assert avatar.rendered <= rendered + 1  # nothing taken from the avatar while held
+        clock.hold(False)
+        await take(8)
+        played = [a for a in audio if a]
+        assert played == sorted(played)  # resumed in order: nothing skipped or repeated twice
+        assert len(set(played)) == len(played) / 2
+        assert 0 in audio[4:12]  # silence while held
+    finally:
+        await clock.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -292,5 +293,69 @@ async def test_a_long_sentence_is_cut_when_the_reply_audio_runs_dry(low_water):
             assert len(spoken) > 2
         else:  # later pieces wait for the sentence end
             assert spoken == ["Sure.", long_sentence]
+    finally:
+        await session.close()
+
+
+async def test_the_reply_is_synthesized_while_the_opener_is_held():
+    class TimedTTS(ToneTTS):
+        def synthesize(self, text, lang, voice=None):
+            self.started = getattr(self, "started", None) or time.perf_counter()
+            return super().synthesize(text, lang, voice)
+
+    llm = ScriptedLLM({"France": "the capital of France is Paris."})
+    engines = engines_with_opener(llm, "Sure,")
+    engines.tts = TimedTTS(delay=0.6, seconds_per_char=0.01)
+    session, events = make_session(engines)
+    session.config.llm.opener_wait_s = 3.0
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: len(session.turns) == 1)
+        turn = session.turns[0]
+        assert [e["text"] for e in of_type(events, "bot_text")][0] == "Sure,"
+        # The opener went out after the first token, but the reply's TTS call
+        # had already started: holding the opener does not delay the reply.
+        assert turn.marks["llm_first_token"] <= turn.marks["first_audio_sent"]
+        assert engines.tts.started < turn.marks["first_audio_sent"]
+    finally:
+        await session.close()
+
+
+async def test_a_cough_pauses_the_reply_and_it_resumes_where_it_stopped():
+    reply = "Sure, " + " ".join(["Paris is a very old and beautiful city."] * 3)
+    engines = fake_engines(llm=ScriptedLLM({"France": reply}), tts=ToneTTS(seconds_per_char=0.02))
+    session, events = make_session(engines)
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: session.state == "speaking")
+        await asyncio.sleep(0.3)
+        # 40 ms of noise: one VAD frame of "speech", less than a barge-in.
+        session.feed_mic(tone(660, 0.04))
+        assert session.clock.held
+        queued = session.avatar.queued_samples
+        await asyncio.sleep(0.2)
+        assert session.avatar.queued_samples == queued  # nothing played while paused
+        for _ in range(10):  # then silence
+            session.feed_mic(silence(0.02))
+        assert not session.clock.held
+        await wait_until(lambda: len(session.turns) == 1)
+        assert not session.turns[0].interrupted
+        assert session.history.turns[-1]["content"] == reply  # heard in full
+    finally:
+        await session.close()
+
+
+async def test_speech_that_goes_on_turns_the_pause_into_a_barge_in():
+    reply = "Sure, " + " ".join(["Paris is a very old and beautiful city."] * 6)
+    engines = fake_engines(llm=ScriptedLLM({"France": reply}), tts=ToneTTS(seconds_per_char=0.03))
+    session, events = make_session(engines)
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: session.state == "speaking")
+        session.feed_mic(tone(660, 0.04))
+        assert session.clock.held and session.state == "speaking"
+        session.feed_mic(tone(660, 0.08))  # 120 ms in all: past barge_in_ms
+        assert session.state == "listening" and not session.clock.held
+        assert session.turns[0].interrupted
     finally:
         await session.close()
