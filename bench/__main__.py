@@ -518,8 +518,31 @@ async def main_async(args: argparse.Namespace) -> None:
     text = report(rows, barge_in, resources, peak_rss, args.command, out, plots)
     if args.lipsync and not args.quick:
         text += lipsync_section()
-        out.write_text(text, encoding="utf-8")
+    if args.encoder and not args.quick:
+        text += encoder_section()
+    out.write_text(text, encoding="utf-8")
     print(text)
+
+
+def encoder_section() -> str:
+    """What the video encoding costs per session, per setting (bench/encoder.py)."""
+    from bench import encoder
+
+    print("measuring the video encoder ...", flush=True)
+    images = encoder.render_frames(load_config().weights_path)
+    lines = [
+        "",
+        "## Video encoding (`python -m bench.encoder`)",
+        "",
+        "The same 10 s of the speaking photo avatar (512x512, 25 fps) encoded per",
+        "setting; CPU is process time per frame (encoder threads and the RGB to YUV",
+        "conversion included); PSNR of the decoded luma against the rendered frames.",
+        "",
+        *encoder.TABLE_HEADER,
+    ]
+    for name, make in encoder.SETTINGS.items():
+        lines.append(encoder.table_row(name, encoder.measure(images, name, make)))
+    return "\n".join(lines) + "\n"
 
 
 def lipsync_section() -> str:
@@ -558,6 +581,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="1 prompt per language (smoke test)")
     parser.add_argument("--no-lipsync", dest="lipsync", action="store_false")
+    parser.add_argument("--no-encoder", dest="encoder", action="store_false")
     args = parser.parse_args()
     if args.command is None:
         args.command = "python -m bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
