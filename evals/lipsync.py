@@ -174,29 +174,51 @@ def bilabial_closure(r: Rendered, slack_s: float = 0.02) -> tuple[int, int]:
     return closed, total
 
 
+def _label_font(size: int = 11):
+    """DejaVu Sans (shipped with matplotlib; it has the IPA letters that cv2's
+    Hershey fonts lack), or None."""
+    try:
+        import matplotlib
+        from PIL import ImageFont
+
+        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        return ImageFont.truetype(str(path), size)
+    except (ImportError, OSError):
+        return None
+
+
+def _draw_label(tile: np.ndarray, text: str, font) -> np.ndarray:
+    """``tile`` with ``text`` in white on a black strip along its bottom."""
+    import cv2
+
+    h, w = tile.shape[:2]
+    cv2.rectangle(tile, (0, h - 16), (w, h), (0, 0, 0), -1)
+    if font is None:  # no TrueType font: ASCII only (IPA letters become "?")
+        ascii_text = text.encode("ascii", "replace").decode()
+        cv2.putText(
+            tile, ascii_text, (3, h - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1
+        )
+        return tile
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(tile)
+    ImageDraw.Draw(img).text((3, h - 15), text, font=font, fill=(255, 255, 255))
+    return np.asarray(img).copy()
+
+
 def contact_sheet(r: Rendered, path: Path, cols: int = 8, rows: int = 2) -> None:
     import cv2
 
     n = len(r.frames)
     picks = np.linspace(0, n - 7, cols * rows).astype(int)
+    font = _label_font()
     tiles = []
     for i in picks:
         img = r.frames[i][120:440, 96:416]  # head and mouth
         tile = cv2.resize(img, (128, 128), interpolation=cv2.INTER_AREA).copy()
         t = (i + 0.5) / MEDIA_FPS
         label = "".join(p for p, a, b in r.timings if a - 0.02 <= t < b + 0.02)[:4]
-        cv2.rectangle(tile, (0, 112), (128, 128), (0, 0, 0), -1)
-        cv2.putText(
-            tile,
-            f"{t:4.2f}s {label}",
-            (3, 124),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.38,
-            (255, 255, 255),
-            1,
-            cv2.LINE_AA,
-        )
-        tiles.append(tile)
+        tiles.append(_draw_label(tile, f"{t:4.2f}s {label}", font))
     grid = np.concatenate(
         [np.concatenate(tiles[k * cols : (k + 1) * cols], axis=1) for k in range(rows)], axis=0
     )
@@ -328,6 +350,10 @@ def evaluate(weights: Path, avatar: str | None = None) -> tuple[dict, list[Rende
                 starts_err += [abs(x[0] - y[0]) * 1000 for x, y in zip(real, est, strict=True)]
     mode = "video" if type(stream).__name__ == "VideoAvatarStream" else "photo"
     results: dict = {"avatar": name, "mode": mode, "timed": tts.timed}
+    if mode == "video":  # the clip's lip gaps: closed, resting, widest
+        assets = model.assets(name)
+        for key in ("gap_closed", "gap_rest", "gap_open"):
+            results[key] = float(getattr(assets, key))
     results.update(_figures(items))
     if fallback:
         results["fallback"] = _figures(fallback)["all"]
@@ -351,6 +377,10 @@ def _figures(items: list[Rendered]) -> dict:
             n = r.audio.size // (MEDIA_SAMPLE_RATE // RATE)
             pairs.append((_mouth_100hz(r.gap, n), _envelope(r.audio, n)))
         lag, corr, _ = lag_and_corr(pairs)
+        # For reference only: the same with each sentence's envelope scaled to
+        # its own 95th percentile (the en and zh voices differ in level).
+        matched = [(m, e / max(float(np.percentile(e, 95)), 1e-9)) for m, e in pairs]
+        _, corr_matched, _ = lag_and_corr(matched)
         closed = total = 0
         for r in subset:
             c, t = bilabial_closure(r)
@@ -358,6 +388,8 @@ def _figures(items: list[Rendered]) -> dict:
         results[key] = {
             "lag_ms": lag,
             "corr": corr,
+            "corr_level_matched": corr_matched,
+            "env_p95": float(np.median([np.percentile(e, 95) for _, e in pairs])),
             "bilabial_closed": closed,
             "bilabials": total,
             "closed_share": closed / max(1, total),
@@ -386,9 +418,14 @@ VIDEO_NOTE = (
     "`evals.lipsync.make_talking_clip`). Its frames hold many real mouth openings, but "
     "rendered ones, so these figures show that the mouth selection and blending follow "
     "the track, not how a recorded face would look."
-    " The correlation is lower than in photo mode mostly because this clip's resting "
-    "mouth (the astronaut's smile with teeth) has a wider inner-lip gap than much of its "
-    'speech, so its quiet frames around and between words read as "open" to FaceMesh.'
+    " This clip's resting mouth (the astronaut's smile with teeth) reads as a lip gap "
+    "of {rest_gap:.2f} of the mouth width to FaceMesh (its most closed mouth "
+    "{closed_gap:.2f}, its widest {open_gap:.2f}). The selection treats it as the "
+    "clip's rest: a target's opening is measured up from that resting gap and its "
+    "closure down from it to the clip's most closed mouth "
+    "(models/avatar_video.py `target_gap`), so quiet stretches and p/b/m pick closed "
+    "frames; after a reply the idle clip shows the smile again, which still reads as "
+    '"open" during the silent tail frames.'
 )
 
 
@@ -465,6 +502,15 @@ def write_doc(results: dict, items: list[Rendered], docs: Path, command: str) ->
         f"sentences. A bilabial counts as closed when some frame within its span (+-20 ms) "
         f"has an inner-lip gap below {CLOSED_GAP} of the mouth width. {spans}",
         "",
+        "The pooled correlation (all) mixes two voices of different level (the zh "
+        "sentences' envelope peaks are "
+        f"{20 * np.log10(results['zh']['env_p95'] / results['en']['env_p95']):+.1f} dB from "
+        "the en ones', median 95th percentiles), while the mouth follows each reply's own "
+        "loudness. For reference only (the table keeps the pooled figure): with each "
+        "sentence's envelope scaled to its own 95th percentile the correlation is "
+        f"{a['corr_level_matched']:.2f} (en {results['en']['corr_level_matched']:.2f}, "
+        f"zh {results['zh']['corr_level_matched']:.2f}).",
+        "",
         f"![contact sheet]({prefix}_sheet.png)",
         "",
         f'Contact sheet: "{en[0].text}" (labels: time, phoneme). '
@@ -472,7 +518,12 @@ def write_doc(results: dict, items: list[Rendered], docs: Path, command: str) ->
         "",
     ]
     if video:
-        section = "\n".join([VIDEO_BEGIN, *lines, VIDEO_NOTE, "", VIDEO_END])
+        note = VIDEO_NOTE.format(
+            rest_gap=results.get("gap_rest", float("nan")),
+            closed_gap=results.get("gap_closed", float("nan")),
+            open_gap=results.get("gap_open", float("nan")),
+        )
+        section = "\n".join([VIDEO_BEGIN, *lines, note, "", VIDEO_END])
         head = old.replace(_video_section(old), "").rstrip() if old else "# Lip-sync measured"
         text = head + "\n\n" + section + "\n"
     else:
@@ -499,10 +550,16 @@ def main(argv: list[str] | None = None) -> int:
         w = Path(args.weights)
         make_video_avatar(args.make_video_avatar, w / "avatars", w)
         print(f"prepared {w / 'avatars' / args.make_video_avatar}")
-    return run(Path(args.weights), args.avatar, Path(args.docs), not args.no_doc)
+    import sys
+
+    flags = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m evals.lipsync", *flags])
+    return run(Path(args.weights), args.avatar, Path(args.docs), not args.no_doc, command)
 
 
-def run(weights: Path, avatar: str | None, docs: Path, write: bool) -> int:
+def run(
+    weights: Path, avatar: str | None, docs: Path, write: bool, command: str | None = None
+) -> int:
     results, items = evaluate(weights, avatar)
     for key in ("all", "en", "zh"):
         r = results[key]
@@ -520,7 +577,9 @@ def run(weights: Path, avatar: str | None, docs: Path, write: bool) -> int:
         )
     print(f"render {results['render_ms_median']:.2f} ms/frame median")
     if write:
-        write_doc(results, items, docs, "videochat eval lipsync")
+        if command is None:
+            command = "videochat eval lipsync" + (f" --avatar {avatar}" if avatar else "")
+        write_doc(results, items, docs, command)
         print(f"wrote {docs / 'lipsync.md'}")
     return 0
 

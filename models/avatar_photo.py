@@ -8,21 +8,33 @@ from each chunk pushed with a tag (untagged audio plays but is not listed;
 adjacent pieces of one tag are summed), and hands the audio of this frame plus
 the next ~100 ms to ``render``.
 
-``PhotoAvatarStream`` renders from one photo on a CPU, ~1-1.5 ms a frame on one
+``PhotoAvatarStream`` renders from one photo on a CPU, ~1.5 ms a frame on one
 core (512 px):
 
-* the mouth opens with the loudness of the audio (RMS of this frame and the
-  next ~100 ms, attack/release smoothed): the lower face is pulled down by a
-  smooth displacement field (``cv2.remap`` on the mouth region only) and the
-  gap that opens between the lips is painted as a mouth interior;
+* the mouth follows the mouth-shape track of the reply (models/mouth.py: jaw
+  opening, width, rounding, lip closure; without one, the loudness of the
+  audio opens it). It is a mesh warp over the face's FaceMesh landmarks
+  (``_MouthRig``): each lower-face landmark, plus fixed anchors outside the
+  jaw line and along the warped region's border, carries a displacement per
+  channel; barycentric interpolation over their Delaunay triangulation,
+  precomputed once per avatar, turns them into one dense field per channel. A
+  frame's map is the fields' weighted sum, applied with ``cv2.remap`` to that
+  region only, so nothing outside it moves. The fields are split along the
+  lips (the lower lip and jaw drop, the lips close over the teeth until they
+  meet) and scaled down at load if any extreme shape would fold the picture;
+  the gap opened below the upper lip or teeth is painted as a mouth interior
+  (shaded cavity, teeth, tongue);
 * the eyes blink at random intervals (upper-lid skin stretched over the eye);
 * the head sways and the chest breathes: a smooth displacement field weighted
   by soft head and body masks, so the background stays where it is.
 
 Avatars: "astronaut" (a crop of ``skimage.data.astronaut()``, with hand-picked
 face geometry) and any ``weights_dir/avatars/<name>/image.png`` with an optional
-``meta.json`` (the schema is ``ASTRONAUT_META``'s; without one the face is found
-with OpenCV's Haar cascade and the features are placed by average proportions).
+``meta.json`` (the schema is ``ASTRONAUT_META``'s) and ``landmarks.npy`` (the
+478 FaceMesh points, models/avatar_prepare.py). Without landmarks FaceMesh runs
+once at load; without mediapipe or a face found, the mesh is built on lip and
+jaw contours guessed from the meta geometry (and without meta.json that comes
+from the landmarks, or else from OpenCV's Haar face box and average proportions).
 """
 
 from __future__ import annotations
@@ -216,8 +228,11 @@ class BufferedAvatarStream(AvatarStream):
 # that image.png ("size": the image width the numbers were picked on, if another).
 # Required: mouth.left/right/parting/chin, eyes[].corners/upper/lower (may be
 # empty). Optional: mouth.max_open (px), upper_teeth/lower_teeth (0..1),
-# lip_skip (px), eyes[].lid_skin (px), head.center/axes/pivot (the ellipse that
+# lip_skip (px), upper_lip/nose (y, for the contours guessed without landmarks),
+# upper_share (how much of the closing the upper lip does), spread (relative
+# width change), eyes[].lid_skin (px), head.center/axes/pivot (the ellipse that
 # sways and the neck point it turns about), body_top (y where breathing starts).
+# With landmarks the mouth mesh takes the lips, chin, jaw and nose from them.
 ASTRONAUT_CROP = (99, 0, 260, 260)  # x, y, w, h in skimage.data.astronaut()
 ASTRONAUT_META: dict[str, Any] = {
     "size": 512,
@@ -284,30 +299,376 @@ def _guess_meta(image: np.ndarray) -> dict[str, Any]:
     }
 
 
+# FaceMesh landmarks the mouth mesh is built on (mediapipe's canonical face
+# model), each contour in image left-to-right order.
+LIP_UPPER_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
+LIP_LOWER_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
+MOUTH_CORNERS = (61, 291)
+JAW_LINE = (
+    *(234, 93, 132, 58, 172, 136, 150, 149, 176, 148),
+    152,  # the chin
+    *(377, 400, 378, 379, 365, 397, 288, 361, 323, 454),
+)
+CHIN_POINT, NOSE_BASE = 152, 2
+N_FACE_POINTS = 468  # 468..477 are the irises
+# The mouth-shape channels, in the order of the basis fields: jaw drop (open),
+# corners spread (width, -1 narrow .. +1 "ee"), rounding, lips pressed together.
+CHANNELS = ("open", "width", "round", "closure")
+MIN_JACOBIAN = 0.15  # the warp's smallest area change at the most extreme shapes (no folds)
+
+
 @dataclass
+class _LowerFace:
+    """Where the mesh's vertices are, in pixels of the frame: FaceMesh landmarks,
+    or contours synthesized from the meta geometry."""
+
+    corners: np.ndarray  # (2, 2) outer mouth corners, image left then right
+    upper_inner: np.ndarray  # (n, 2) inner edge of the upper lip, corner to corner
+    lower_inner: np.ndarray  # (n, 2) inner edge of the lower lip
+    jaw: np.ndarray  # (m, 2) jaw line, ear to ear through the chin
+    chin: np.ndarray  # (2,)
+    nose: np.ndarray  # (2,) base of the nose
+    points: np.ndarray  # (k, 2) further vertices (the other landmarks)
+    source: str  # "landmarks" or "meta"
+
+
+def _lower_face_from_landmarks(landmarks: np.ndarray) -> _LowerFace:
+    lm = np.asarray(landmarks, np.float64)[:, :2]
+    return _LowerFace(
+        corners=lm[list(MOUTH_CORNERS)],
+        upper_inner=lm[list(LIP_UPPER_INNER)],
+        lower_inner=lm[list(LIP_LOWER_INNER)],
+        jaw=lm[list(JAW_LINE)],
+        chin=lm[CHIN_POINT],
+        nose=lm[NOSE_BASE],
+        points=lm[:N_FACE_POINTS],
+        source="landmarks",
+    )
+
+
+def _lower_face_from_meta(m: dict[str, Any]) -> _LowerFace:
+    """The contours a face without landmarks is assumed to have: parabolic lips
+    through the corners and the parting line, an elliptic jaw through the chin."""
+    (lx, ly), (rx, ry) = (np.asarray(p, np.float64) for p in (m["left"], m["right"]))
+    cx, hw, mid = (lx + rx) / 2, max(2.0, (rx - lx) / 2), (ly + ry) / 2
+    parting = float(m["parting"])
+    upper = min(float(m.get("upper_lip", parting)), parting)
+    nose = float(m.get("nose", upper - max(1.2 * (parting - upper), 0.45 * hw)))
+    chin = float(m["chin"])
+    u = np.linspace(-1.0, 1.0, 11)
+    xs = cx + u * hw
+    line = ly + (ry - ly) * (u + 1) / 2
+    lens = np.clip(1.0 - u * u, 0.0, 1.0) ** 0.75
+    lower = np.stack([xs, line + (parting - mid) * lens], 1)
+    upper_c = np.stack([xs, line + (upper - mid) * lens], 1)
+    a = np.linspace(0.0, math.pi, 17)
+    jaw = np.stack([cx - 2.3 * hw * np.cos(a), mid + (chin - mid) * np.sin(a)], 1)
+    # Inner vertices: the outer lip edges and a coarse grid inside the jaw.
+    outer = np.concatenate(
+        [
+            np.stack([xs, upper_c[:, 1] - 0.3 * hw * np.sqrt(lens) - 1], 1),
+            np.stack([xs, lower[:, 1] + 0.35 * hw * np.sqrt(lens) + 1], 1),
+        ]
+    )
+    gx, gy = np.meshgrid(np.arange(-2.0, 2.01, 0.4), np.arange(-1.0, 2.01, 0.4))
+    grid = np.stack([cx + gx.ravel() * hw, mid + gy.ravel() * hw], 1)
+    e = ((grid[:, 0] - cx) / (2.2 * hw)) ** 2 + ((grid[:, 1] - mid) / (chin - mid - 2)) ** 2
+    grid = grid[(e < 1.0) & (grid[:, 1] > nose) & (np.abs(grid[:, 1] - mid) > 0.3 * hw)]
+    return _LowerFace(
+        corners=np.array([[lx, ly], [rx, ry]]),
+        upper_inner=upper_c,
+        lower_inner=lower,
+        jaw=jaw,
+        chin=np.array([cx, chin]),
+        nose=np.array([cx, nose]),
+        points=np.concatenate([outer, grid]),
+        source="meta",
+    )
+
+
 class _MouthRig:
-    roi: tuple[int, int, int, int]  # x0, y0, x1, y1 in the frame
-    grid_x: np.ndarray  # (h, w) float32 ROI-local x
-    grid_y: np.ndarray
-    profile: np.ndarray  # (h, w): downward displacement per pixel of opening
-    parting: np.ndarray  # (w,) ROI-local y of the parting line per column
-    lens: np.ndarray  # (w,) the lip-gap profile (1 at the centre, 0 at the corners)
-    cav: tuple[int, int, int, int]  # the cavity box inside the ROI: c0, r0, c1, r1
-    u: np.ndarray  # (cw,) horizontal position in the mouth, -1..1, for the cavity box
-    max_open: float  # pixels of gap at the centre when fully open
-    lip_skip: float  # source rows under the parting line covered once open
-    upper_teeth: float
-    lower_teeth: float
-    # Lip closure: per column (ROI-local y) the nose line, the upper lip's edge,
-    # the parting line and the bottom of the moved region.
-    close_top: np.ndarray  # (w,)
-    close_upper: np.ndarray  # (w,)
-    close_bottom: np.ndarray  # (w,)
-    upper_share: float  # share of the lip gap closed by the upper lip coming down
-    # Width / rounding: horizontal scaling about the mouth centre, weighted by a mask.
-    centre_x: float  # ROI-local
-    spread_mask: np.ndarray  # (h, w)
-    spread: float  # relative width change from rest to "ee" (and to rounded)
+    """The mouth as a triangle mesh over the lower face, precomputed once.
+
+    Every vertex (the lower-face landmarks, a ring of fixed anchors just outside
+    the jaw line and along the region's border) gets, for each channel of the
+    mouth shape, a displacement: where the output pixel at that vertex samples
+    the photo from (``cv2.remap``'s inverse map), per unit of the channel.
+    Barycentric interpolation over the Delaunay triangulation turns them into a
+    dense field per channel; a frame's map is their weighted sum.
+
+    The lips part along a seam, so the fields are discontinuous there: a vertex
+    has one value for the triangles above the seam and one for those below
+    (``up``/``low``). Opening pulls everything below the inner edge of the lower
+    lip down (the gap that opens is painted as the mouth interior); closing
+    brings the upper lip down and the lower one up over whatever the photo shows
+    between them (teeth), until they meet at the ``share`` line; with both at
+    once the seam of the opening moves up with the lower lip."""
+
+    def __init__(self, face: _LowerFace, m: dict[str, Any], size: int) -> None:
+        (clx, cly), (crx, cry) = face.corners
+        self.source = face.source
+        self.cx = cx = float(clx + crx) / 2
+        self.hw = hw = max(4.0, float(crx - clx) / 2)
+        mid_y = float(cly + cry) / 2
+        a_open = float(m.get("max_open", 0.55 * hw))
+        self.lip_skip = float(m.get("lip_skip", 1.0))
+        self.upper_teeth = float(m.get("upper_teeth", 0.8))
+        self.lower_teeth = float(m.get("lower_teeth", 0.5))
+        share = float(m.get("upper_share", 0.6))
+        spread = float(m.get("spread", 0.12))
+        ux, uy = _contour(face.upper_inner)
+        lx_, ly_ = _contour(face.lower_inner)
+
+        def lower(x: np.ndarray) -> np.ndarray:
+            return np.interp(x, lx_, ly_)
+
+        def upper(x: np.ndarray) -> np.ndarray:
+            return np.minimum(np.interp(x, ux, uy), lower(x))
+
+        def meet(x: np.ndarray) -> np.ndarray:
+            up = upper(x)
+            return up + share * (lower(x) - up)
+
+        lc, uc = float(lower(cx)), float(upper(cx))
+        chin_y, nose_y = float(face.chin[1]), float(face.nose[1])
+        ramp = max(2.2 * a_open, 0.6 * (chin_y - lc))
+        # The lips part between the inner corners (where the contours end).
+        span0, span1 = max(lx_[0], ux[0]), min(lx_[-1], ux[-1])
+        icx, ihw = (span0 + span1) / 2, max(2.0, (span1 - span0) / 2)
+        cym = (uc + lc) / 2
+        bot = chin_y + 0.3 * (chin_y - lc)
+
+        def corner_line(x: np.ndarray) -> np.ndarray:
+            return cly + (cry - cly) * np.clip((x - clx) / (crx - clx), 0.0, 1.0)
+
+        def fields(x: np.ndarray, y: np.ndarray, low: bool) -> tuple[np.ndarray, np.ndarray]:
+            """(4, n) x and y pulls per unit of each channel at points (x, y), on
+            the side of the seams above (``low`` False) or below them."""
+            u = (x - cx) / hw
+            ui = (x - icx) / ihw
+            lens = np.clip(1.0 - ui * ui, 0.0, 1.0) ** 0.75
+            jaw = 1.0 - _smoothstep(0.9, 2.1, np.abs(u))
+            corner = sum(
+                np.exp(-((x - kx) ** 2 + (y - ky) ** 2) / (0.5 * hw) ** 2)
+                for kx, ky in face.corners
+            )
+            drop = 0.15 * a_open * corner  # the corners follow the jaw a little
+            if low:  # the lower lip rides on the jaw; the chin drops with it
+                t = _smoothstep(0.0, ramp, y - lower(x))
+                drop = drop + a_open * ((1.0 - t) * lens + t * jaw)
+            ex = (x - cx) / (1.9 * hw)
+            ey = np.where(
+                y < cym,
+                (y - cym) / max(cym - nose_y + 2, 4.0),
+                (y - cym) / (0.8 * (chin_y - cym) + 1),
+            )
+            mask = 1.0 - _smoothstep(0.45, 1.0, np.sqrt(ex * ex + ey * ey))
+            mt = meet(x)
+            if low:  # the lower lip up to the meeting line, stretched from the chin
+                close = np.where(
+                    y <= bot, (bot - y) * (lower(x) - mt) / np.maximum(bot - mt, 1.0), 0
+                )
+            else:  # the upper lip down to it, stretched from the nose
+                top = np.minimum(upper(x) - 2.0, nose_y + 0.3 * (corner_line(x) - mid_y))
+                close = np.where(
+                    y >= top, (y - top) * (upper(x) - mt) / np.maximum(mt - top, 1.0), 0
+                )
+            zero = np.zeros_like(x)
+            bx = np.stack([zero, -spread * (x - cx) * mask, 1.6 * spread * (x - cx) * mask, zero])
+            # Rounded lips push forward: a little taller.
+            by = np.stack([-drop, zero, -0.08 * (y - upper(x)) * mask, close])
+            return bx, by
+
+        # --- vertices: the face, a fixed ring outside the jaw, the region's border
+        jaw_pts = face.jaw[face.jaw[:, 1] > nose_y]
+        jaw_pts = jaw_pts[np.abs(jaw_pts[:, 0] - cx) < 3.5 * hw]
+        bx_j, by_j = fields(jaw_pts[:, 0], jaw_pts[:, 1], True)
+        reach = np.sqrt(bx_j**2 + by_j**2).max(axis=0)
+        out = jaw_pts - np.array([cx, mid_y - 0.5 * hw])
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+        ring = jaw_pts + out * (4.0 + 1.8 * reach)[:, None]
+        lips = np.concatenate([face.upper_inner, face.lower_inner, face.corners])
+        box_pts = np.concatenate([ring, jaw_pts, lips])
+        x0 = int(max(0, math.floor(min(box_pts[:, 0].min(), cx - 2.3 * hw) - 2)))
+        x1 = int(min(size, math.ceil(max(box_pts[:, 0].max(), cx + 2.3 * hw) + 3)))
+        y0 = int(max(0, math.floor(min(nose_y, mid_y - 0.8 * hw) - 2)))
+        y1 = int(min(size, math.ceil(max(box_pts[:, 1].max(), bot) + 3)))
+        self.roi = (x0, y0, x1, y1)
+        w, h = x1 - x0, y1 - y0
+        border = _rect_points(x0, y0, x1 - 1, y1 - 1, step=12.0)
+
+        def inside(p: np.ndarray) -> np.ndarray:
+            px, py = p[:, 0], p[:, 1]
+            return (px > x0 + 1.5) & (px < x1 - 2.5) & (py > y0 + 1.5) & (py < y1 - 2.5)
+
+        ring = ring[inside(ring)]
+        anchors = np.concatenate([border, ring])
+        face_pts = np.concatenate([lips, jaw_pts, face.chin[None], face.points])
+        face_pts = face_pts[inside(face_pts)]
+        verts, n_fixed = _dedupe(anchors, face_pts, 0.75)
+        vx, vy = verts[:, 0], verts[:, 1]
+        up_x, up_y = fields(vx, vy, False)
+        _, low_y = fields(vx, vy, True)
+        for arr in (up_x, up_y, low_y):
+            arr[:, :n_fixed] = 0.0  # anchors never move
+
+        # --- barycentric coordinates of every pixel of the region, once
+        gx, gy = np.meshgrid(
+            np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64)
+        )
+        interp = _barycentric(verts, gx.ravel(), gy.ravel())
+        f32 = np.float32
+        below = gy >= lower(gx)
+        self.bx = np.stack([interp(v).reshape(h, w) for v in up_x]).astype(f32)
+        by_up = np.stack([interp(v).reshape(h, w) for v in up_y])
+        by_low = np.stack([interp(v).reshape(h, w) for v in low_y])
+        self.by = np.where(below[None], by_low, by_up).astype(f32)  # lips apart as photographed
+
+        # --- the band where the seam moves with the closure (lower lip edge -> meeting line)
+        cols = np.arange(x0, x1, dtype=np.float64)
+        span = (cols >= span0) & (cols <= span1)
+        if not span.any():
+            span[np.argmin(np.abs(cols - cx))] = True
+        c0, c1 = int(np.flatnonzero(span)[0]), int(np.flatnonzero(span)[-1]) + 1
+        ld, md, ud = lower(cols), meet(cols), upper(cols)
+        r0 = int(max(0, math.floor(md[c0:c1].min() - y0 - 1)))
+        r1 = int(min(h, math.ceil(ld[c0:c1].max() - y0 + 2)))
+        self.band = (c0, r0, c1, r1)
+        self.band_up = np.ascontiguousarray(by_up[:, r0:r1, c0:c1], f32)
+        self.band_low = np.ascontiguousarray(by_low[:, r0:r1, c0:c1], f32)
+        self.lower_col = (ld - y0).astype(f32)  # ROI-local y of the lower lip's inner edge
+        self.meet_col = (md - y0).astype(f32)
+        self.grid_x = np.ascontiguousarray((gx - x0).astype(f32))
+        self.grid_y = np.ascontiguousarray((gy - y0).astype(f32))
+        # Where the gap can open: corner to corner, down to the opened lower lip.
+        cr0 = int(max(0, math.floor(ud[c0:c1].min() - y0 - 2)))
+        cr1 = int(min(h, math.ceil(ld[c0:c1].max() + 1.25 * a_open + self.lip_skip - y0 + 4)))
+        self.cav = (c0, cr0, c1, cr1)
+        ui = (cols - icx) / ihw
+        self.u = ui[c0:c1].astype(f32)
+        # The lip-gap profile per ROI column: 1 at the mouth centre, 0 at the inner corners.
+        self.lens_col = (np.clip(1.0 - ui * ui, 0.0, 1.0) ** 0.75).astype(f32)
+        self.gain = self._fit_gain()
+        self.max_open = a_open * self.gain
+
+    def _fit_gain(self) -> float:
+        """Scale the jaw, width and rounding fields down until no extreme shape
+        folds the picture (the closure is exact and left alone)."""
+        gain = 1.0
+        for _ in range(12):
+            worst = min(
+                self.min_jacobian((o * (1.0 - 0.4 * r), w, r, c))  # rounded lips open less
+                for o in (0.0, 1.0)
+                for w in (-1.0, 1.0)
+                for r in (0.0, 1.0)
+                for c in (0.0, 1.0)
+            )
+            if worst >= MIN_JACOBIAN:
+                break
+            for k in range(3):
+                self.bx[k] *= 0.9
+                self.by[k] *= 0.9
+                self.band_up[k] *= 0.9
+                self.band_low[k] *= 0.9
+            gain *= 0.9
+        return gain
+
+    def pulls(self, weights: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dx, dy) of the inverse map over the region for one mouth shape
+        (``weights`` per channel, as in ``CHANNELS``) and the seam per band
+        column (ROI-local y) below which the lower lip and jaw are."""
+        weights = tuple(float(v) for v in weights)
+        bx = by = None
+        for k, wk in enumerate(weights):
+            if abs(wk) < 1e-4:
+                continue
+            if k in (1, 2):
+                bx = self.bx[k] * wk if bx is None else cv2.scaleAdd(self.bx[k], wk, bx)
+            by = self.by[k] * wk if by is None else cv2.scaleAdd(self.by[k], wk, by)
+        h, w = self.grid_x.shape
+        if bx is None:
+            bx = np.zeros((h, w), np.float32)
+        if by is None:
+            by = np.zeros((h, w), np.float32)
+        c0, r0, c1, r1 = self.band
+        c = float(weights[3])
+        lo, me = self.lower_col[c0:c1], self.meet_col[c0:c1]
+        seam = lo - c * (lo - me)
+        if c > 1e-4:
+            up = sum(self.band_up[k] * wk for k, wk in enumerate(weights) if abs(wk) >= 1e-4)
+            low = sum(self.band_low[k] * wk for k, wk in enumerate(weights) if abs(wk) >= 1e-4)
+            below = self.grid_y[r0:r1, c0:c1] >= seam[None, :]
+            by[r0:r1, c0:c1] = np.where(below, low, up)
+        return bx, by, seam
+
+    def min_jacobian(self, weights: tuple[float, ...]) -> float:
+        """The smallest local area change of the map for ``weights``, away from
+        the seams (where the lips part on purpose)."""
+        bx, by, seam = self.pulls(weights)
+        mx, my = self.grid_x + bx, self.grid_y + by
+        side = np.zeros(mx.shape, np.int8)
+        c0, _, c1, _ = self.band
+        side[:, c0:c1] = self.grid_y[:, c0:c1] >= seam[None, :]
+        side[:, c0:c1] += self.grid_y[:, c0:c1] >= self.lower_col[None, c0:c1]
+        ok = (side[1:, 1:] == side[:-1, 1:]) & (side[1:, 1:] == side[1:, :-1])
+        dxx, dxy = mx[1:, 1:] - mx[1:, :-1], mx[1:, 1:] - mx[:-1, 1:]
+        dyx, dyy = my[1:, 1:] - my[1:, :-1], my[1:, 1:] - my[:-1, 1:]
+        det = dxx * dyy - dxy * dyx
+        return float(det[ok].min()) if ok.any() else 1.0
+
+
+def _contour(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A lip contour as increasing x and its y (for ``np.interp``)."""
+    p = np.asarray(points, np.float64)
+    p = p[np.argsort(p[:, 0], kind="stable")]
+    x = np.maximum.accumulate(p[:, 0] + np.arange(len(p)) * 1e-6)
+    return x, p[:, 1]
+
+
+def _rect_points(x0: float, y0: float, x1: float, y1: float, step: float) -> np.ndarray:
+    nx, ny = max(2, math.ceil((x1 - x0) / step) + 1), max(2, math.ceil((y1 - y0) / step) + 1)
+    xs, ys = np.linspace(x0, x1, nx), np.linspace(y0, y1, ny)
+    return np.concatenate(
+        [
+            np.stack([xs, np.full(nx, y0)], 1),
+            np.stack([xs, np.full(nx, y1)], 1),
+            np.stack([np.full(ny - 2, x0), ys[1:-1]], 1),
+            np.stack([np.full(ny - 2, x1), ys[1:-1]], 1),
+        ]
+    )
+
+
+def _dedupe(fixed: np.ndarray, others: np.ndarray, tol: float) -> tuple[np.ndarray, int]:
+    """``fixed`` then those of ``others`` not within ``tol`` of a point already
+    taken; returns the points and how many of them are ``fixed``."""
+    pts = [p for p in np.asarray(fixed, np.float64)]
+    for p in np.asarray(others, np.float64):
+        d = np.abs(np.asarray(pts) - p).max(axis=1)
+        if d.min() > tol:
+            pts.append(p)
+    return np.asarray(pts), len(fixed)
+
+
+def _barycentric(verts: np.ndarray, x: np.ndarray, y: np.ndarray) -> Any:
+    """A function interpolating per-vertex values at the points (x, y) over the
+    Delaunay triangulation of ``verts`` (0 outside it)."""
+    from scipy.spatial import Delaunay
+
+    tri = Delaunay(verts)
+    pts = np.stack([x, y], 1)
+    simplex = tri.find_simplex(pts)
+    inside = simplex >= 0
+    s = np.where(inside, simplex, 0)
+    t = tri.transform[s]
+    b = np.einsum("nij,nj->ni", t[:, :2], pts - t[:, 2])
+    bary = np.concatenate([b, 1.0 - b.sum(axis=1, keepdims=True)], axis=1)
+    bary[~inside] = 0.0
+    idx = tri.simplices[s]
+
+    def interp(values: np.ndarray) -> np.ndarray:
+        return (np.asarray(values, np.float64)[idx] * bary).sum(axis=1)
+
+    return interp
 
 
 @dataclass
@@ -327,9 +688,24 @@ class _EyeRig:
 class AvatarAssets:
     """Everything precomputed for one avatar: read-only, shared by its streams."""
 
-    def __init__(self, name: str, image: np.ndarray, meta: dict[str, Any], size: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        image: np.ndarray,
+        meta: dict[str, Any],
+        size: int,
+        landmarks: np.ndarray | None = None,
+        *,
+        detect: bool = True,
+    ) -> None:
+        """``landmarks``: the 478 FaceMesh points in pixels of ``image`` (as
+        prepared); without them FaceMesh runs here once (``detect``), and if it
+        finds no face the mouth mesh is built on contours guessed from ``meta``."""
         self.name = name
         h, w = image.shape[:2]
+        lm = None if landmarks is None else np.asarray(landmarks, np.float64).reshape(-1, 2)
+        if lm is not None and lm.shape[0] < N_FACE_POINTS:
+            lm = None
         # meta["size"]: the image width its coordinates were given for (default: this one).
         meta = _transform_meta(meta, w / float(meta.get("size", w)), 0.0, 0.0)
         if h != w:  # centre-crop to a square, shifting the coordinates with it
@@ -337,104 +713,26 @@ class AvatarAssets:
             x0, y0 = (w - side) // 2, (h - side) // 2
             image = image[y0 : y0 + side, x0 : x0 + side]
             meta = _transform_meta(meta, 1.0, -x0, -y0)
+            lm = None if lm is None else lm - (x0, y0)
             w = side
         if w != size:
             interp = cv2.INTER_AREA if w > size else cv2.INTER_CUBIC
             image = cv2.resize(image, (size, size), interpolation=interp)
             meta = _transform_meta(meta, size / w, 0.0, 0.0)
+            lm = None if lm is None else lm * (size / w)
         self.size = size
         self.image = np.ascontiguousarray(image, dtype=np.uint8)
         self.image.flags.writeable = False
         self.meta = meta  # in pixels of the frame
-        self.mouth = self._mouth_rig(meta["mouth"])
+        if lm is None and detect:
+            lm = detect_landmarks(self.image)
+        self.landmarks = lm  # (478, 2) in pixels of the frame, or None
+        face = _lower_face_from_landmarks(lm) if lm is not None else None
+        if face is None:
+            face = _lower_face_from_meta(meta["mouth"])
+        self.mouth = _MouthRig(face, meta["mouth"], size)
         self.eyes = [self._eye_rig(e) for e in meta.get("eyes", [])]
         self._motion_fields(meta)
-
-    # ----------------------------------------------------------------- mouth
-    def _mouth_rig(self, m: dict[str, Any]) -> _MouthRig:
-        (lx, ly), (rx, ry) = m["left"], m["right"]
-        parting_c = float(m["parting"])
-        chin = float(m["chin"])
-        cx = (lx + rx) / 2
-        hw = (rx - lx) / 2
-        max_open = float(m.get("max_open", 0.55 * hw))
-        # ROI: wide enough for the jaw, from the mouth corners to below the chin.
-        jaw_hw = 2.1 * hw
-        ramp = max(1.8 * max_open, 0.5 * (chin - parting_c))  # lip -> jaw profile blend
-        fall = max(1.6 * max_open, 0.8 * (chin - parting_c))  # below the chin, back to 0
-        x0 = int(max(0, math.floor(cx - jaw_hw - 2)))
-        x1 = int(min(self.size, math.ceil(cx + jaw_hw + 2)))
-        nose_guess = float(m.get("upper_lip", parting_c)) - 1.2 * max(
-            parting_c - float(m.get("upper_lip", parting_c)), 4.0
-        )
-        y0 = int(max(0, math.floor(min(ly, ry, float(m.get("nose", nose_guess))) - 4)))
-        y1 = int(min(self.size, math.ceil(chin + fall + 2)))
-        gx, gy = np.meshgrid(
-            np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32)
-        )
-        xs = gx[0]
-        u = (xs - cx) / hw
-        corner_line = ly + (ry - ly) * np.clip((xs - lx) / (rx - lx), 0, 1)
-        lens = np.clip(1.0 - u * u, 0.0, 1.0) ** 0.75
-        parting = corner_line + (parting_c - (ly + ry) / 2) * lens  # per column, frame y
-        jaw = 1.0 - _smoothstep(0.9 * hw, jaw_hw, np.abs(xs - cx))
-        below = gy - parting[None, :]
-        t = _smoothstep(0.0, ramp, below)
-        prof = (1.0 - t) * lens[None, :] + t * jaw[None, :]
-        prof *= 1.0 - _smoothstep(chin, chin + fall, gy)
-        prof[below < 0] = 0.0
-        profile = prof.astype(np.float32)
-        # The map must stay monotonic downwards (no folds): d(y - A*profile)/dy > 0.
-        # (The jump at the parting line itself is the gap, not a fold.)
-        steps = np.diff(profile, axis=0)
-        steps[below[:-1] < 0] = 0.0
-        slope = float(steps.max()) * max_open
-        if slope >= 0.9:
-            max_open *= 0.85 / slope
-        # The box where the gap can open.
-        c0 = int(max(0, math.floor(lx - 1 - x0)))
-        c1 = int(min(x1 - x0, math.ceil(rx + 2 - x0)))
-        r0 = int(max(0, math.floor(min(ly, ry) - 2 - y0)))
-        r1 = int(min(y1 - y0, math.ceil(parting_c + max_open + 3 - y0)))
-        # Closure: the upper lip's edge follows the parting line's shape, raised by
-        # the visible gap (teeth) at the centre; the nose line sits above it.
-        upper_c = float(m.get("upper_lip", parting_c))
-        gap_c = max(0.0, parting_c - upper_c)
-        upper = parting - gap_c * lens
-        nose_c = float(m.get("nose", nose_guess))
-        top = np.minimum(upper - 2.0, nose_c + 0.3 * (corner_line - (ly + ry) / 2))
-        top = np.maximum(top, y0 + 1.0)
-        bottom = np.minimum(chin + 0.3 * (chin - parting_c), y1 - 1.0) * np.ones_like(xs)
-        # Width: a soft ellipse around the mouth (1 inside, 0 at the ROI's edge).
-        cy_m = (parting_c + upper_c) / 2
-        ex = (gx - cx) / (1.9 * hw)
-        ey = np.where(
-            gy < cy_m,
-            (gy - cy_m) / max(cy_m - nose_c + 2, 4.0),
-            (gy - cy_m) / (0.8 * (chin - cy_m) + 1),
-        )
-        spread_mask = 1.0 - _smoothstep(0.45, 1.0, np.sqrt(ex * ex + ey * ey))
-        return _MouthRig(
-            close_top=(top - y0).astype(np.float32),
-            close_upper=(upper - y0).astype(np.float32),
-            close_bottom=(bottom - y0).astype(np.float32),
-            upper_share=float(m.get("upper_share", 0.6)),
-            centre_x=float(cx - x0),
-            spread_mask=spread_mask.astype(np.float32),
-            spread=float(m.get("spread", 0.12)),
-            roi=(x0, y0, x1, y1),
-            grid_x=np.ascontiguousarray(gx - x0),
-            grid_y=np.ascontiguousarray(gy - y0),
-            profile=profile,
-            parting=(parting - y0).astype(np.float32),
-            lens=lens.astype(np.float32),
-            cav=(c0, r0, c1, r1),
-            u=u[c0:c1].astype(np.float32),
-            max_open=max_open,
-            lip_skip=float(m.get("lip_skip", 1.0)),
-            upper_teeth=float(m.get("upper_teeth", 0.8)),
-            lower_teeth=float(m.get("lower_teeth", 0.5)),
-        )
 
     # ------------------------------------------------------------------ eyes
     def _eye_rig(self, e: dict[str, Any]) -> _EyeRig:
@@ -527,18 +825,16 @@ def _head_from_features(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _meta_from_landmarks(meta: dict[str, Any], landmarks: np.ndarray) -> None:
-    """Fill the lip-closure geometry that meta.json may lack from the 478 FaceMesh
-    points (pixels of image.png; a (N, 478, 2) array gives its first frame):
-    the upper lip's inner edge (13) and the nose base (2)."""
-    lm = np.asarray(landmarks, np.float64)
-    if lm.ndim == 3:
-        lm = lm[0]
-    if lm.shape[0] < 468 or lm.shape[-1] < 2:
-        return
-    m = meta["mouth"]
-    m.setdefault("upper_lip", float(lm[13, 1]))
-    m.setdefault("nose", float(lm[2, 1]))
+def detect_landmarks(image: np.ndarray) -> np.ndarray | None:
+    """FaceMesh's 478 landmarks of the face in an RGB image, or None (no face
+    found, or mediapipe is not installed)."""
+    try:
+        from models.avatar_prepare import face_landmarks
+
+        return face_landmarks(image)
+    except Exception as exc:  # mediapipe missing or broken: the meta geometry will do
+        log.warning("face landmarks not available: %s", exc)
+        return None
 
 
 def _transform_meta(meta: dict[str, Any], scale: float, dx: float, dy: float) -> dict[str, Any]:
@@ -590,17 +886,20 @@ class PhotoAvatarModel(AvatarModel):
         self.size = size
         self.default = default
         self.weights_dir = Path(weights_dir)
-        self._assets: dict[str, AvatarAssets] = {
-            "astronaut": AvatarAssets("astronaut", astronaut_image(), ASTRONAUT_META, size)
-        }
+        loaded: dict[str, AvatarAssets] = {}
         folder = Path(weights_dir) / "avatars"
         if folder.is_dir():
             for image_path in sorted(folder.glob("*/image.png")):
                 name = image_path.parent.name
                 try:
-                    self._assets[name] = self._load(name, image_path)
+                    loaded[name] = self._load(name, image_path)
                 except Exception as exc:
                     log.warning("avatar %r in %s skipped: %s", name, image_path.parent, exc)
+        # The built-in astronaut first (unless a prepared one replaces it).
+        builtin = loaded.pop("astronaut", None) or AvatarAssets(
+            "astronaut", astronaut_image(), ASTRONAUT_META, size
+        )
+        self._assets: dict[str, AvatarAssets] = {"astronaut": builtin, **loaded}
         if default not in self._assets:
             raise KeyError(f"default avatar {default!r} not found; have {self.avatars()}")
 
@@ -609,6 +908,10 @@ class PhotoAvatarModel(AvatarModel):
         if bgr is None:
             raise ValueError(f"cannot read {image_path}")
         image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        lm_path = image_path.with_name("landmarks.npy")
+        landmarks = np.load(lm_path) if lm_path.is_file() else None
+        if landmarks is not None and landmarks.ndim == 3:  # a video's: its first frame
+            landmarks = landmarks[0]
         meta_path = image_path.with_name("meta.json")
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
@@ -617,12 +920,22 @@ class PhotoAvatarModel(AvatarModel):
 
                 return VideoAvatarAssets(name, image_path.parent, meta)  # type: ignore[return-value]
         else:
-            meta = _guess_meta(image)
-            log.warning("avatar %r has no meta.json: face geometry guessed from a face box", name)
-        lm_path = image_path.with_name("landmarks.npy")
-        if lm_path.is_file():
-            _meta_from_landmarks(meta, np.load(lm_path))
-        return AvatarAssets(name, image, meta, self.size)
+            if landmarks is None:
+                landmarks = detect_landmarks(image)
+            if landmarks is not None:
+                from models.avatar_prepare import face_meta
+
+                meta = face_meta(landmarks)
+                meta["size"] = image.shape[1]
+                log.warning("avatar %r has no meta.json: face geometry from landmarks", name)
+            else:
+                meta = _guess_meta(image)
+                log.warning(
+                    "avatar %r has no meta.json: face geometry guessed from a face box", name
+                )
+        if landmarks is None:
+            log.info("avatar %r has no landmarks.npy: running FaceMesh once", name)
+        return AvatarAssets(name, image, meta, self.size, landmarks)
 
     def avatars(self) -> list[str]:
         return list(self._assets)
@@ -788,54 +1101,62 @@ class PhotoAvatarStream(BufferedAvatarStream):
     def _draw_mouth(self, canvas: np.ndarray, opening: float, shape: np.ndarray) -> None:
         rig = self.assets.mouth
         x0, y0, x1, y1 = rig.roi
-        amount = opening * rig.max_open
-        src = self.assets.image[y0:y1, x0:x1]
-        map_y = rig.grid_y - amount * rig.profile
-        # Width and rounding: scale x about the mouth centre inside a soft mask
-        # (> 1 spreads the corners, < 1 narrows a rounded mouth).
         _, width, rnd, closure = (float(v) for v in shape)
-        scale = 1.0 + rig.spread * (2.0 * (width - 0.5)) - 1.6 * rig.spread * rnd
-        if abs(scale - 1.0) > 1e-3:
-            map_x = rig.grid_x - (1.0 - 1.0 / scale) * (rig.grid_x - rig.centre_x) * rig.spread_mask
-            if rnd > 0.0:  # rounded lips also push forward: a little taller
-                map_y = map_y - 0.08 * rnd * (map_y - rig.close_upper[None, :]) * rig.spread_mask
-        else:
-            map_x = rig.grid_x
         c = float(_smoothstep(0.15, 0.75, np.float32(closure)))
-        if c > 0.0:
-            map_y = self._close_lips(map_y, c)
+        bx, by, seam = rig.pulls((opening, 2.0 * width - 1.0, rnd, c))
+        map_x = cv2.add(rig.grid_x, bx)
+        map_y = cv2.add(rig.grid_y, by)
+        src = self.assets.image[y0:y1, x0:x1]
         out = cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        if amount <= 0.0:
-            canvas[y0:y1, x0:x1] = out
-            return
+        if opening > 0.0:
+            self._paint_interior(out, map_x, map_y, seam, opening)
+        if c > 0.3:  # pressed lips: a soft shaded line where they meet
+            c0, r0, c1, r1 = rig.band
+            dist = np.abs(rig.grid_y[r0:r1, c0:c1] - (seam[None, :] - 0.5))
+            line = np.clip(1.0 - dist / 1.3, 0.0, 1.0) * rig.lens_col[None, c0:c1] ** 0.5
+            line *= 0.3 * (c - 0.3) / 0.7 * max(0.0, 1.0 - opening / 0.15)
+            region = out[r0:r1, c0:c1]
+            region[:] = (region * (1.0 - line[..., None])).astype(np.uint8)
+        canvas[y0:y1, x0:x1] = out
 
-        # The gap: output below the parting line whose source lies above it.
+    def _paint_interior(
+        self,
+        out: np.ndarray,
+        map_x: np.ndarray,
+        map_y: np.ndarray,
+        seam: np.ndarray,
+        opening: float,
+    ) -> None:
+        """The gap: output pixels below the (moved) lower lip's edge whose source
+        lies above that edge in the photo, painted as the mouth interior."""
+        rig = self.assets.mouth
         c0, r0, c1, r1 = rig.cav
+        mx = map_x[r0:r1, c0:c1]
         my = map_y[r0:r1, c0:c1]
         gy = rig.grid_y[r0:r1, c0:c1]
-        part = rig.parting[None, c0:c1]
-        lens = rig.lens[None, c0:c1]
+        col = np.clip(mx + 0.5, 0, rig.lower_col.size - 1).astype(np.intp)
+        lens = rig.lens_col[col]  # of the source column: no gap outside the mouth's corners
         skip = rig.lip_skip * min(1.0, opening / 0.2) * lens
-        gap = np.maximum(amount * lens + skip, 1e-3)
-        depth = part + skip - my  # 0 at the lower lip, gap at the upper teeth
-        alpha = np.clip(depth / 1.2, 0.0, 1.0) * np.clip((gy - part) / 1.2 + 0.6, 0.0, 1.0)
+        depth = rig.lower_col[col] + skip - my  # 0 at the lower lip, the gap at the top
+        under = (gy - seam[None, :]) / 1.2 + 0.6
+        alpha = np.clip(depth / 1.2, 0.0, 1.0) * np.clip(under, 0.0, 1.0) * np.clip(3 * lens, 0, 1)
         if not alpha.any():
-            canvas[y0:y1, x0:x1] = out
             return
+        gap = np.maximum(np.where(under > 0.0, depth, 0.0).max(axis=0), 1e-3)[None, :]
         s = np.clip(depth / gap, 0.0, 1.0)  # 1 at the top of the gap, 0 at the lower lip
         u = rig.u[None, :]
         side = 1.0 - 0.55 * u * u  # darker towards the corners
         # Interior: dark red-brown, deepest under the upper teeth, a hint of tongue
         # low in the middle when the mouth opens wide.
         shade = (0.3 + 0.7 * (1.0 - s) ** 1.5) * side
-        col = np.empty(s.shape + (3,), np.float32)
-        col[..., 0] = 22.0 + 80.0 * shade
-        col[..., 1] = 8.0 + 28.0 * shade
-        col[..., 2] = 9.0 + 28.0 * shade
+        col_rgb = np.empty(s.shape + (3,), np.float32)
+        col_rgb[..., 0] = 22.0 + 80.0 * shade
+        col_rgb[..., 1] = 8.0 + 28.0 * shade
+        col_rgb[..., 2] = 9.0 + 28.0 * shade
         tongue = np.clip(1.0 - s / 0.5, 0.0, 1.0) * np.clip(1.0 - u * u / 0.4, 0.0, 1.0)
         tongue *= min(1.0, max(0.0, (opening - 0.25) / 0.5)) * 0.75
         tongue = tongue[..., None]
-        col = col * (1.0 - tongue) + np.array([168.0, 78.0, 80.0], np.float32) * tongue
+        col_rgb = col_rgb * (1.0 - tongue) + np.array([168.0, 78.0, 80.0], np.float32) * tongue
         # Teeth: upper ones just under the parting line, lower ones just above the
         # lower lip, both narrower than the mouth and with faint tooth gaps.
         ridges = 0.9 + 0.1 * np.cos(u * (math.pi * 4.5))
@@ -843,39 +1164,15 @@ class PhotoAvatarStream(BufferedAvatarStream):
         if rig.upper_teeth > 0:
             band = np.clip((s - 0.72) / 0.12, 0, 1) * np.clip(1.0 - u * u / 0.6, 0, 1)
             band *= rig.upper_teeth * ridges
-            col = col * (1 - band[..., None]) + teeth_col * (band[..., None] * 0.92)
+            col_rgb = col_rgb * (1 - band[..., None]) + teeth_col * (band[..., None] * 0.92)
         if rig.lower_teeth > 0:
             thick = np.minimum(0.3, 4.5 / gap)  # a few pixels, as a share of the gap
             band = np.clip((thick - s) / (0.4 * thick), 0, 1) * np.clip(1.0 - u * u / 0.25, 0, 1)
             band *= rig.lower_teeth * ridges * min(1.0, max(0.0, (opening - 0.25) / 0.35))
-            col = col * (1 - band[..., None]) + teeth_col * (band[..., None] * 0.8)
+            col_rgb = col_rgb * (1 - band[..., None]) + teeth_col * (band[..., None] * 0.8)
         region = out[r0:r1, c0:c1].astype(np.float32)
         a3 = alpha[..., None]
-        out[r0:r1, c0:c1] = (region * (1.0 - a3) + col * a3 + 0.5).astype(np.uint8)
-        canvas[y0:y1, x0:x1] = out
-
-    def _close_lips(self, map_y: np.ndarray, c: float) -> np.ndarray:
-        """Compose ``map_y`` with the closure map: the upper lip comes down and the
-        lower lip up over the gap between them (the teeth) until they meet at
-        ``c`` = 1. Per column: source [top, upper] -> output [top, upper'],
-        [upper, parting] -> [upper', parting'], [parting, bottom] -> [parting', bottom]."""
-        rig = self.assets.mouth
-        top = rig.close_top[None, :]
-        up = rig.close_upper[None, :]
-        part = rig.parting[None, :]
-        bot = rig.close_bottom[None, :]
-        gap = part - up
-        up2 = up + c * rig.upper_share * gap
-        part2 = part - c * (1.0 - rig.upper_share) * gap
-        y = map_y
-        a = top + (y - top) * (up - top) / np.maximum(up2 - top, 1e-3)
-        mid = up + (y - up2) * gap / np.maximum(part2 - up2, 1e-3)
-        mid = np.where(part2 - up2 < 0.5, np.where(y < up2, up, part), mid)
-        b = part + (y - part2) * (bot - part) / np.maximum(bot - part2, 1e-3)
-        out = np.where(
-            y < top, y, np.where(y < up2, a, np.where(y < part2, mid, np.where(y < bot, b, y)))
-        )
-        return out.astype(np.float32)
+        out[r0:r1, c0:c1] = (region * (1.0 - a3) + col_rgb * a3 + 0.5).astype(np.uint8)
 
     def _draw_blink(self, canvas: np.ndarray, eye: _EyeRig, b: float) -> None:
         x0, y0, x1, y1 = eye.roi

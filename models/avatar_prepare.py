@@ -9,7 +9,10 @@ Layout of a prepared avatar (everything in pixels of the 512x512 crop)::
     image.png      512x512 head-and-shoulders crop, the face ~40 % of the width
                    (for a video: its first frame)
     landmarks.npy  float32 FaceMesh landmarks: (478, 2) for a photo,
-                   (N, 478, 2) for a video (one row per frame)
+                   (N, 478, 2) for a video (one row per frame); the photo
+                   renderer builds its mouth mesh on them. Photo avatars
+                   without this file still load: the renderer runs FaceMesh
+                   once (``face_landmarks``)
     frames/        video only: the N cropped frames at 25 fps, 000000.jpg ...
 
 The crop box of a video is fixed for the whole clip (from the median face box).
@@ -199,6 +202,17 @@ class FaceMesher:
 
     def close(self) -> None:
         self._mesh.close()
+
+
+def face_landmarks(rgb: np.ndarray) -> np.ndarray | None:
+    """The (478, 2) float32 FaceMesh landmarks (pixels) of the face in one RGB
+    photo, or None if none is found. For avatars prepared without
+    ``landmarks.npy``: the photo renderer builds its mouth mesh on them."""
+    mesher = FaceMesher(static=True)
+    try:
+        return mesher(np.ascontiguousarray(rgb, dtype=np.uint8))
+    finally:
+        mesher.close()
 
 
 def crop_box(face: np.ndarray, shape: tuple[int, ...]) -> list[int]:

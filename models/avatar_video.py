@@ -29,7 +29,12 @@ once decoded (a few tens of KB a frame).
   passed through untouched;
 * **speaking**: the target shape of the frame (the pushed chunk's mouth track,
   models/mouth.py: phonemes with timings or audio) picks the source frame whose
-  mouth matches best, with temporal smoothness: cost = weighted shape distance
+  mouth matches best, with temporal smoothness. The target's opening and
+  closure become a lip gap on the clip's own scale (``target_gap``): opening 0
+  is the clip's resting gap (which may be a smile with parted lips), opening 1
+  its widest mouth, closure brings the lips from rest to its most closed mouth;
+  when the target presses the lips (p, b, m) the most closed mouths get an
+  extra pull. Cost = squared gap difference + width and rounding differences
   + head-pose difference + a penalty for leaving the natural continuation
   (previous source + 1) that grows with the jump, and hysteresis (the
   continuation wins unless another frame is clearly better). The source's lower
@@ -75,8 +80,21 @@ STABLE = (33, 133, 362, 263, 6, 168, 197, 195, 5, 4, 234, 454, 93, 323, 127, 356
 # The lower face (lips, jaw, chin): what the patch must cover.
 LOWER = (61, 291, 0, 17, 14, 13, 152, 148, 377, 176, 400, 172, 397, 57, 287, 18, 200)
 
-SHAPE_WEIGHTS = np.array([1.0, 0.25, 0.25, 0.6], np.float32)  # open, width, round, closure
+# Selection cost weights: the lip gap (in units of the clip's closed-to-widest
+# range), lip width and rounding (track units), and an extra pull towards the
+# clip's most closed mouths when the target presses the lips (p, b, m).
+GAP_WEIGHT = 1.0
+WIDTH_WEIGHT = 0.25
+ROUND_WEIGHT = 0.25
+PRESS_WEIGHT = 1.5
 CLOSED_GAP = 0.05  # inner-lip gap / mouth width below which the lips touch
+
+
+def lip_gaps(landmarks: np.ndarray) -> np.ndarray:
+    """(N,) inner-lip gap over mouth width of a clip's (N, 478, 2) landmarks."""
+    lm = np.asarray(landmarks, np.float32)
+    mw = np.linalg.norm(lm[:, MOUTH_RIGHT] - lm[:, MOUTH_LEFT], axis=1) + 1e-6
+    return np.linalg.norm(lm[:, LIP_LOWER_INNER] - lm[:, LIP_UPPER_INNER], axis=1) / mw
 
 
 def mouth_shapes(landmarks: np.ndarray) -> np.ndarray:
@@ -85,7 +103,7 @@ def mouth_shapes(landmarks: np.ndarray) -> np.ndarray:
     lm = np.asarray(landmarks, np.float32)
     mw = np.linalg.norm(lm[:, MOUTH_RIGHT] - lm[:, MOUTH_LEFT], axis=1) + 1e-6
     fw = np.linalg.norm(lm[:, FACE_RIGHT] - lm[:, FACE_LEFT], axis=1) + 1e-6
-    gap = np.linalg.norm(lm[:, LIP_LOWER_INNER] - lm[:, LIP_UPPER_INNER], axis=1) / mw
+    gap = lip_gaps(lm)
     lo, hi = np.percentile(gap, 2), np.percentile(gap, 98)
     opening = np.clip((gap - lo) / max(hi - lo, 0.05), 0.0, 1.0)
     ratio = mw / fw
@@ -165,6 +183,7 @@ class VideoAvatarAssets:
         first = self.frame(0)
         self.size = first.shape[0]
         self.shapes = mouth_shapes(self.landmarks)
+        self.gaps = lip_gaps(self.landmarks).astype(np.float32)
         self.pose = _pose_residuals(self.landmarks)
         # Quiet frames: the opening barely changes over +-5 frames (~0.4 s).
         k = 5
@@ -176,6 +195,14 @@ class VideoAvatarAssets:
             self.rest = np.median(self.shapes[self.quiet], axis=0).astype(np.float32)
         else:
             self.quiet[:] = True  # no quiet stretch to learn the rest from: play as is
+        # The lip gap of the clip's closed, resting and widest mouths: a target's
+        # opening 0 means "the lips at rest" (mouth.py), the clip's own rest,
+        # which may show parted lips (a smile with teeth); its closure brings
+        # them from there to the clip's most closed mouth.
+        self.gap_closed = float(np.percentile(self.gaps, 2))
+        self.gap_open = max(float(np.percentile(self.gaps, 98)), self.gap_closed + 0.05)
+        rest_gap = float(np.median(self.gaps[self.quiet])) if self.rest is not None else 0.0
+        self.gap_rest = float(np.clip(rest_gap, self.gap_closed, self.gap_open))
         self.stable = np.ascontiguousarray(self.landmarks[:, STABLE])
         self.lower = np.ascontiguousarray(self.landmarks[:, LOWER])
         self.mouth_width = np.linalg.norm(
@@ -230,6 +257,13 @@ class VideoAvatarAssets:
             self._crops[i] = c
         return c
 
+    def target_gap(self, target: np.ndarray) -> float:
+        """The lip gap (over mouth width) a track shape asks of this clip."""
+        o = float(np.clip(target[0], 0.0, 1.0))
+        c = float(np.clip(target[3], 0.0, 1.0))
+        rest = self.gap_rest
+        return rest + o * (self.gap_open - rest) - c * (rest - self.gap_closed)
+
     def ping_pong(self, t: int) -> int:
         """The clip frame shown at tick ``t``: forward, then backward, repeated."""
         period = 2 * (self.n - 1)
@@ -271,12 +305,20 @@ class VideoAvatarStream(BufferedAvatarStream):
         """The source frame whose mouth shows ``target`` best for the current
         frame ``base`` (updates the continuity state)."""
         a = self.assets
-        diff = a.shapes - np.asarray(target, np.float32)[None, :]
-        cost = (diff * diff) @ SHAPE_WEIGHTS
+        is_rest = target is a.rest
+        target = np.asarray(target, np.float32)
+        span = a.gap_open - a.gap_closed
+        want = a.gap_rest if is_rest else a.target_gap(target)
+        cost = GAP_WEIGHT * np.square((a.gaps - want) / span)
+        cost += WIDTH_WEIGHT * np.square(a.shapes[:, 1] - target[1])
+        cost += ROUND_WEIGHT * np.square(a.shapes[:, 2] - target[2])
+        press = float(np.clip(2.0 * target[3] - 1.0, 0.0, 1.0))  # closure above 0.5
+        if press > 0.0:  # lips pressed: the most closed mouths win over continuity
+            cost += PRESS_WEIGHT * press * np.maximum(a.gaps - a.gap_closed, 0.0) / span
         dp = a.pose - a.pose[base][None, :]
         cost += self.pose_weight * np.einsum("ij,ij->i", dp, dp)
         cost[base] -= self.own_bonus
-        if target is a.rest:
+        if is_rest:
             cost += np.where(a.quiet, 0.0, 1.0)
         if self._prev is not None:
             anchor = self._prev + self._dir

@@ -25,7 +25,9 @@ Two sources:
 ``mouth_track`` gives the shapes at ``TRACK_RATE`` (100 per second) for a whole
 pushed chunk of audio, so each frame looks ahead as far as it likes: shape
 changes are anticipated by ``ANTICIPATE_S`` and smoothed (coarticulation), the
-opening follows the loudness ``OPEN_LEAD_S`` ahead, bilabials close the lips.
+opening follows the loudness ``OPEN_LEAD_S`` ahead (louder: wider), bilabials
+close the lips, and quiet stretches inside speech bring them together
+(``QUIET_DRIVE``), so the lip gap follows the voice from pressed to wide open.
 """
 
 from __future__ import annotations
@@ -39,10 +41,17 @@ REST = np.array([0.0, 0.5, 0.0, 0.0], np.float32)  # idle: the photo as it is
 SILENT = np.array([0.0, 0.5, 0.0, 1.0], np.float32)  # a pause inside speech: lips together
 TRACK_RATE = 100  # shapes per second
 ANTICIPATE_S = 0.07  # lip shape (width, rounding) leads the sound by this much
-CLOSURE_LEAD_S = 0.03  # lips close this much before a bilabial's aligned start
+CLOSURE_LEAD_S = 0.02  # lips close this much before a bilabial's aligned start
 OPEN_LEAD_S = 0.03  # the opening follows the loudness this much ahead
 BILABIAL_MIN_S = 0.06  # bilabial closures are held at least this long
-OPEN_POWER = 0.6  # opening ~ amplitude ** OPEN_POWER (see mouth_track)
+OPEN_POWER = 0.8  # opening ~ amplitude ** OPEN_POWER (see mouth_track)
+CLOSURE_SIGMA = 0.8  # smoothing of the closure channel (frames): bilabials close briskly
+# Inside speech the lips come together as the voice gets quiet (the jaw rises
+# between syllables): closure = QUIET_CLOSURE * (1 - drive / QUIET_DRIVE), where
+# drive (0..1) is the loudness-driven opening. A face whose rest shows parted
+# lips (a smile with teeth) needs this to look nearly shut on quiet consonants.
+QUIET_DRIVE = 0.6
+QUIET_CLOSURE = 0.9
 SHORT_GAP_S = 0.12  # breaks between aligned phonemes shorter than this keep the lips apart
 
 # ---------------------------------------------------------------- phoneme table
@@ -377,19 +386,23 @@ def mouth_track(
         targets[voiced, 3] = 0.0
     # Coarticulation: shape leads the sound and blends with its neighbours.
     shape = _smooth(_shift(targets, int(round(ANTICIPATE_S * TRACK_RATE))), 3.0)
-    closure = _smooth(_shift(targets[:, 3], int(round(CLOSURE_LEAD_S * TRACK_RATE))), 1.5)
+    closure = _smooth(_shift(targets[:, 3], int(round(CLOSURE_LEAD_S * TRACK_RATE))), CLOSURE_SIGMA)
     out = np.empty((t_n, 4), np.float32)
-    # Opening: the phoneme's openness scaled by the loudness just ahead.
+    # Opening: the phoneme's openness scaled by the loudness just ahead, so a
+    # loud (stressed) vowel opens wider than a quiet one of the same class.
     # The loudness is in dB over a 30 dB range; the jaw follows the amplitude
     # more closely (loud vowels open far more than quiet consonants), so the
-    # dB scale is expanded back towards amplitude (a 0.6 power of it).
+    # dB scale is expanded back towards amplitude (an OPEN_POWER power of it).
     phon_open = _smooth(_shift(targets[:, 0], lead), 2.0)
     floor = 10.0 ** (-1.5 * OPEN_POWER)
     drive = np.clip((10.0 ** (1.5 * OPEN_POWER * (env - 1.0)) - floor) / (1.0 - floor), 0.0, 1.0)
     out[:, 0] = np.clip(drive * (0.55 + 0.45 * phon_open), 0.0, 1.0)
     out[:, 1] = shape[:, 1]
     out[:, 2] = shape[:, 2]
-    out[:, 3] = np.clip(closure, 0.0, 1.0)
+    # Quiet stretches bring the lips together (partly); bilabials and pauses
+    # close them fully. The opening gives way to the closure.
+    quiet = QUIET_CLOSURE * np.clip(1.0 - drive / QUIET_DRIVE, 0.0, 1.0)
+    out[:, 3] = np.clip(np.maximum(closure, quiet), 0.0, 1.0)
     out[:, 0] *= 1.0 - out[:, 3]
     # The first and last 60 ms ease from/to the rest of a pause.
     ramp = min(6, t_n)

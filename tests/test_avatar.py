@@ -1,4 +1,5 @@
-"""The CPU photo avatar: audio accounting of the buffered stream and the renderer."""
+"""The CPU photo avatar: audio accounting of the buffered stream and the renderer
+(the FaceMesh mouth mesh: opening, bilabial closure, a still background)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ import cv2
 import numpy as np
 import pytest
 
+import models.avatar_photo as avatar_photo
 from models.avatar_photo import (
     ASTRONAUT_META,
+    AvatarAssets,
     BufferedAvatarStream,
     PhotoAvatarModel,
+    PhotoAvatarStream,
     astronaut_image,
 )
-from models.base import MEDIA_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
+from models.avatar_prepare import FaceMesher
+from models.base import MEDIA_FPS, MEDIA_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, Speech
 
 N = SAMPLES_PER_VIDEO_FRAME
 
@@ -54,6 +59,7 @@ class Recorder(BufferedAvatarStream):
 
 # ------------------------------------------------------------- buffered stream
 def test_frame_size_dtype_and_audio_length(model: PhotoAvatarModel) -> None:
+    assert N * MEDIA_FPS == MEDIA_SAMPLE_RATE == 48_000  # one frame per 40 ms of audio: 25 fps
     stream = model.new_stream(seed=0)
     frame = stream.next_frame()
     assert frame.image.shape == (512, 512, 3)
@@ -297,3 +303,170 @@ def test_render_time(model: PhotoAvatarModel) -> None:
         f"\nphoto avatar: median {statistics.median(times):.2f} ms/frame, "
         f"mean {statistics.mean(times):.2f}, max {max(times):.2f} (250 frames, speaking)"
     )
+
+
+# ------------------------------------------------------------------ mouth mesh
+@pytest.fixture(scope="module")
+def mesher():
+    m = FaceMesher(static=True)
+    yield m
+    m.close()
+
+
+def lip_gap(mesher: FaceMesher, image: np.ndarray) -> float:
+    """Inner-lip gap (FaceMesh 13-14) over the mouth width (61-291), as the
+    lip-sync eval measures it."""
+    lm = mesher(image)
+    assert lm is not None, "FaceMesh lost the face"
+    return float(np.linalg.norm(lm[13] - lm[14]) / np.linalg.norm(lm[61] - lm[291]))
+
+
+def still_stream(assets: AvatarAssets) -> PhotoAvatarStream:
+    """A stream without head motion or blinks: only the mouth changes."""
+    stream = PhotoAvatarStream(assets, seed=0)
+    stream._motion = lambda: (0.0, 0.0, 0.0, 0.0)  # type: ignore[method-assign]
+    stream._advance_blink = lambda: 0.0  # type: ignore[method-assign]
+    return stream
+
+
+def render_shape(stream: PhotoAvatarStream, shape: tuple[float, ...]) -> np.ndarray:
+    stream.frame_shape = np.array(shape, np.float32)
+    return stream.render(np.zeros(N, np.float32), np.zeros(0, np.float32), True)
+
+
+def test_mesh_is_built_on_facemesh_landmarks(model: PhotoAvatarModel) -> None:
+    assets = model.assets("astronaut")
+    assert assets.landmarks is not None and assets.landmarks.shape == (478, 2)
+    rig = assets.mouth
+    assert rig.source == "landmarks"
+    x0, y0, x1, y1 = rig.roi
+    lm = assets.landmarks
+    # The region holds the lips and the chin, and stays below the eyes.
+    assert x0 < lm[61, 0] < lm[291, 0] < x1 and y0 < lm[13, 1] < lm[152, 1] < y1
+    assert y0 > max(e["lower"] for e in assets.meta["eyes"])
+    assert rig.gain > 0.5  # the jaw opens nearly as far as asked, without folds
+
+
+def test_mouth_opens_with_openness(model: PhotoAvatarModel, mesher: FaceMesher) -> None:
+    stream = still_stream(model.assets("astronaut"))
+    rows, cols = mouth_box(model)
+    gaps, dark = [], []
+    for o in (0.0, 0.3, 0.6, 1.0):
+        image = render_shape(stream, (o, 0.5, 0.0, 0.0))
+        gaps.append(lip_gap(mesher, image))
+        dark.append(int((image[rows, cols].max(axis=2) < 90).sum()))  # cavity pixels
+    # FaceMesh's reading is a little noisy; the cavity grows strictly.
+    assert min(gaps[1:]) > gaps[0] + 0.05 and gaps[-1] > gaps[0] + 0.1, gaps
+    assert dark[0] < dark[1] < dark[2] < dark[3] and dark[-1] > 400, dark
+
+
+def test_no_folds_for_any_shape(model: PhotoAvatarModel) -> None:
+    rig = model.assets("astronaut").mouth
+    rng = np.random.default_rng(0)
+    for shape in rng.uniform([0, -1, 0, 0], [1, 1, 1, 1], (40, 4)):
+        shape[0] *= 1.0 - 0.4 * shape[2]  # as _fit_gain: rounded lips open less
+        assert rig.min_jacobian(tuple(shape)) > 0.1, shape
+
+
+def test_mouth_warp_leaves_the_background_alone(model: PhotoAvatarModel) -> None:
+    assets = model.assets("astronaut")
+    stream = still_stream(assets)
+    x0, y0, x1, y1 = assets.mouth.roi
+    outside = np.ones((assets.size, assets.size), bool)
+    outside[y0:y1, x0:x1] = False
+    for shape in ((1.0, 1.0, 0.0, 0.0), (0.6, 0.0, 1.0, 0.0), (0.0, 0.5, 0.0, 1.0), (1, 0, 1, 1)):
+        image = render_shape(stream, shape)
+        assert np.array_equal(image[outside], assets.image[outside])
+        # No seam at the edge of the warped region: its border rows and columns
+        # are the photo's own pixels.
+        assert np.array_equal(image[y0, x0:x1], assets.image[y0, x0:x1])
+        assert np.array_equal(image[y1 - 1, x0:x1], assets.image[y1 - 1, x0:x1])
+        assert np.array_equal(image[y0:y1, x0], assets.image[y0:y1, x0])
+        assert np.array_equal(image[y0:y1, x1 - 1], assets.image[y0:y1, x1 - 1])
+
+
+def mama_speech() -> Speech:
+    """'mama' at 24 kHz: a quiet hum for each m, a loud vowel for each a."""
+    sr = 24_000
+
+    def tone(seconds: float, amplitude: float) -> np.ndarray:
+        t = np.arange(int(seconds * sr)) / sr
+        return (amplitude * np.sin(2 * np.pi * 160 * t) * np.hanning(t.size)).astype(np.float32)
+
+    sil = np.zeros(int(0.2 * sr), np.float32)
+    audio = np.concatenate(
+        [sil, tone(0.12, 0.03), tone(0.24, 0.5), tone(0.12, 0.03), tone(0.24, 0.5), sil]
+    )
+    timings = [("m", 0.2, 0.32), ("ɑ", 0.32, 0.56), ("m", 0.56, 0.68), ("ɑ", 0.68, 0.92)]
+    return Speech(audio, sr, timings)
+
+
+def test_lips_close_on_bilabials(model: PhotoAvatarModel, mesher: FaceMesher) -> None:
+    """In a rendered "mama", FaceMesh sees the lips together (gap below 0.06 of
+    the mouth width, the eval's threshold) during each m, and apart on each a,
+    although the photo itself shows a gap (a smile with teeth)."""
+    assets = model.assets("astronaut")
+    assert lip_gap(mesher, np.array(assets.image)) > 0.1
+    stream = still_stream(assets)
+    speech = mama_speech()
+    audio = np.repeat(speech.audio, 2)  # 48 kHz
+    stream.push_audio(audio, tag="mama", speech=speech)
+    stream.end_of_segment()
+    gaps = []
+    for _ in range(audio.size // N):
+        gaps.append(lip_gap(mesher, stream.next_frame().image))
+    t = (np.arange(len(gaps)) + 0.5) / MEDIA_FPS  # frame centres, s
+    for _, a, b in (s for s in speech.phonemes if s[0] == "m"):
+        assert min(g for g, tc in zip(gaps, t, strict=True) if a - 0.02 <= tc <= b + 0.02) < 0.06
+    for _, a, b in (s for s in speech.phonemes if s[0] == "ɑ"):
+        assert max(g for g, tc in zip(gaps, t, strict=True) if a <= tc <= b) > 0.12
+
+
+def write_avatar(folder, meta: dict | None) -> np.ndarray:
+    folder.mkdir(parents=True)
+    image = astronaut_image()
+    cv2.imwrite(str(folder / "image.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if meta is not None:
+        (folder / "meta.json").write_text(json.dumps(meta))
+    return image
+
+
+def test_avatar_without_stored_landmarks(tmp_path, monkeypatch, mesher: FaceMesher) -> None:
+    """Avatars prepared before landmarks.npy existed: FaceMesh runs once at load;
+    without mediapipe (or a face) the mesh is built on the meta.json geometry;
+    and without meta.json either, the geometry comes from the landmarks."""
+    write_avatar(tmp_path / "avatars" / "old", ASTRONAUT_META)
+    write_avatar(tmp_path / "avatars" / "bare", None)
+    model = PhotoAvatarModel(tmp_path)
+    for name in ("old", "bare"):
+        assets = model.assets(name)
+        assert assets.mouth.source == "landmarks" and assets.landmarks.shape == (478, 2)
+    bare = model.assets("bare").meta["mouth"]
+    assert abs(bare["chin"] - ASTRONAUT_META["mouth"]["chin"]) < 12
+
+    monkeypatch.setattr(avatar_photo, "detect_landmarks", lambda image: None)
+    model = PhotoAvatarModel(tmp_path)
+    assets = model.assets("old")
+    assert assets.landmarks is None and assets.mouth.source == "meta"
+    stream = still_stream(assets)
+    closed = render_shape(stream, (0.0, 0.5, 0.0, 1.0))
+    opened = render_shape(stream, (0.9, 0.5, 0.0, 0.0))
+    assert lip_gap(mesher, closed) < 0.06 < 0.12 < lip_gap(mesher, opened)
+    assert model.assets("bare").mouth.source == "meta"  # Haar box + proportions
+
+
+def test_stored_landmarks_are_used_without_facemesh(tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "avatars" / "astronaut"  # a prepared one replaces the built-in
+    image = write_avatar(folder, ASTRONAUT_META)
+    lm = avatar_photo.detect_landmarks(image)
+    np.save(folder / "landmarks.npy", lm.astype(np.float32))
+
+    def no_facemesh(image: np.ndarray) -> None:
+        raise AssertionError("FaceMesh ran although landmarks.npy is there")
+
+    monkeypatch.setattr(avatar_photo, "detect_landmarks", no_facemesh)
+    model = PhotoAvatarModel(tmp_path, size=256)
+    assert model.avatars() == ["astronaut"]
+    assets = model.assets("astronaut")
+    assert assets.mouth.source == "landmarks"
+    assert np.allclose(assets.landmarks, lm * 0.5, atol=1e-3)  # scaled with the image

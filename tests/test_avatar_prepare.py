@@ -17,6 +17,7 @@ from models.avatar_prepare import (
     AvatarError,
     AvatarLimits,
     ensure_default_avatar,
+    face_landmarks,
     list_avatars,
     prepare_avatar,
     remove_avatar,
@@ -100,14 +101,24 @@ def test_prepare_photo(sources: dict[str, Path], tmp_path: Path) -> None:
     assert all(e["upper"] < e["lower"] < m["parting"] for e in eyes)
     assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
     assert leftovers(root) == ["anne", "anne/image.png", "anne/landmarks.npy", "anne/meta.json"]
-    # The renderer reads it.
+    # The renderer reads it and builds its mouth mesh on the stored landmarks.
     from models.avatar_photo import PhotoAvatarModel
 
-    assert "anne" in PhotoAvatarModel(tmp_path).avatars()
+    assets = PhotoAvatarModel(tmp_path).assets("anne")
+    assert assets.mouth.source == "landmarks" and np.allclose(assets.landmarks, lm)
     # Repeatable: the same name again replaces it.
     prepare_avatar("anne", sources["photo"], None, root)
     assert [i.name for i in list_avatars(root)] == ["anne"]
     assert len(leftovers(root)) == 4
+
+
+def test_face_landmarks(sources: dict[str, Path]) -> None:
+    rgb = cv2.cvtColor(cv2.imread(str(sources["photo"])), cv2.COLOR_BGR2RGB)
+    lm = face_landmarks(rgb)
+    assert lm is not None and lm.shape == (478, 2) and lm.dtype == np.float32
+    assert (lm >= 0).all() and (lm < 512).all()
+    assert lm[61, 0] < lm[291, 0] and lm[13, 1] < lm[14, 1] < lm[152, 1]  # mouth, chin
+    assert face_landmarks(np.full((256, 256, 3), 128, np.uint8)) is None
 
 
 def test_prepare_clip(sources: dict[str, Path], tmp_path: Path) -> None:

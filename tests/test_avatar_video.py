@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from evals.lipsync import make_video_avatar
+from models import mouth
 from models.avatar_photo import PhotoAvatarModel
-from models.avatar_video import VideoAvatarAssets, VideoAvatarStream, mouth_shapes
-from models.base import MEDIA_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
+from models.avatar_video import CLOSED_GAP, VideoAvatarAssets, VideoAvatarStream, mouth_shapes
+from models.base import MEDIA_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, Speech
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 N = SAMPLES_PER_VIDEO_FRAME
@@ -136,6 +137,55 @@ def test_selection_prefers_the_matching_mouth(model: PhotoAvatarModel) -> None:
             stream._prev = None
             j = stream.select(target, b)
             assert check(j), (target, b, j, a.shapes[j])
+
+
+def test_target_gap_on_the_clips_own_scale(model: PhotoAvatarModel) -> None:
+    """Opening 0 asks for the clip's resting mouth (here the astronaut's smile,
+    lips parted), closure for its most closed one, opening 1 for its widest."""
+    a = model.assets("talker")
+    assert a.gap_closed < CLOSED_GAP < a.gap_rest < a.gap_open
+    assert a.target_gap(mouth.REST) == pytest.approx(a.gap_rest)
+    assert a.target_gap(mouth.SILENT) == pytest.approx(a.gap_closed)
+    assert a.target_gap(np.array([1.0, 0.5, 0.0, 0.0])) == pytest.approx(a.gap_open)
+    half = a.target_gap(np.array([0.0, 0.5, 0.0, 0.5]))
+    assert a.gap_closed < half < a.gap_rest
+    # A relaxed target keeps the resting (parted) lips rather than closing them.
+    stream = model.new_stream("talker", seed=3)
+    j = stream.select(mouth.REST.copy(), 0)
+    assert abs(a.gaps[j] - a.gap_rest) < 0.3 * (a.gap_open - a.gap_closed), (j, a.gaps[j])
+
+
+def test_lips_close_on_bilabials(model: PhotoAvatarModel) -> None:
+    """'mama' with timings: the frames whose target presses the lips (the m's)
+    show a closed mouth of the clip; the a's between them an open one."""
+    a = model.assets("talker")
+    sr = 24_000
+
+    def tone(seconds: float, amp: float) -> np.ndarray:
+        t = np.arange(int(seconds * sr)) / sr
+        return (amp * np.sin(2 * np.pi * 220 * t) * (1 + 0.3 * np.sin(2 * np.pi * 900 * t))).astype(
+            np.float32
+        )
+
+    sil = np.zeros(int(0.2 * sr), np.float32)
+    audio = np.concatenate(
+        [sil, tone(0.12, 0.03), tone(0.2, 0.3), tone(0.12, 0.03), tone(0.2, 0.3), sil]
+    )
+    timings = [("m", 0.2, 0.32), ("a", 0.32, 0.52), ("m", 0.52, 0.64), ("a", 0.64, 0.84)]
+    stream = model.new_stream("talker", seed=6)
+    stream.push_audio(np.repeat(audio, 2), tag="m", speech=Speech(audio, sr, timings))
+    stream.end_of_segment()
+    pressed, opened = [], []
+    for k in range(int(np.ceil(2 * audio.size / N))):
+        stream.next_frame()
+        shown = stream.source_index if stream.source_index is not None else stream.base_index
+        t = (k + 0.5) * N / MEDIA_SAMPLE_RATE
+        if stream.target is not None and stream.target[3] > 0.8 and 0.2 < t < 0.64:
+            pressed.append(float(a.gaps[shown]))
+        if any(p == "a" and s0 + 0.05 < t < s1 - 0.05 for p, s0, s1 in timings):
+            opened.append(float(a.gaps[shown]))
+    assert len(pressed) >= 2 and max(pressed) < CLOSED_GAP, pressed
+    assert opened and min(opened) > a.gap_rest, opened
 
 
 def test_render_speed(model: PhotoAvatarModel) -> None:

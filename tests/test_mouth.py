@@ -51,6 +51,35 @@ def test_mama_closes_twice():
     assert track[(t > 0.58) & (t < 0.66), 0].max() > 0.3
 
 
+def test_louder_vowel_opens_wider():
+    """The same vowel, loud then 10 dB quieter: the loud one opens the mouth wider."""
+    sil = np.zeros(int(0.2 * SR), np.float32)
+    audio = np.concatenate([sil, _tone(0.2, 0.3), _tone(0.1, 0.02), _tone(0.2, 0.095), sil])
+    timings = [("a", 0.2, 0.4), ("t", 0.4, 0.5), ("a", 0.5, 0.7)]
+    track = mouth.mouth_track(audio, SR, timings)
+    t = np.arange(track.shape[0]) / mouth.TRACK_RATE
+    loud = track[(t > 0.25) & (t < 0.35), 0].max()
+    quiet = track[(t > 0.55) & (t < 0.65), 0].max()
+    assert loud > 0.6
+    assert 0.05 < quiet < 0.8 * loud, (loud, quiet)
+
+
+def test_quiet_stretch_brings_the_lips_together():
+    """Inside speech a quiet consonant between loud vowels draws the lips
+    together (partly), the vowels part them; silence closes them."""
+    sil = np.zeros(int(0.2 * SR), np.float32)
+    audio = np.concatenate([sil, _tone(0.2), _tone(0.12, 0.01), _tone(0.2), sil])
+    timings = [("a", 0.2, 0.4), ("t", 0.4, 0.52), ("a", 0.52, 0.72)]
+    track = mouth.mouth_track(audio, SR, timings)
+    t = np.arange(track.shape[0]) / mouth.TRACK_RATE
+    vowel = (t > 0.27) & (t < 0.33)
+    cons = (t > 0.43) & (t < 0.47)
+    assert track[vowel, 3].max() < 0.05 and track[vowel, 0].min() > 0.5
+    assert track[cons, 3].max() > 0.5  # lips nearly together on the quiet "t"
+    assert track[cons, 0].max() < track[vowel, 0].min()
+    assert track[(t > 0.8) & (t < 0.85), 3].min() > 0.9  # the pause after: closed
+
+
 def test_anticipation():
     """The rounding of "u" starts before the "u" itself."""
     audio = np.concatenate([np.zeros(int(0.2 * SR), np.float32), _tone(0.6)])

@@ -48,6 +48,9 @@ def of_type(events: list[dict], kind: str) -> list[dict]:
 async def test_voice_turn_runs_through_every_stage():
     engines = fake_engines(tts=ToneTTS(seconds_per_char=0.01))
     session, events = make_session(engines)
+    # Pieces as the splitter cuts them (the tone audio is too short to keep the
+    # queue from running dry, which would cut them at word boundaries).
+    session.config.llm.cut_when_queued_audio_below_s = 0
     try:
         speak(session, QUESTION_EN)
         await wait_until(lambda: len(session.turns) == 1)
