@@ -324,13 +324,21 @@ async def test_the_reply_is_synthesized_while_the_opener_is_held():
         await session.close()
 
 
+async def speaking_session(sentences: int, seconds_per_char: float) -> tuple[Session, str]:
+    """A session whose avatar is saying a reply of that many sentences."""
+    reply = "Sure, " + " ".join(["Paris is a very old and beautiful city."] * sentences)
+    engines = fake_engines(
+        llm=ScriptedLLM({"France": reply}), tts=ToneTTS(seconds_per_char=seconds_per_char)
+    )
+    session, _events = make_session(engines)
+    speak(session, QUESTION_EN)
+    await wait_until(lambda: session.state == "speaking")
+    return session, reply
+
+
 async def test_a_cough_pauses_the_reply_and_it_resumes_where_it_stopped():
-    reply = "Sure, " + " ".join(["Paris is a very old and beautiful city."] * 3)
-    engines = fake_engines(llm=ScriptedLLM({"France": reply}), tts=ToneTTS(seconds_per_char=0.02))
-    session, events = make_session(engines)
+    session, reply = await speaking_session(3, 0.02)
     try:
-        speak(session, QUESTION_EN)
-        await wait_until(lambda: session.state == "speaking")
         await asyncio.sleep(0.3)
         # 40 ms of noise: one VAD frame of "speech", less than a barge-in.
         session.feed_mic(tone(660, 0.04))
@@ -349,12 +357,8 @@ async def test_a_cough_pauses_the_reply_and_it_resumes_where_it_stopped():
 
 
 async def test_speech_that_goes_on_turns_the_pause_into_a_barge_in():
-    reply = "Sure, " + " ".join(["Paris is a very old and beautiful city."] * 6)
-    engines = fake_engines(llm=ScriptedLLM({"France": reply}), tts=ToneTTS(seconds_per_char=0.03))
-    session, events = make_session(engines)
+    session, _reply = await speaking_session(6, 0.03)
     try:
-        speak(session, QUESTION_EN)
-        await wait_until(lambda: session.state == "speaking")
         session.feed_mic(tone(660, 0.04))
         assert session.clock.held and session.state == "speaking"
         session.feed_mic(tone(660, 0.08))  # 120 ms in all: past barge_in_ms
