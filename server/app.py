@@ -20,6 +20,7 @@ from models.registry import Engines, load_engines
 from pipelines.session import Session
 from pipelines.splitter import warm_up as warm_up_splitter
 from server.avatars_api import router as avatars_router
+from server.avatars_api import sync_with_disk
 from server.config import REPO_ROOT, Config
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
@@ -67,6 +68,8 @@ class SessionManager:
             )
         if offer.voice and offer.voice not in self.engines.tts.voices():
             raise HTTPException(400, f"unknown voice {offer.voice!r}")
+        if offer.avatar and offer.avatar not in self.engines.avatar.avatars():
+            await sync_with_disk(self.config, self.engines.avatar)  # added by the CLI?
         try:
             session = Session(
                 self.engines,

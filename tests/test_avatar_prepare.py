@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import av
@@ -254,6 +255,17 @@ def test_rest_add_list_progress_delete(api, sources) -> None:
     assert client.delete("/api/avatars/anne").status_code == 404
     assert client.delete("/api/avatars/astronaut").status_code == 400
     assert leftovers(root) == []
+
+
+def test_avatars_added_by_the_cli_while_serving_show_up(api, sources) -> None:
+    client, model, root = api
+    prepare_avatar("anne", sources["photo"], None, root)  # `videochat avatar add` meanwhile
+    assert "anne" in [a["name"] for a in client.get("/api/avatars").json()]
+    assert model.refreshed == 1
+    client.get("/api/avatars")
+    assert model.refreshed == 1  # nothing changed since: no reload
+    shutil.rmtree(root / "anne")  # removed behind the server's back
+    assert [a["name"] for a in client.get("/api/avatars").json()] == ["astronaut"]
 
 
 def test_rest_bad_input(api, sources) -> None:
