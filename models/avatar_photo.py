@@ -886,20 +886,10 @@ class PhotoAvatarModel(AvatarModel):
         self.size = size
         self.default = default
         self.weights_dir = Path(weights_dir)
-        loaded: dict[str, AvatarAssets] = {}
-        folder = Path(weights_dir) / "avatars"
-        if folder.is_dir():
-            for image_path in sorted(folder.glob("*/image.png")):
-                name = image_path.parent.name
-                try:
-                    loaded[name] = self._load(name, image_path)
-                except Exception as exc:
-                    log.warning("avatar %r in %s skipped: %s", name, image_path.parent, exc)
-        # The built-in astronaut first (unless a prepared one replaces it).
-        builtin = loaded.pop("astronaut", None) or AvatarAssets(
-            "astronaut", astronaut_image(), ASTRONAUT_META, size
-        )
-        self._assets: dict[str, AvatarAssets] = {"astronaut": builtin, **loaded}
+        self._assets: dict[str, AvatarAssets] = {}
+        self._stamps: dict[str, int] = {}  # image.png mtime of each loaded avatar
+        self._builtin: AvatarAssets | None = None
+        self.refresh()
         if default not in self._assets:
             raise KeyError(f"default avatar {default!r} not found; have {self.avatars()}")
 
@@ -910,6 +900,7 @@ class PhotoAvatarModel(AvatarModel):
         image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         lm_path = image_path.with_name("landmarks.npy")
         landmarks = np.load(lm_path) if lm_path.is_file() else None
+        detected = False  # FaceMesh already tried on this image
         if landmarks is not None and landmarks.ndim == 3:  # a video's: its first frame
             landmarks = landmarks[0]
         meta_path = image_path.with_name("meta.json")
@@ -922,6 +913,7 @@ class PhotoAvatarModel(AvatarModel):
         else:
             if landmarks is None:
                 landmarks = detect_landmarks(image)
+                detected = True
             if landmarks is not None:
                 from models.avatar_prepare import face_meta
 
@@ -933,17 +925,40 @@ class PhotoAvatarModel(AvatarModel):
                 log.warning(
                     "avatar %r has no meta.json: face geometry guessed from a face box", name
                 )
-        if landmarks is None:
+        if landmarks is None and not detected:
             log.info("avatar %r has no landmarks.npy: running FaceMesh once", name)
-        return AvatarAssets(name, image, meta, self.size, landmarks)
+        return AvatarAssets(name, image, meta, self.size, landmarks, detect=not detected)
 
     def avatars(self) -> list[str]:
         return list(self._assets)
 
     def refresh(self) -> None:
-        """Re-read weights_dir/avatars after avatars were added or removed (the
-        avatar API calls it); running streams keep their assets."""
-        self._assets = PhotoAvatarModel(self.weights_dir, self.size, self.default)._assets
+        """(Re-)read weights_dir/avatars: avatars added or prepared again since
+        are loaded, removed ones dropped, unchanged ones kept as they are (the
+        avatar API calls this); running streams keep their assets."""
+        loaded: dict[str, AvatarAssets] = {}
+        stamps: dict[str, int] = {}
+        folder = self.weights_dir / "avatars"
+        for image_path in sorted(folder.glob("*/image.png")) if folder.is_dir() else []:
+            name = image_path.parent.name
+            stamps[name] = image_path.stat().st_mtime_ns
+            if self._stamps.get(name) == stamps[name] and name in self._assets:
+                loaded[name] = self._assets[name]
+                continue
+            try:
+                loaded[name] = self._load(name, image_path)
+            except Exception as exc:
+                log.warning("avatar %r in %s skipped: %s", name, image_path.parent, exc)
+        # The built-in astronaut first (unless a prepared one replaces it).
+        builtin = loaded.pop("astronaut", None) or self._builtin_astronaut()
+        self._assets = {"astronaut": builtin, **loaded}
+        self._stamps = stamps
+
+    def _builtin_astronaut(self) -> AvatarAssets:
+        """The astronaut without a prepared folder: built once, when first needed."""
+        if self._builtin is None:
+            self._builtin = AvatarAssets("astronaut", astronaut_image(), ASTRONAUT_META, self.size)
+        return self._builtin
 
     def assets(self, name: str) -> AvatarAssets:
         try:

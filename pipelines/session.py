@@ -544,8 +544,7 @@ class Session:
             return
         log.info("session %s turn %d interrupted (%s)", self.id, turn.index, reason)
         self.avatar.clear()
-        self.clock.flush()
-        self.clock.hold(False)
+        self.clock.flush()  # _finish_turn below also releases a pause
         if self._turn_task is not None and not self._turn_task.done():
             self._turn_task.cancel()
         turn.interrupted = True

@@ -63,10 +63,12 @@ class SentenceSplitter:
         if cjk:
             if cjk <= min_cjk:
                 return []
-            cut = _cjk_word_cut(buffer, cjk, at_least=min_cjk)
+            # The last word end with at least min_cjk characters before it.
+            ends = [position for position, count in _cjk_word_ends(buffer) if count >= min_cjk]
+            cut = ends[-1] if ends else None
         else:
-            ends = [m.start() for m in re.finditer(r"\S(?=\s)", buffer)]
-            cut = ends[-1] + 1 if len(ends) >= min_words else None
+            ends = _word_ends(buffer)
+            cut = ends[-1] if len(ends) >= min_words else None
         if cut is None:
             return []
         piece = _clean(buffer[:cut])
@@ -123,11 +125,10 @@ class SentenceSplitter:
             if cut is None:
                 return None
         elif self._max_first_words:
-            # Only complete words count: the last one may still be streaming.
-            ends = [m.start() for m in re.finditer(r"\S(?=\s)", buffer)]
+            ends = _word_ends(buffer)
             if len(ends) < self._max_first_words or cjk:
                 return None
-            cut = ends[self._max_first_words - 1] + 1
+            cut = ends[self._max_first_words - 1]
         else:
             return None
         piece = _clean(buffer[:cut])
@@ -144,26 +145,30 @@ def warm_up() -> None:
     jieba.initialize()
 
 
-def _cjk_word_cut(text: str, limit: int, at_least: int | None = None) -> int | None:
-    """Where to cut ``text`` without splitting a word (jieba, which misaki's
-    Chinese G2P already depends on): after the first word that brings the count
-    of Chinese characters to ``limit``; or, with ``at_least``, at the last word
-    boundary (before the final, maybe still streaming, word) that has at least
-    ``at_least`` characters before it."""
+def _word_ends(text: str) -> list[int]:
+    """Where each complete word of ``text`` ends (a word followed by white
+    space: the last one may still be streaming)."""
+    return [m.end() for m in re.finditer(r"\S(?=\s)", text)]
+
+
+def _cjk_word_ends(text: str) -> list[tuple[int, int]]:
+    """(position, Chinese characters before it) after each word of ``text`` but
+    the last, which may still be streaming (jieba, which misaki's Chinese G2P
+    already depends on): the places a piece can end without splitting a word."""
     import jieba
 
+    ends = []
     position = count = 0
-    best = None
-    words = jieba.lcut(text)
-    for word in words[:-1]:  # the last word may still be streaming
+    for word in jieba.lcut(text)[:-1]:
         position += len(word)
         count += sum("\u4e00" <= ch <= "\u9fff" for ch in word)
-        if at_least is not None:
-            if count >= at_least:
-                best = position
-        elif count >= limit:
-            return position
-    return best
+        ends.append((position, count))
+    return ends
+
+
+def _cjk_word_cut(text: str, limit: int) -> int | None:
+    """The first word end with at least ``limit`` Chinese characters before it."""
+    return next((position for position, count in _cjk_word_ends(text) if count >= limit), None)
 
 
 def _clean(text: str) -> str:

@@ -23,6 +23,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from models.avatar_prepare import (
     DEFAULT_AVATAR,
     AvatarError,
+    AvatarInfo,
     AvatarLimits,
     check_name,
     list_avatars,
@@ -93,27 +94,28 @@ def _error(exc: AvatarError) -> HTTPException:
     return HTTPException(getattr(exc, "status", 400), str(exc))
 
 
-async def sync_with_disk(config: Config, model: AvatarModel) -> None:
+async def sync_with_disk(config: Config, model: AvatarModel) -> list[AvatarInfo]:
     """Reload the renderer's avatars when weights/avatars changed behind its back
-    (`videochat avatar add|remove` while the server runs)."""
-    on_disk = {info.name for info in list_avatars(config.weights_path / "avatars")}
+    (`videochat avatar add|remove` while the server runs); return what is there."""
+    infos = list_avatars(config.weights_path / "avatars")
+    on_disk = {info.name for info in infos}
     loaded = set(model.avatars())
     if on_disk - loaded or loaded - on_disk - {config.avatar.default, DEFAULT_AVATAR}:
         refresh = getattr(model, "refresh", None)
         if callable(refresh):
             log.info("avatars changed on disk; reloading them")
             await asyncio.to_thread(refresh)
+    return infos
 
 
 @router.get("/api/avatars")
 async def get_avatars(request: Request) -> list[dict]:
     """Every avatar the renderer can use (``ready: true``), plus uploads still
     being prepared (``ready: false``)."""
-    avatars_dir, _, _ = _settings(request)
     manager = request.app.state.manager
-    await sync_with_disk(manager.config, manager.engines.avatar)
-    modes = {info.name: info.mode for info in list_avatars(avatars_dir)}
-    names = request.app.state.manager.engines.avatar.avatars()
+    infos = await sync_with_disk(manager.config, manager.engines.avatar)
+    modes = {info.name: info.mode for info in infos}
+    names = manager.engines.avatar.avatars()
     out = [{"name": n, "mode": modes.get(n, "photo"), "ready": True} for n in names]
     for job in _jobs(request).values():
         if job.state == "running" and job.name not in names:
