@@ -86,6 +86,9 @@ class ChatModel(ABC):
         """Optionally pre-process ``messages`` (the system prompt) into the
         conversation's cache so its first real turn starts warm."""
 
+    def release(self, conversation: str) -> None:  # noqa: B027 - optional hook
+        """The conversation has ended: free what the backend kept for it."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         ...
 

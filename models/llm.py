@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ class OpenAICompatibleChat(ChatModel):
                 "VIDEOCHAT_LLM__BASE_URL"
             )
         self._slots = slots  # >0: pin conversations to llama.cpp slots
+        self._slot_of: dict[str, int] = {}  # conversation -> its own slot
         self._client: Any = None
 
     def _get_client(self) -> Any:
@@ -50,11 +50,31 @@ class OpenAICompatibleChat(ChatModel):
             )
         return self._client
 
+    def _slot(self, conversation: str) -> int | None:
+        """The conversation's own slot: the lowest free one on first use, kept
+        until ``release``; None when every slot is taken."""
+        slot = self._slot_of.get(conversation)
+        if slot is None:
+            taken = set(self._slot_of.values())
+            slot = next((s for s in range(self._slots) if s not in taken), None)
+            if slot is not None:
+                self._slot_of[conversation] = slot
+        return slot
+
     def _extra_body(self, conversation: str | None) -> dict[str, Any]:
         if not self._slots or conversation is None:
             return {}
-        # A stable slot per conversation keeps its whole history in the KV cache.
-        return {"id_slot": zlib.crc32(conversation.encode()) % self._slots, "cache_prompt": True}
+        # One slot per conversation keeps its whole history in the KV cache. Two
+        # conversations must never share one: llama.cpp runs a busy slot's
+        # requests one after the other (the second waits for the whole first
+        # reply), and a shared slot has answered one user with another's context.
+        slot = self._slot(conversation)
+        if slot is None:  # more conversations than slots: llama.cpp picks one
+            return {"cache_prompt": True}
+        return {"id_slot": slot, "cache_prompt": True}
+
+    def release(self, conversation: str) -> None:
+        self._slot_of.pop(conversation, None)
 
     async def stream_chat(
         self, messages: Sequence[ChatMessage], *, conversation: str | None = None
@@ -70,6 +90,9 @@ class OpenAICompatibleChat(ChatModel):
         )
         try:
             async for chunk in stream:
+                timings = (getattr(chunk, "model_extra", None) or {}).get("timings")
+                if timings:  # llama.cpp's last chunk: how much of the prompt was cached
+                    log.debug("llm %s timings %s", conversation, timings)
                 if not chunk.choices:
                     continue
                 delta = chunk.choices[0].delta.content

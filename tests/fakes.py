@@ -66,6 +66,10 @@ class ScriptedLLM(ChatModel):
         self.token_delay = token_delay
         self.requests: list[tuple[str | None, list[ChatMessage]]] = []
         self.cancelled = 0
+        self.released: list[str] = []
+
+    def release(self, conversation: str) -> None:
+        self.released.append(conversation)
 
     async def stream_chat(
         self, messages: Sequence[ChatMessage], *, conversation: str | None = None

@@ -134,6 +134,8 @@ async def test_two_sessions_do_not_hear_each_other():
     finally:
         await first.close()
         await second.close()
+    # Their LLM cache slots are freed for the next conversations.
+    assert engines.llm.released == [first.id, second.id]
 
 
 async def test_typed_message_and_interrupt_message():
