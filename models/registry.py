@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Opener:
-    """A short reply opening ("Sure,", "嗯，") synthesized once at start-up."""
+    """A short reply opening ("Sure,", "嗯，") or filler ("Let me see.")
+    synthesized once at start-up."""
 
     text: str
     lang: str
@@ -52,6 +53,7 @@ class Engines:
     tts: SpeechSynthesizer
     avatar: AvatarModel
     openers: dict[str, list[Opener]] = field(default_factory=dict)  # by language
+    fillers: dict[str, list[Opener]] = field(default_factory=dict)  # by language
     # ASR and TTS calls of every session run here: two workers for two cores, so
     # inference never blocks the event loop that paces media.
     inference: ThreadPoolExecutor = field(
@@ -96,7 +98,7 @@ async def load_engines(config: Config) -> Engines:
     weights = config.weights_path
     started = time.perf_counter()
     nice = config.inference_nice
-    llm = load_chat_model(config.llm, weights, nice=nice)
+    llm = load_chat_model(config.llm, weights, nice=max(nice, config.llm.nice))
     # The LLM loads in llama.cpp's threads while Python loads the rest.
     llm_start = asyncio.create_task(llm.start())
     vad = load_vad(config.vad)
@@ -109,19 +111,28 @@ async def load_engines(config: Config) -> Engines:
     log.info("loading avatar renderer (%s)", config.avatar.backend)
     avatar = await asyncio.to_thread(_load_avatar, config)
     openers: dict[str, list[Opener]] = {}
+    fillers: dict[str, list[Opener]] = {}
     if config.llm.use_openers and config.llm.openers and llm.supports_prefill:
-        openers = await run_in_low_priority_thread(lambda: synthesize_openers(config, tts), nice)
+        openers = await run_in_low_priority_thread(
+            lambda: synthesize_openers(config.llm.openers, tts), nice
+        )
+        # Fillers are said before an opener, so they exist only with openers.
+        fillers = await run_in_low_priority_thread(
+            lambda: synthesize_openers(config.llm.fillers, tts, "fillers"), nice
+        )
     await llm_start
     log.info("all models loaded in %.1f s", time.perf_counter() - started)
     return Engines.with_priority(
-        nice, vad=vad, asr=asr, llm=llm, tts=tts, avatar=avatar, openers=openers
+        nice, vad=vad, asr=asr, llm=llm, tts=tts, avatar=avatar, openers=openers, fillers=fillers
     )
 
 
-def synthesize_openers(config: Config, tts: SpeechSynthesizer) -> dict[str, list[Opener]]:
-    """Synthesize the configured openers once, in the default voices."""
+def synthesize_openers(
+    texts: dict[str, list[str]], tts: SpeechSynthesizer, what: str = "openers"
+) -> dict[str, list[Opener]]:
+    """Synthesize the configured openers (or fillers) once, in the default voices."""
     openers: dict[str, list[Opener]] = {}
-    for lang, texts in config.llm.openers.items():
-        openers[lang] = [Opener(text, lang, tts.synthesize(text, lang)) for text in texts]
-    log.info("openers ready: %s", {lang: len(items) for lang, items in openers.items()})
+    for lang, items in texts.items():
+        openers[lang] = [Opener(text, lang, tts.synthesize(text, lang)) for text in items]
+    log.info("%s ready: %s", what, {lang: len(items) for lang, items in openers.items()})
     return openers

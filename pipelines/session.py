@@ -197,6 +197,9 @@ class Session:
             return
         self.closed = True
         await self._cancel_turn()
+        if self._prime_task is not None:
+            self._prime_task.cancel()
+        self.engines.llm.release(self.id)
         await self.clock.stop()
 
     # ---------------------------------------------------------------- inputs
@@ -455,8 +458,27 @@ class Session:
 
     async def _say_opener(self, turn: Turn, opener: Opener) -> None:
         await self._hold_opener(turn, opener)
+        filler = self._pick_filler(turn, opener)
         turn.mark("tts_first_audio")
-        await self._push(turn, opener.text, opener.lang, opener.speech, opener.audio)
+        for item in (filler, opener):
+            if item is not None:
+                await self._push(turn, item.text, item.lang, item.speech, item.audio)
+
+    def _pick_filler(self, turn: Turn, opener: Opener) -> Opener | None:
+        """A filler to say before the opener when the reply's first piece is
+        expected well after the opener ends (the opener's wait ran out on a
+        busy CPU): the user hears "Let me see. Sure, ..." rather than "Sure,"
+        and a silence. The first piece is expected the learnt lag after the
+        first token (or after now, if no token has come yet)."""
+        ahead = self.config.llm.filler_when_silence_ahead_s
+        choices = self.engines.fillers.get(opener.lang, [])
+        if not ahead or not choices or turn.reply_ready.is_set():
+            return None
+        now = time.perf_counter()
+        expected = turn.marks.get("llm_first_token", now) + self._reply_lag
+        if expected - (now + opener.voiced_seconds) < ahead:
+            return None
+        return self._rng.choice(choices)
 
     def _learn_reply_lag(self, turn: Turn) -> None:
         """Seconds from the first token to the first piece's audio, smoothed."""

@@ -55,6 +55,10 @@ class LLMConfig(BaseModel):
     model: str = "qwen2.5-1.5b"
     api_key: str = "none"
     threads: int = 1
+    # llama.cpp's threads run at this nice value (Linux) so that ASR and TTS
+    # calls, short and on the way to the user's ear, preempt the LLM's
+    # decoding, which runs ahead of playback. 0 = same priority.
+    nice: int = 10
     parallel_slots: int = 4
     context_tokens: int = 4096
     max_tokens: int = 160
@@ -75,6 +79,11 @@ class LLMConfig(BaseModel):
     # for the LLM's first token), but waits at most this long after the end of
     # speech (0 = say it at once).
     opener_wait_s: float = 1.5
+    # Said before the opener when, at that moment, the reply's first piece is
+    # still expected this many seconds after the opener ends (a busy CPU):
+    # a spoken pause ("Let me see.") instead of a silent one. 0 = never.
+    fillers: dict[str, list[str]] = Field(default_factory=dict)
+    filler_when_silence_ahead_s: float = 0.5
     system_prompt: str = "You are a friendly bilingual digital human. Answer briefly."
 
 
@@ -83,7 +92,7 @@ class TTSConfig(BaseModel):
     voice_en: str = "af_heart"
     voice_zh: str = "zf_xiaoxiao"
     speed: float = 1.0
-    threads: int = 2
+    threads: int = 1
 
 
 class AvatarConfig(BaseModel):

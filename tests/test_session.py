@@ -258,6 +258,33 @@ async def test_the_opener_waits_for_the_first_token_up_to_opener_wait(wait_s):
         await session.close()
 
 
+@pytest.mark.parametrize("first_delay", [1.2, 0.0])
+async def test_a_filler_comes_before_the_opener_only_when_the_reply_will_be_late(first_delay):
+    from models.base import Speech
+    from models.registry import Opener
+
+    llm = SlowFirstToken({"France": "the capital of France is Paris."}, first_delay=first_delay)
+    engines = engines_with_opener(llm, "Sure,")
+    filler = ToneTTS(delay=0).synthesize("Let me see.", "en").audio
+    engines.fillers = {"en": [Opener("Let me see.", "en", Speech(filler, 24000))]}
+    session, events = make_session(engines)
+    session.config.llm.opener_wait_s = 0.3
+    if first_delay:  # and earlier turns taught it the first piece comes 1 s after the token
+        session._reply_lag = 1.0
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: len(session.turns) == 1)
+        spoken = [e["text"] for e in of_type(events, "bot_text")]
+        if first_delay:  # no token by the opener's deadline: say the filler first
+            assert spoken[:2] == ["Let me see.", "Sure,"]
+            assert session.history.turns[-1]["content"].startswith("Let me see. Sure, the")
+        else:
+            assert spoken[0] == "Sure,"
+        assert " ".join(spoken).endswith("Sure, the capital of France is Paris.")
+    finally:
+        await session.close()
+
+
 async def test_an_empty_continuation_after_the_opener_is_asked_again():
     class SilentAfterOpener(ScriptedLLM):
         async def stream_chat(self, messages, *, conversation=None):
