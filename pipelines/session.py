@@ -57,6 +57,7 @@ class ReplyPiece:
     lang: str
     samples: int
     played: int = 0
+    filler: bool = False  # "Let me see.": heard, but not the model's words
 
 
 @dataclass
@@ -91,10 +92,12 @@ class Turn:
             times["barge_in_detected_after"] = round(self.barge_in_after, 4)
         return times
 
-    def heard(self) -> str:
-        """The part of the reply that was actually played to the user."""
+    def heard(self, fillers: bool = True) -> str:
+        """The part of the reply that was actually played to the user (without
+        fillers: the part the model wrote, for the chat history)."""
         parts: list[str] = []
-        for piece in self.pieces:
+        pieces = [p for p in self.pieces if fillers or not p.filler]
+        for piece in pieces:
             if piece.played >= piece.samples:
                 parts.append(piece.text)
             elif piece.played > 0:
@@ -102,7 +105,7 @@ class Turn:
                 break
             else:
                 break
-        joiner = "" if parts and all(p.lang == "zh" for p in self.pieces[: len(parts)]) else " "
+        joiner = "" if parts and all(p.lang == "zh" for p in pieces[: len(parts)]) else " "
         return joiner.join(p for p in parts if p).strip()
 
     def summary(self) -> dict[str, Any]:
@@ -460,9 +463,11 @@ class Session:
         await self._hold_opener(turn, opener)
         filler = self._pick_filler(turn, opener)
         turn.mark("tts_first_audio")
-        for item in (filler, opener):
-            if item is not None:
-                await self._push(turn, item.text, item.lang, item.speech, item.audio)
+        if filler is not None:
+            await self._push(
+                turn, filler.text, filler.lang, filler.speech, filler.audio, filler=True
+            )
+        await self._push(turn, opener.text, opener.lang, opener.speech, opener.audio)
 
     def _pick_filler(self, turn: Turn, opener: Opener) -> Opener | None:
         """A filler to say before the opener when the reply's first piece is
@@ -488,11 +493,17 @@ class Session:
             self._reply_lag += REPLY_LAG_SMOOTHING * (lag - self._reply_lag)
 
     async def _push(
-        self, turn: Turn, text: str, lang: str, speech: Speech, audio: np.ndarray
+        self,
+        turn: Turn,
+        text: str,
+        lang: str,
+        speech: Speech,
+        audio: np.ndarray,
+        filler: bool = False,
     ) -> None:
         await turn.confirmed.wait()
         tag = (turn.index, len(turn.pieces))
-        turn.pieces.append(ReplyPiece(text=text, lang=lang, samples=audio.size))
+        turn.pieces.append(ReplyPiece(text, lang, samples=audio.size, filler=filler))
         self.avatar.push_audio(audio, tag=tag, speech=speech)
 
     async def _speak(
@@ -579,7 +590,9 @@ class Session:
         self.clock.hold(False)
         turn.heard_text = turn.heard()
         if turn.user_text:
-            self.history.add_assistant(turn.heard_text)
+            # Without fillers: a model that sees "Let me see." in its own past
+            # answers starts writing it (measured: docs/benchmarks.md).
+            self.history.add_assistant(turn.heard(fillers=False))
         self._send_latency(turn)
         self.turns.append(turn)
         self._turn = None
