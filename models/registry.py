@@ -113,12 +113,13 @@ async def load_engines(config: Config) -> Engines:
     openers: dict[str, list[Opener]] = {}
     fillers: dict[str, list[Opener]] = {}
     if config.llm.use_openers and config.llm.openers and llm.supports_prefill:
-        openers = await run_in_low_priority_thread(
-            lambda: synthesize_openers(config.llm.openers, tts), nice
-        )
         # Fillers are said before an opener, so they exist only with openers.
-        fillers = await run_in_low_priority_thread(
-            lambda: synthesize_openers(config.llm.fillers, tts, "fillers"), nice
+        openers, fillers = await run_in_low_priority_thread(
+            lambda: (
+                synthesize_openers(config.llm.openers, tts),
+                synthesize_openers(config.llm.fillers, tts, "fillers"),
+            ),
+            nice,
         )
     await llm_start
     log.info("all models loaded in %.1f s", time.perf_counter() - started)

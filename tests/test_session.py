@@ -198,14 +198,17 @@ async def test_speculative_turn_is_dropped_when_the_user_goes_on():
         await session.close()
 
 
-def engines_with_opener(llm: ScriptedLLM, opener: str):
-    from models.base import Speech
+def canned(text: str):
+    """An opener or filler as start-up synthesizes it (a tone here)."""
     from models.registry import Opener
 
+    return Opener(text, "en", ToneTTS(delay=0).synthesize(text, "en"))
+
+
+def engines_with_opener(llm: ScriptedLLM, opener: str):
     llm.supports_prefill = True
     engines = fake_engines(llm=llm, tts=ToneTTS(seconds_per_char=0.01))
-    audio = ToneTTS(delay=0).synthesize(opener, "en").audio
-    engines.openers = {"en": [Opener(opener, "en", Speech(audio, 24000))]}
+    engines.openers = {"en": [canned(opener)]}
     return engines
 
 
@@ -260,13 +263,9 @@ async def test_the_opener_waits_for_the_first_token_up_to_opener_wait(wait_s):
 
 @pytest.mark.parametrize("first_delay", [1.2, 0.0])
 async def test_a_filler_comes_before_the_opener_only_when_the_reply_will_be_late(first_delay):
-    from models.base import Speech
-    from models.registry import Opener
-
     llm = SlowFirstToken({"France": "the capital of France is Paris."}, first_delay=first_delay)
     engines = engines_with_opener(llm, "Sure,")
-    filler = ToneTTS(delay=0).synthesize("Let me see.", "en").audio
-    engines.fillers = {"en": [Opener("Let me see.", "en", Speech(filler, 24000))]}
+    engines.fillers = {"en": [canned("Let me see.")]}
     session, events = make_session(engines)
     session.config.llm.opener_wait_s = 0.3
     if first_delay:  # and earlier turns taught it the first piece comes 1 s after the token
