@@ -1,6 +1,6 @@
 # videochat: setup, models, tests.
 #
-#   make run             install, assemble weights/, serve on http://127.0.0.1:8000
+#   make run             install, assemble weights/, calibrate, serve on http://127.0.0.1:8000
 #   make run ARGS="--port 9000"
 #   make test            unit tests, then browser tests in a loopback-only namespace
 #   make bench | lint
@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: venv install weights run test chromium bench lint
+.PHONY: venv install weights calibrate run test chromium bench lint
 
 venv install: $(INSTALLED)
 
@@ -36,13 +36,18 @@ $(INSTALLED): requirements.lock pyproject.toml | $(BIN)/python
 weights: install
 	$(BIN)/videochat weights
 
-run: weights
+# Times every stage on this machine once (cached per CPU and model set in
+# weights/calibration.json; seconds when cached) and says what it holds.
+calibrate: weights
+	$(BIN)/videochat calibrate
+
+run: calibrate
 	$(BIN)/videochat serve $(ARGS)
 
 chromium:
 	command -v chromium || (apt-get update && apt-get install -y chromium)
 
-test: install weights chromium
+test: install calibrate chromium
 	$(BIN)/python -m pytest -m "not browser" -q
 	@unshare -n true 2>/dev/null || { \
 		echo "error: 'unshare -n' is not permitted here: the browser tests must run in a" >&2; \
@@ -52,7 +57,7 @@ test: install weights chromium
 		exit 1; }
 	unshare -n sh -c 'ip link set lo up && $(BIN)/python -m pytest -m browser -q'
 
-bench: install weights
+bench: install calibrate
 	$(BIN)/python -m bench
 
 lint: install

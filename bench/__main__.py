@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench import answers
 from bench.analysis import (
     edit_distance,
     first_moving_mouth,
@@ -488,6 +489,13 @@ def report(
 
 async def main_async(args: argparse.Namespace) -> None:
     offer_loopback_only()
+    # --- answers stay right (bench/answers.py): --answers-only runs just that part ---
+    if args.answers_only:
+        text = await answers.section(args)
+        answers.write_only(Path(args.out), text)
+        print(text)
+        return
+    # --- end answers ---
     print("synthesizing prompts ...", flush=True)
     prompts = synthesize_prompts()
     if args.quick:
@@ -520,6 +528,10 @@ async def main_async(args: argparse.Namespace) -> None:
         text += lipsync_section()
     if args.encoder and not args.quick:
         text += encoder_section()
+    # --- answers stay right (bench/answers.py): its own servers, openers on/off ---
+    if args.answers and not args.quick:
+        text += await answers.section(args)
+    # --- end answers ---
     out.write_text(text, encoding="utf-8")
     print(text)
 
@@ -597,6 +609,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 prompt per language (smoke test)")
     parser.add_argument("--no-lipsync", dest="lipsync", action="store_false")
     parser.add_argument("--no-encoder", dest="encoder", action="store_false")
+    answers.add_arguments(parser)  # --answers-only, --no-answers, --answers-tier
     args = parser.parse_args()
     if args.command is None:
         args.command = "python -m bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"

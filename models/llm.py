@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -148,11 +149,15 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
             config, base_url=f"http://127.0.0.1:{self.port}/v1", slots=config.parallel_slots
         )
         self._server: Any = None
+        # Where llama.cpp saves and restores slots: the persona's KV cache is
+        # computed once and copied into every slot.
+        self._slot_dir = tempfile.TemporaryDirectory(prefix="videochat-slots-")
 
-    async def start(self) -> None:
+    async def start(self, warm: bool = True) -> None:
         if self._server is None:
             await run_in_low_priority_thread(self._start_server, self.nice)
-            await self.warm_up()
+            if warm:
+                await self.prime_all_slots()
 
     def _start_server(self) -> None:
         import xllamacpp
@@ -161,11 +166,14 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
         params.model.path = str(self.model_path)
         params.n_ctx = self.config.context_tokens * self.config.parallel_slots
         params.n_parallel = self.config.parallel_slots
-        params.cpuparams.n_threads = self.config.threads
-        params.cpuparams_batch.n_threads = self.config.threads
+        params.cpuparams.n_threads = int(self.config.threads)
+        # Prompt processing (a batch of tokens) may use more threads than
+        # decoding one token at a time: it is compute-bound and short.
+        params.cpuparams_batch.n_threads = int(self.config.batch_threads)
         params.hostnames = ["127.0.0.1"]
         params.port = self.port
         params.cache_prompt = True
+        params.slot_save_path = str(self._slot_dir.name)
         params.verbosity = 0
         started = time.perf_counter()
         self._server = xllamacpp.Server(params)
@@ -177,20 +185,45 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
             self.config.parallel_slots,
         )
 
-    async def warm_up(self) -> None:
-        """Process the system prompt once so llama.cpp's graph and caches are warm."""
+    async def prime_all_slots(self) -> None:
+        """Process the persona (system prompt) once, in slot 0, and copy that KV
+        cache into every other slot, so no conversation's first question waits
+        for it (10 s on a slow 2-core machine). Each conversation's own slot
+        then re-processes only what follows the system prompt."""
+        import httpx
+
         started = time.perf_counter()
-        messages = [
-            {"role": "system", "content": self.config.system_prompt},
-            {"role": "user", "content": "Hi"},
-        ]
-        async for _ in self.stream_chat(messages):
-            break
-        log.info("LLM warm-up %.2f s", time.perf_counter() - started)
+        messages = [{"role": "system", "content": self.config.system_prompt}]
+        await self._get_client().chat.completions.create(
+            model=self.config.model,
+            messages=messages,
+            max_tokens=1,
+            extra_body={"id_slot": 0, "cache_prompt": True},
+        )
+        primed = time.perf_counter()
+        root = self.base_url.removesuffix("/v1")
+        try:
+            async with httpx.AsyncClient(base_url=root, timeout=60) as client:
+                saved = await client.post("/slots/0?action=save", json={"filename": "persona.bin"})
+                saved.raise_for_status()
+                for slot in range(1, self.config.parallel_slots):
+                    restored = await client.post(
+                        f"/slots/{slot}?action=restore", json={"filename": "persona.bin"}
+                    )
+                    restored.raise_for_status()
+        except httpx.HTTPError as exc:  # an optimisation: sessions prime their slot anyway
+            log.warning("could not copy the persona's KV cache into every slot: %s", exc)
+        log.info(
+            "LLM persona cached in %.2f s, copied to %d slots in %.2f s",
+            primed - started,
+            self.config.parallel_slots,
+            time.perf_counter() - primed,
+        )
 
     async def close(self) -> None:
         await super().close()
         self._server = None  # the destructor stops llama.cpp's loop
+        self._slot_dir.cleanup()
 
 
 def load_chat_model(config: LLMConfig, weights_dir: Path, nice: int = 0) -> ChatModel:

@@ -25,6 +25,7 @@ from models.tts import detect_lang
 from models.vad import EndOfTurn, SpeechStart, TurnDetector
 from pipelines.clock import MediaClock
 from pipelines.history import ChatHistory
+from pipelines.planner import ReplyPlanner, ReplyProgress
 from pipelines.splitter import SentenceSplitter
 from server.config import Config
 
@@ -38,6 +39,7 @@ MAX_TEXT_CHARS = 500
 INITIAL_REPLY_LAG_S = 0.5
 REPLY_LAG_SMOOTHING = 0.3
 OPENER_PAUSE_S = 0.2
+PLAN_RECHECK_S = 0.1  # while the answer is held, the planner looks again this often
 
 
 async def _wait_event(event: asyncio.Event, until: float) -> None:
@@ -80,8 +82,10 @@ class Turn:
     speech_end_sample: int | None = None  # the VAD position its audio ends at
     # Set when the LLM's first token arrives; the opener waits for it (bounded).
     first_token: asyncio.Event = field(default_factory=asyncio.Event)
-    synthesizing: bool = False  # a TTS call of this turn is running
-    reply_ready: asyncio.Event = field(default_factory=asyncio.Event)  # first piece synthesized
+    synthesizing: int = 0  # TTS calls of this turn running
+    # The answer may start: enough of it is synthesized (pipelines/planner.py).
+    reply_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    progress: ReplyProgress = field(default_factory=lambda: ReplyProgress("en"))
 
     def mark(self, name: str) -> None:
         self.marks.setdefault(name, time.perf_counter())
@@ -120,6 +124,20 @@ class Turn:
         }
 
 
+@dataclass
+class _Made:
+    """A synthesized piece of the reply, waiting for its turn to be pushed."""
+
+    text: str
+    lang: str
+    speech: Speech
+    audio: np.ndarray
+
+
+def _join(first: str, second: str, lang: str) -> str:
+    return first + second if lang == "zh" else f"{first} {second}"
+
+
 def _prefix(text: str, fraction: float) -> str:
     if any("\u4e00" <= ch <= "\u9fff" for ch in text):
         return text[: int(len(text) * fraction)]
@@ -137,8 +155,12 @@ class Session:
         avatar: str | None = None,
         voice: str | None = None,
         on_turn_end: Callable[[Turn], None] | None = None,
+        planner: ReplyPlanner | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
+        # Process-wide (it learns the machine's load); a fast machine's costs
+        # when none is given (tests with scripted models).
+        self.planner = planner or ReplyPlanner.immediate()
         self.on_turn_end = on_turn_end  # e.g. metrics; called once per finished turn
         self.engines = engines
         self.config = config
@@ -340,17 +362,17 @@ class Session:
             assert text is not None
             if lang == "auto":
                 lang = detect_lang(text)
+            turn.progress.lang = lang
             # Generation may start before the turn is confirmed; speaking may not.
-            pieces: asyncio.Queue[str | Opener | None] = asyncio.Queue()
+            pieces: asyncio.Queue[str | None] = asyncio.Queue()
             messages = self.history.messages_with_user(text)
             opener = self._pick_opener(lang)
             if opener is not None:
-                # Say a short, pre-synthesized opener at once and let the LLM
-                # continue the sentence it starts (assistant prefill).
-                pieces.put_nowait(opener)
+                # Say a short, pre-synthesized opener and let the LLM continue
+                # the sentence it starts (assistant prefill).
                 messages.append({"role": "assistant", "content": opener.text})
             producer = asyncio.create_task(self._generate(turn, messages, pieces))
-            speaker = asyncio.create_task(self._speak(turn, pieces, lang))
+            speaker = asyncio.create_task(self._speak(turn, pieces, lang, opener))
             try:
                 await turn.confirmed.wait()
                 if audio is not None:
@@ -377,7 +399,7 @@ class Session:
         self,
         turn: Turn,
         messages: list[dict[str, str]],
-        pieces: asyncio.Queue[str | Opener | None],
+        pieces: asyncio.Queue[str | None],
     ) -> None:
         splitter = SentenceSplitter(
             max_first_words=self.config.llm.first_piece_max_words,
@@ -392,6 +414,7 @@ class Session:
                 await self._stream_reply(turn, messages[:-1], splitter, pieces)
             turn.mark("llm_done")
         finally:
+            turn.progress.generation_done = True
             pieces.put_nowait(None)
 
     async def _stream_reply(
@@ -399,7 +422,7 @@ class Session:
         turn: Turn,
         messages: list[dict[str, str]],
         splitter: SentenceSplitter,
-        pieces: asyncio.Queue[str | Opener | None],
+        pieces: asyncio.Queue[str | None],
     ) -> bool:
         """Stream one completion into ``pieces``; False if it said nothing."""
         spoke = False
@@ -410,20 +433,27 @@ class Session:
             if not ready and splitter.started and self._running_dry(turn, pieces):
                 ready = splitter.cut_early()
             for piece in ready:
-                turn.mark("first_clause")
-                pieces.put_nowait(piece)
+                self._hand_to_tts(turn, piece, pieces)
                 spoke = True
         for piece in splitter.flush():
-            turn.mark("first_clause")
-            pieces.put_nowait(piece)
+            self._hand_to_tts(turn, piece, pieces)
             spoke = True
         return spoke
 
-    def _running_dry(self, turn: Turn, pieces: asyncio.Queue[str | Opener | None]) -> bool:
+    @staticmethod
+    def _hand_to_tts(turn: Turn, piece: str, pieces: asyncio.Queue[str | None]) -> None:
+        turn.mark("first_clause")
+        turn.progress.written_chars += len(piece)
+        turn.progress.pending_pieces += 1
+        pieces.put_nowait(piece)
+
+    def _running_dry(self, turn: Turn, pieces: asyncio.Queue[str | None]) -> bool:
         """Whether the reply audio queued for playback is about to run out with
         nothing else on its way (no piece waiting, no TTS call running)."""
         low = self.config.llm.cut_when_queued_audio_below_s
         if not low or not turn.confirmed.is_set() or turn.synthesizing or not pieces.empty():
+            return False
+        if not turn.reply_ready.is_set():  # the planner holds the answer back on purpose
             return False
         return self.avatar.queued_samples < low * MEDIA_SAMPLE_RATE
 
@@ -502,43 +532,134 @@ class Session:
         filler: bool = False,
     ) -> None:
         await turn.confirmed.wait()
+        turn.mark("tts_first_audio")
         tag = (turn.index, len(turn.pieces))
         turn.pieces.append(ReplyPiece(text, lang, samples=audio.size, filler=filler))
         self.avatar.push_audio(audio, tag=tag, speech=speech)
 
     async def _speak(
-        self, turn: Turn, pieces: asyncio.Queue[str | Opener | None], lang: str
+        self,
+        turn: Turn,
+        pieces: asyncio.Queue[str | None],
+        lang: str,
+        opener: Opener | None,
     ) -> None:
-        loop = asyncio.get_running_loop()
-        opener: asyncio.Task[None] | None = None
+        """Synthesize the reply's pieces and push them to the avatar in order.
+        The answer starts once the planner says the audio made so far lasts
+        until the rest is made (pipelines/planner.py); the opener, held in its
+        own task, is timed to end just before that."""
+        made: asyncio.Queue[_Made | None] = asyncio.Queue()
+        saying = asyncio.create_task(self._say_opener(turn, opener)) if opener else None
+        synthesis = asyncio.create_task(self._synthesize_pieces(turn, pieces, lang, made))
         try:
-            while (item := await pieces.get()) is not None:
-                if isinstance(item, Opener):
-                    # Held in its own task while the reply is synthesized.
-                    opener = asyncio.create_task(self._say_opener(turn, item))
-                    continue
-                piece_lang = detect_lang(item) if self.lang == "auto" else lang
-                # Synthesis and resampling both run off the event loop.
-                turn.synthesizing = True
+            held: list[_Made] = []
+            while not turn.reply_ready.is_set():
                 try:
-                    speech, audio = await loop.run_in_executor(
-                        self.engines.inference, self._synthesize, item, piece_lang
-                    )
-                finally:
-                    turn.synthesizing = False
-                if not turn.reply_ready.is_set():
-                    self._learn_reply_lag(turn)
-                    turn.reply_ready.set()
-                if opener is not None:
-                    await opener  # the opener goes first
-                turn.mark("tts_first_audio")
-                if audio.size:
-                    await self._push(turn, item, piece_lang, speech, audio)
-            if opener is not None:
-                await opener
+                    item = await asyncio.wait_for(made.get(), PLAN_RECHECK_S)
+                except TimeoutError:  # the LLM wrote on: the prediction changed
+                    item = False
+                if item is None:
+                    break
+                if item:
+                    held.append(item)
+                buffered = sum(m.audio.size for m in held) / MEDIA_SAMPLE_RATE
+                if held and self.planner.may_start(turn.progress, buffered):
+                    self._open_answer(turn)
+            else:
+                item = False
+            self._open_answer(turn)
+            if saying is not None:
+                await saying  # the opener goes first
+            for done in held:
+                await self._push(turn, done.text, done.lang, done.speech, done.audio)
+            while item is not None and (item := await made.get()) is not None:
+                await self._push(turn, item.text, item.lang, item.speech, item.audio)
         finally:
-            if opener is not None:
-                opener.cancel()
+            synthesis.cancel()
+            if saying is not None:
+                saying.cancel()
+
+    def _open_answer(self, turn: Turn) -> None:
+        if not turn.reply_ready.is_set():
+            self._learn_reply_lag(turn)
+            turn.reply_ready.set()
+
+    async def _synthesize_pieces(
+        self,
+        turn: Turn,
+        pieces: asyncio.Queue[str | None],
+        lang: str,
+        made: asyncio.Queue[_Made | None],
+    ) -> None:
+        """TTS calls for the written pieces, results in order into ``made``.
+        A call starts when a slot is free (``tts.parallel_calls``; the first
+        piece alone: it gets the CPU), taking all the text waiting then as one
+        call where the planner merges (a call's fixed cost is large)."""
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(max(1, int(self.config.tts.parallel_calls)))
+        order: asyncio.Queue[asyncio.Task[_Made] | None] = asyncio.Queue()
+        tasks: list[asyncio.Task[_Made]] = []
+
+        async def synthesize(text: str, piece_lang: str) -> _Made:
+            turn.synthesizing += 1
+            started = time.perf_counter()
+            try:
+                speech, audio = await loop.run_in_executor(
+                    self.engines.inference, self._synthesize, text, piece_lang
+                )
+            finally:
+                turn.synthesizing -= 1
+                slots.release()
+            self.planner.observe_synthesis(len(text), piece_lang, time.perf_counter() - started)
+            turn.progress.synthesized_chars += len(text)
+            turn.progress.synthesized_audio_s += audio.size / MEDIA_SAMPLE_RATE
+            return _Made(text, piece_lang, speech, audio)
+
+        async def deliver() -> None:
+            while (task := await order.get()) is not None:
+                try:
+                    made.put_nowait(await task)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # one sentence lost, not the reply
+                    log.exception("session %s: TTS failed", self.id)
+                    self.emit({"type": "error", "message": f"speech synthesis failed: {exc}"})
+            made.put_nowait(None)
+
+        delivery = asyncio.create_task(deliver())
+        carry: list[str | None] = []  # taken while merging, not merged: next
+        try:
+            while True:
+                await slots.acquire()
+                text = carry.pop() if carry else await pieces.get()
+                if text is None:
+                    break
+                piece_lang = detect_lang(text) if self.lang == "auto" else lang
+                count = 1
+                if self.planner.merges(piece_lang):
+                    limit = self.planner.max_merged_chars(piece_lang)
+                    while not pieces.empty():
+                        more = pieces.get_nowait()
+                        same = more is not None and (
+                            self.lang != "auto" or detect_lang(more) == piece_lang
+                        )
+                        if more is None or not same or len(text) + len(more) > limit:
+                            carry.append(more)
+                            break
+                        text = _join(text, more, piece_lang)
+                        count += 1
+                turn.progress.pending_pieces -= count
+                task = asyncio.create_task(synthesize(text, piece_lang))
+                tasks.append(task)
+                order.put_nowait(task)
+                if len(tasks) == 1:
+                    await asyncio.wait([task])  # the first piece has the CPU to itself
+            order.put_nowait(None)
+            await delivery
+        finally:
+            delivery.cancel()
+            for task in tasks:
+                task.cancel()
 
     # ---------------------------------------------------------- media clock
     def _on_frame(self, frame: AvatarFrame, now: float) -> None:

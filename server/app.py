@@ -17,11 +17,13 @@ from pydantic import BaseModel, Field
 
 from models.base import BackendUnavailable
 from models.registry import Engines, load_engines
+from pipelines.planner import ReplyCosts, ReplyPlanner
 from pipelines.session import Session
 from pipelines.splitter import warm_up as warm_up_splitter
 from server.avatars_api import router as avatars_router
 from server.avatars_api import sync_with_disk
 from server.config import REPO_ROOT, Config
+from server.machine import apply_plan, plan_machine
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
 from server.rtc import answer_offer, offer_loopback_only
@@ -29,6 +31,7 @@ from server.rtc import answer_offer, offer_loopback_only
 log = logging.getLogger(__name__)
 STATIC = REPO_ROOT / "static"
 DOCS = REPO_ROOT / "docs"
+RETRY_AFTER_S = 30  # what a full server tells a client to wait
 
 
 class Offer(BaseModel):
@@ -48,8 +51,16 @@ class Answer(BaseModel):
 class SessionManager:
     """All live sessions of this process, each with its peer connection."""
 
-    def __init__(self, engines: Engines, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        engines: Engines,
+        config: Config,
+        metrics: Metrics | None = None,
+        planner: ReplyPlanner | None = None,
+    ) -> None:
         self.engines = engines
+        # One for the process: it learns this machine's load across sessions.
+        self.planner = planner or ReplyPlanner.immediate()
         self.config = config
         self.metrics = metrics or Metrics()
         self.sessions: dict[str, Session] = {}
@@ -61,10 +72,18 @@ class SessionManager:
             raise HTTPException(404, f"no session {session_id!r}")
         return session
 
+    @property
+    def capacity(self) -> int:
+        return int(self.config.server.max_sessions)
+
     async def open(self, offer: Offer) -> Answer:
-        if len(self.sessions) >= self.config.server.max_sessions:
+        if len(self.sessions) >= self.capacity:
             raise HTTPException(
-                503, f"the server is full ({self.config.server.max_sessions} sessions); try later"
+                503,
+                f"This server is busy: it holds {self.capacity} conversation"
+                f"{'s' if self.capacity != 1 else ''} at a time on this machine. "
+                f"Try again in a minute.",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         if offer.voice and offer.voice not in self.engines.tts.voices():
             raise HTTPException(400, f"unknown voice {offer.voice!r}")
@@ -78,6 +97,7 @@ class SessionManager:
                 avatar=offer.avatar,
                 voice=offer.voice,
                 on_turn_end=self.metrics.observe_turn,
+                planner=self.planner,
             )
         except KeyError as exc:
             raise HTTPException(400, str(exc.args[0] if exc.args else exc)) from None
@@ -128,13 +148,29 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = engines
         if loaded is None:
+            # Plan for this machine before the models load with the chosen settings.
+            machine = await asyncio.to_thread(plan_machine, config)
+            app.state.machine = machine.public()
+            metrics.set_machine(app.state.machine)
+            planner = ReplyPlanner(
+                ReplyCosts.from_calibration(
+                    machine.calibration,
+                    tts_threads=int(config.tts.threads),
+                    llm_threads=int(config.llm.threads),
+                    parallel_calls=int(config.tts.parallel_calls),
+                )
+            )
+        else:
+            apply_plan(config, None)  # tests hand in their models: built-in defaults
+            planner = None
+        if loaded is None:
             try:
                 loaded = await load_engines(config)
             except BackendUnavailable as exc:
                 log.error("%s", exc)
                 raise SystemExit(f"cannot start: {exc}") from None
         warm_up_splitter()  # jieba's dictionary, before the first Chinese turn
-        app.state.manager = SessionManager(loaded, config, metrics)
+        app.state.manager = SessionManager(loaded, config, metrics, planner)
         host = config.server.host if config.server.host != "0.0.0.0" else "127.0.0.1"
         log.info("ready: open http://%s:%d in Chromium or Firefox", host, config.server.port)
         yield
@@ -154,7 +190,23 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health(request: Request) -> dict:
-        return {"status": "ok", "sessions": len(manager(request).sessions)}
+        sessions = manager(request)
+        return {
+            "status": "ok",
+            "sessions": len(sessions.sessions),
+            "capacity": sessions.capacity,
+            "machine": getattr(request.app.state, "machine", None),
+        }
+
+    @app.get("/api/machine")
+    async def machine_info(request: Request) -> dict:
+        """This machine's calibration, what it holds and the settings chosen."""
+        machine = getattr(request.app.state, "machine", None)
+        if machine is None:
+            raise HTTPException(
+                404, "no calibration: this server was started with its models given"
+            )
+        return machine
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -29,6 +29,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from server.machine import apply_plan, describe, load_cached, load_or_calibrate, plan_for
+
+    config = load_config(args.config)
+    cached = None if args.force else load_cached(config)
+    if cached is None:
+        print("calibrating this machine: every stage is timed on the configured models")
+        with _progress_bar("calibrate") as bar:
+            cached = load_or_calibrate(config, progress=bar, force=True)
+    plan = plan_for(cached, config)
+    apply_plan(config, plan)
+    print(describe(cached, plan))
+    if args.json:
+        import json
+
+        print(json.dumps({"calibration": cached.to_dict(), "plan": plan.to_dict()}, indent=1))
+    return 0
+
+
 def _weights(args: argparse.Namespace) -> int:
     from server.weights import WeightsError, assemble_all
 
@@ -123,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         help="offer only 127.0.0.1 ICE candidates (tests, benchmarks, sandboxes)",
     )
     serve.set_defaults(func=_serve)
+
+    calibrate = sub.add_parser(
+        "calibrate", help="time every stage on this machine and plan for it (cached)"
+    )
+    calibrate.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    calibrate.add_argument("--force", action="store_true", help="measure again even if cached")
+    calibrate.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    calibrate.set_defaults(func=_calibrate)
 
     weights = sub.add_parser("weights", help="assemble and verify the models into weights/")
     weights.add_argument("--config", dest="config", default=argparse.SUPPRESS)

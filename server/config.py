@@ -14,13 +14,27 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "cpu.yaml"
 
 Lang = Literal["en", "zh", "auto"]
+# "auto": chosen per machine from its calibration (server/machine.py); a number pins it.
+AUTO = "auto"
+Auto = Literal["auto"]
+# What an "auto" becomes when no calibration is at hand (tests, `plan: off`).
+AUTO_DEFAULTS: dict[str, int | float] = {
+    "server.max_sessions": 4,
+    "llm.threads": 1,
+    "llm.batch_threads": 1,
+    "llm.first_piece_max_words": 4,
+    "llm.first_piece_max_cjk": 6,
+    "llm.cut_when_queued_audio_below_s": 1.2,
+    "tts.threads": 1,
+    "tts.parallel_calls": 1,
+}
 
 
 class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     loopback_only: bool = False
-    max_sessions: int = 4
+    max_sessions: int | Auto = 4  # auto: as many as calibration says this machine holds
     # aiortc hands a mic frame on once N later ones have arrived (its default: 4);
     # a missing packet is waited for whatever N is, so 1 only removes delay.
     mic_prefetch_packets: int = 1
@@ -54,7 +68,8 @@ class LLMConfig(BaseModel):
     base_url: str = ""
     model: str = "qwen2.5-1.5b"
     api_key: str = "none"
-    threads: int = 1
+    threads: int | Auto = 1  # generation threads
+    batch_threads: int | Auto = 1  # prompt-processing threads
     # llama.cpp's threads run at this nice value (Linux) so that ASR and TTS
     # calls, short and on the way to the user's ear, preempt the LLM's
     # decoding, which runs ahead of playback. 0 = same priority.
@@ -64,13 +79,13 @@ class LLMConfig(BaseModel):
     max_tokens: int = 160
     temperature: float = 0.6
     max_history_messages: int = 12
-    first_piece_max_words: int = 4  # speak the first clause early even without a comma
-    first_piece_max_cjk: int = 6
+    first_piece_max_words: int | Auto = 4  # speak the first clause early even without a comma
+    first_piece_max_cjk: int | Auto = 6
     # Later pieces wait for a sentence end (or a clause mark once long), unless
     # the reply audio still queued drops below this: then the text so far is
     # spoken at its last complete word, so the avatar does not fall silent
     # mid-reply while the LLM writes a long sentence. 0 = never.
-    cut_when_queued_audio_below_s: float = 1.2
+    cut_when_queued_audio_below_s: float | Auto = 1.2
     # Pre-synthesized reply openings spoken at once; the LLM continues them
     # (embedded backend only). Empty lists / {} = off.
     use_openers: bool = True
@@ -92,7 +107,8 @@ class TTSConfig(BaseModel):
     voice_en: str = "af_heart"
     voice_zh: str = "zf_xiaoxiao"
     speed: float = 1.0
-    threads: int = 1
+    threads: int | Auto = 1  # onnxruntime threads per call
+    parallel_calls: int | Auto = 1  # TTS calls of one reply running at once
 
 
 class AvatarConfig(BaseModel):

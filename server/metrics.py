@@ -123,6 +123,18 @@ class Metrics:
         self.retired_take_gap = 0.0
         self._lock = threading.Lock()
         self.registry.register(_ClockCollector(self))
+        self.capacity = Gauge(
+            "videochat_capacity_sessions",
+            "Conversations this machine holds in real time (from its calibration)",
+            registry=self.registry,
+        )
+        self.calibration = Gauge(
+            "videochat_calibration",
+            "This machine's calibration: seconds (asr, tts fixed / per audio second), "
+            "tokens/s (llm) or ms per frame (render, encode)",
+            ["stage", "measure", "lang", "threads"],
+            registry=self.registry,
+        )
 
     # ------------------------------------------------------------ sessions
     def track_sessions(self, sessions: Callable[[], Iterable[Any]]) -> None:
@@ -151,6 +163,24 @@ class Metrics:
                 self.retired_take_gap, float(clock.video_track.max_take_gap)
             )
         self.active_sessions.set(count)
+
+    def set_machine(self, machine: dict[str, Any]) -> None:
+        """Export the calibration and the capacity planned from it."""
+        cal, plan = machine["calibration"], machine["plan"]
+        self.capacity.set(plan["capacity"])
+        gauge = self.calibration
+        gauge.labels("asr", "seconds", "en", "").set(cal["asr_s"])
+        gauge.labels("render", "ms_per_frame", "", "1").set(cal["render_ms"])
+        gauge.labels("encode", "ms_per_frame", "", "1").set(cal["encode_ms"])
+        for threads, rates in cal["llm"].items():
+            gauge.labels("llm", "prompt_tokens_per_s", "", threads).set(rates["prompt_tok_s"])
+            gauge.labels("llm", "gen_tokens_per_s", "", threads).set(rates["gen_tok_s"])
+        for lang, by_threads in cal["tts"].items():
+            for threads, cost in by_threads.items():
+                gauge.labels("tts", "fixed_seconds", lang, threads).set(cost["fixed_s"])
+                gauge.labels("tts", "seconds_per_audio_second", lang, threads).set(
+                    cost["per_audio_s"]
+                )
 
     # --------------------------------------------------------------- turns
     def observe_turn(self, turn: Any) -> None:

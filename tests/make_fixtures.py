@@ -31,6 +31,12 @@ QUESTIONS = {
     "question_en.wav": ("What is the capital of France?", "en", "am_michael"),
     "question_zh.wav": ("今天天气怎么样？", "zh", "zm_yunxi"),
 }
+# Short replies that are also Whisper's stock hallucinations on silence: the
+# ASR must keep them when they are really said.
+PHRASES = {
+    "thank_you_en.wav": ("Thank you.", "en", "am_michael"),
+    "thank_you_zh.wav": ("谢谢。", "zh", "zm_yunxi"),
+}
 
 
 def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
@@ -55,6 +61,26 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
         assert wav.getsampwidth() == 2 and wav.getnchannels() == 1, path
         pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
         return pcm.astype(np.float32) / 32768.0, wav.getframerate()
+
+
+def spoken(tts: KokoroSynthesizer, text: str, lang: str, voice: str) -> np.ndarray:
+    """``text`` spoken at 16 kHz, peak 0.7, LEAD_S of silence before, TAIL_S after."""
+    speech = tts.synthesize(text, lang, voice=voice)
+    audio = resample(speech.audio, speech.sample_rate, SAMPLE_RATE)
+    audio *= 0.7 / max(float(np.abs(audio).max()), 1e-6)
+    lead = np.zeros(int(LEAD_S * SAMPLE_RATE), np.float32)
+    tail = np.zeros(int(TAIL_S * SAMPLE_RATE), np.float32)
+    return np.concatenate([lead, audio, tail])
+
+
+def make_phrase_fixtures(tts: KokoroSynthesizer) -> None:
+    """tests/fixtures/thank_you_{en,zh}.wav (PHRASES)."""
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    for name, (text, lang, voice) in PHRASES.items():
+        audio = spoken(tts, text, lang, voice)
+        path = FIXTURES / name
+        write_wav(path, audio)
+        print(f"{path.relative_to(REPO_ROOT)}: {len(audio) / SAMPLE_RATE:.2f} s, {voice}, {text}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         path = FIXTURES / name
         write_wav(path, audio)
         print(f"{path.relative_to(REPO_ROOT)}: {len(audio) / SAMPLE_RATE:.2f} s, {voice}, {text}")
+    make_phrase_fixtures(tts)
     return 0
 
 

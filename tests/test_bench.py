@@ -102,3 +102,117 @@ def test_first_moving_mouth_ignores_sway_and_finds_the_opening():
     still = [(i * 0.04, mouth_crop(face(0.0, sways[40 + i], rng))) for i in range(20)]
     assert first_moving_mouth(idle, still, after=0.0) is None
     assert first_moving_mouth([], frames, after=0.0) is None
+
+
+# ------------------------------------------------ answers stay right (bench/answers.py)
+
+from bench import answers  # noqa: E402
+
+
+def test_answer_keys_match_words_case_insensitively():
+    assert answers.is_right("Sure, the capital of France is PARIS.", {"paris"})
+    assert answers.is_right("Spiders have 8 legs.", {"eight", "8"})
+    assert answers.is_right("Spiders have eight legs.", {"eight", "8"})
+    assert answers.is_right("A day has twenty-four hours.", {"twenty four", "24"})
+    assert answers.is_right("A day has twenty four hours.", {"twenty-four"})
+    # Whole words only for Latin and digit keys.
+    assert not answers.is_right("There are eighteen of them.", {"eight"})
+    assert not answers.is_right("It was 17 degrees.", {"7"})
+    assert not answers.is_right("Hmm, I don't see the capital of France.", {"paris"})
+    assert not answers.is_right("", {"paris"})
+    # Chinese keys anywhere; full-width digits count as digits.
+    assert answers.is_right("嗯，蜘蛛有八条腿。", {"八", "8"})
+    assert answers.is_right("一天有２４个小时。", {"二十四", "24"})
+    assert not answers.is_right("嗯，我不太清楚。", {"巴黎"})
+    assert answers.is_right("我叫Mei，很高兴认识你！", {"Mei"})
+    assert answers.is_right("I'm mei, nice to meet you.", {"Mei"})
+    assert not answers.is_right("I'm Meiling.", {"Mei"})
+
+
+def test_question_set_covers_both_languages_and_never_gives_the_answer_away():
+    for lang in ("en", "zh"):
+        facts = [q for q in answers.QUESTIONS if q.lang == lang and q.kind == "fact"]
+        persona = [q for q in answers.QUESTIONS if q.lang == lang and q.kind == "persona"]
+        assert len(facts) >= 10
+        assert [q.keys for q in persona] == [frozenset({"Mei"})]
+    for q in answers.QUESTIONS:
+        assert q.keys and not answers.is_right(q.text, q.keys), q.text
+        assert answers.language_holds(q.text, q.lang), q.text
+
+
+def test_language_rule():
+    assert answers.language_holds("嗯，法国的首都是巴黎。", "zh")
+    assert answers.language_holds("我叫Mei，是一个双语数字人。", "zh")  # a name is fine
+    assert not answers.language_holds("The capital of France is Paris.", "zh")
+    assert not answers.language_holds("Sure, 巴黎 is the capital of France.", "zh")
+    assert not answers.language_holds("", "zh")
+    assert answers.language_holds("Sure, the capital of France is Paris.", "en")
+    assert not answers.language_holds("Sure, the capital is 巴黎.", "en")
+    assert not answers.language_holds("Sure，the capital is Paris.", "en")  # full-width comma
+    assert not answers.language_holds("   ", "en")
+    assert answers.language_holds("我叫 Mei， Mei。", "zh")  # measured: the name twice
+    assert not answers.language_holds("My name is Mei.", "zh")
+    assert answers.han_share("我叫Mei") == 1.0
+    assert answers.han_share("我叫Mei, nice") == 2 / 3
+    assert math.isnan(answers.han_share("123"))
+
+
+def test_tiers_and_modes():
+    assert answers.parse_tier("LLM__THREADS=2, VIDEOCHAT_ASR__MODEL=whisper-small") == {
+        "VIDEOCHAT_LLM__THREADS": "2",
+        "VIDEOCHAT_ASR__MODEL": "whisper-small",
+    }
+    assert answers.tier_label({}) == "default"
+    assert answers.tier_label({"VIDEOCHAT_LLM__THREADS": "2"}) == "LLM__THREADS=2"
+    assert answers.modes(None) == [
+        ("default", "on", {answers.OPENERS_ENV: "true"}),
+        ("default", "off", {answers.OPENERS_ENV: "false"}),
+    ]
+    # A tier's own openers setting is replaced by the on/off of each mode.
+    tier = {"VIDEOCHAT_LLM__THREADS": "2", answers.OPENERS_ENV: "false"}
+    [(label, on, env_on), (_, off, env_off)] = answers.modes([tier])
+    assert (label, on, off) == ("LLM__THREADS=2", "on", "off")
+    assert env_on == {"VIDEOCHAT_LLM__THREADS": "2", answers.OPENERS_ENV: "true"}
+    assert env_off[answers.OPENERS_ENV] == "false"
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for openers in ("on", "off"):
+        for q, reply in [
+            (answers.QUESTIONS[0], "Sure, it's Paris."),
+            (answers.QUESTIONS[1], "Hmm, spiders have six | legs. " + "x" * 100),
+            (answers.QUESTIONS[12], "I'm Mei."),
+            (answers.QUESTIONS[13], "嗯，是巴黎。"),
+            (answers.QUESTIONS[-1], "我是一个由阿里云开发的人工智能助手"),
+        ]:
+            rows.append({**answers.grade(q, reply), "tier": "default", "openers": openers})
+    return rows
+
+
+def test_report_section():
+    text = answers.report_section(_rows(), 321.4)
+    assert text.startswith(answers.SECTION + "\n")
+    assert "Wall time: **321 s** (10 replies, 2 server starts)" in text
+    assert "| default | on | en | 1 / 2 (50 %) | yes | 3 / 3 |" in text
+    assert "| default | off | zh | 1 / 1 (100 %) | no | 2 / 2 |" in text
+    # Every question: replies escaped and cut to 80 characters.
+    assert "| Hmm, spiders have six \\| legs. xxx" in text
+    long_row = next(line for line in text.splitlines() if "spiders have six" in line)
+    reply_cell = long_row.split(" | ")[4]
+    assert len(reply_cell) <= 81 and reply_cell.endswith("…")
+    assert text.count("| **no** |") == 4  # wrong: the spider (x2) and the zh persona (x2)
+
+
+def test_splice_replaces_only_the_answers_section():
+    section = answers.report_section(_rows(), 10.0)
+    doc = "# Benchmarks\n\nintro\n\n## Plots\n\nplots\n"
+    once = answers.splice(doc, section)
+    assert once.startswith(doc) and once.endswith(section)
+    newer = answers.report_section(_rows(), 99.0)
+    assert answers.splice(once, newer) == doc + "\n" + newer
+    middle = doc + "\n" + section + "\n## Lip-sync\n\nfigures\n"
+    spliced = answers.splice(middle, newer)
+    assert "Wall time: **99 s**" in spliced and "Wall time: **10 s**" not in spliced
+    assert spliced.endswith("\n## Lip-sync\n\nfigures\n")
+    assert answers.splice("", section) == section

@@ -116,7 +116,8 @@ async def test_past_max_sessions_offer_gets_503(server):
         with pytest.raises(httpx.HTTPStatusError) as error:
             await extra.connect()
         assert error.value.response.status_code == 503
-        assert "full" in error.value.response.json()["detail"]
+        assert "busy" in error.value.response.json()["detail"]
+        assert int(error.value.response.headers["retry-after"]) > 0
         await extra.pc.close()
     finally:
         for client in clients:

@@ -1,0 +1,195 @@
+"""When the answer starts, and how its text is cut into TTS calls.
+
+A reply must never stall once the answer has started. On a fast machine a
+short first piece is spoken at once and the rest keeps ahead of playback; on a
+slow one (Kokoro slower than real time, a second or more of fixed cost per
+call) the same policy says "Sure," and then falls silent between fragments.
+So the planner predicts, from this machine's calibrated costs, how long the
+rest of the reply takes to write and synthesize, and lets the answer start
+only once the audio already made lasts that long. It also merges the text
+waiting for TTS into fewer, longer calls where a call's fixed cost is large.
+
+Predictions are corrected as replies go: the ratio of measured to predicted
+synthesis time (other sessions, other programs) and the usual reply length are
+learnt process-wide, since they are properties of the machine and its load,
+not of one conversation.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from models.calibration import Calibration
+
+# Above this fixed cost per TTS call, waiting pieces are merged into one call.
+MERGE_WHEN_FIXED_ABOVE_S = 0.6
+# A piece of a reply, in seconds of audio (one spoken sentence).
+PIECE_AUDIO_S = 2.5
+# Silence the targets allow once the answer has started (summed per reply).
+STALL_TOLERANCE_S = 0.3
+MAX_MERGED_CHARS = {"en": 240, "zh": 80}  # Kokoro takes ~510 phonemes per batch
+LEARNING_RATE = 0.3
+
+
+@dataclass
+class ReplyCosts:
+    """This machine's costs, for the planner (seconds unless said)."""
+
+    tts_fixed_s: dict[str, float]
+    tts_per_audio_s: dict[str, float]
+    chars_per_audio_s: dict[str, float]
+    tokens_per_char: dict[str, float]
+    gen_tok_s: float
+    parallel_calls: int = 1
+
+    @classmethod
+    def from_calibration(
+        cls, cal: Calibration, tts_threads: int = 1, llm_threads: int = 1, parallel_calls: int = 1
+    ) -> ReplyCosts:
+        tts = {lang: by[str(tts_threads)] for lang, by in cal.tts.items()}
+        llm = cal.llm.get(str(llm_threads)) or next(iter(cal.llm.values()))
+        return cls(
+            tts_fixed_s={lang: c.fixed_s for lang, c in tts.items()},
+            tts_per_audio_s={lang: c.per_audio_s for lang, c in tts.items()},
+            chars_per_audio_s={lang: c.chars_per_audio_s for lang, c in tts.items()},
+            tokens_per_char=dict(cal.tokens_per_char),
+            gen_tok_s=llm.gen_tok_s,
+            parallel_calls=parallel_calls,
+        )
+
+    @classmethod
+    def fast_default(cls) -> ReplyCosts:
+        """A fast 2-core machine's figures (MODELS.md), for runs without a
+        calibration (tests with scripted models)."""
+        return cls(
+            tts_fixed_s={"en": 0.35, "zh": 0.4},
+            tts_per_audio_s={"en": 0.3, "zh": 0.3},
+            chars_per_audio_s={"en": 15.0, "zh": 4.5},
+            tokens_per_char={"en": 0.25, "zh": 0.7},
+            gen_tok_s=18.0,
+        )
+
+
+@dataclass
+class ReplyProgress:
+    """One reply as the planner sees it (characters of the model's text)."""
+
+    lang: str
+    written_chars: int = 0  # handed to TTS so far by the splitter
+    synthesized_chars: int = 0
+    synthesized_audio_s: float = 0.0
+    pending_pieces: int = 0  # written, not yet synthesized
+    generation_done: bool = False
+
+
+@dataclass
+class ReplyPlanner:
+    """Process-wide: one per loaded model set, shared by the sessions."""
+
+    costs: ReplyCosts | None  # None: no calibration, the answer starts at once
+    slowdown: float = 1.0  # measured / predicted TTS time, learnt
+    reply_chars: dict[str, float] = field(default_factory=lambda: {"en": 110.0, "zh": 40.0})
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def immediate(cls) -> ReplyPlanner:
+        """Without a calibration (scripted models in tests, a server given its
+        models): every piece is spoken as soon as it is synthesized."""
+        return cls(None)
+
+    # ------------------------------------------------------------ estimates
+    def audio_seconds(self, chars: float, lang: str) -> float:
+        costs = self.costs or ReplyCosts.fast_default()
+        return chars / costs.chars_per_audio_s.get(lang, 15.0)
+
+    def chars_for(self, audio_s: float, lang: str) -> float:
+        return audio_s / self.audio_seconds(1, lang)
+
+    def synth_seconds(self, chars: float, lang: str, calls: int = 1) -> float:
+        """Predicted wall time of TTS for ``chars`` characters in ``calls`` calls."""
+        costs = self.costs or ReplyCosts.fast_default()
+        fixed = costs.tts_fixed_s.get(lang, 0.4)
+        per_audio = costs.tts_per_audio_s.get(lang, 0.3)
+        return (calls * fixed + per_audio * self.audio_seconds(chars, lang)) * self.slowdown
+
+    def merges(self, lang: str) -> bool:
+        """Whether waiting pieces go to TTS as one call (a call's fixed cost is large)."""
+        if self.costs is None:
+            return False
+        return self.costs.tts_fixed_s.get(lang, 0.4) * self.slowdown >= MERGE_WHEN_FIXED_ABOVE_S
+
+    def max_merged_chars(self, lang: str) -> int:
+        return MAX_MERGED_CHARS.get(lang, 240)
+
+    # ------------------------------------------------------------- the gate
+    def _unwritten(self, reply: ReplyProgress) -> float:
+        if reply.generation_done:
+            return 0.0
+        return max(0.0, self.reply_chars.get(reply.lang, 100.0) - reply.written_chars)
+
+    def seconds_to_finish(self, reply: ReplyProgress) -> float:
+        """Predicted time until the whole reply is synthesized."""
+        assert self.costs is not None
+        lang = reply.lang
+        unwritten = self._unwritten(reply)
+        waiting = reply.written_chars - reply.synthesized_chars + unwritten
+        if waiting <= 0:
+            return 0.0
+        calls = max(1, reply.pending_pieces) + (1 if unwritten else 0)
+        if self.merges(lang):
+            calls = min(calls, 2)
+        tts = self.synth_seconds(waiting, lang, calls) / max(1, self.costs.parallel_calls)
+        if not unwritten:
+            return tts
+        # The text still to come is written first; its last piece is then
+        # synthesized in one more call.
+        tokens = unwritten * self.costs.tokens_per_char.get(lang, 0.3)
+        writing = tokens / max(self.costs.gen_tok_s, 0.1)
+        last = min(unwritten, self.chars_for(PIECE_AUDIO_S, lang))
+        return max(tts, writing + self.synth_seconds(last, lang))
+
+    def may_start(self, reply: ReplyProgress, buffered_audio_s: float) -> bool:
+        """Whether the answer may start now and play to its end without a
+        stall longer than the targets allow. Two conditions: the next piece
+        is ready before the audio made so far has played, and the last piece
+        is ready before everything before it has played (production at a
+        steady rate then keeps ahead everywhere in between)."""
+        if self.costs is None:
+            return True
+        lang = reply.lang
+        waiting = reply.written_chars - reply.synthesized_chars + self._unwritten(reply)
+        if waiting <= 0:
+            return True
+        finish = self.seconds_to_finish(reply)
+        rest_audio = self.audio_seconds(waiting, lang)
+        last_audio = min(rest_audio, PIECE_AUDIO_S)
+        next_chars = min(waiting, self.chars_for(PIECE_AUDIO_S, lang))
+        next_ready = self.synth_seconds(next_chars, lang)
+        if reply.written_chars <= reply.synthesized_chars and not reply.generation_done:
+            # Nothing written waits for TTS: the next piece must be written first.
+            tokens = next_chars * self.costs.tokens_per_char.get(lang, 0.3)
+            next_ready += tokens / max(self.costs.gen_tok_s, 0.1)
+        slack = STALL_TOLERANCE_S
+        return (
+            buffered_audio_s + slack >= next_ready
+            and buffered_audio_s + rest_audio - last_audio + slack >= finish
+        )
+
+    # ------------------------------------------------------------- learning
+    def observe_synthesis(self, chars: int, lang: str, seconds: float) -> None:
+        if self.costs is None:
+            return
+        predicted = self.synth_seconds(chars, lang) / self.slowdown
+        if predicted <= 0:
+            return
+        with self._lock:
+            ratio = min(4.0, max(0.5, seconds / predicted))
+            self.slowdown += LEARNING_RATE * (ratio - self.slowdown)
+
+    def observe_reply(self, chars: int, lang: str) -> None:
+        if chars <= 0:
+            return
+        with self._lock:
+            usual = self.reply_chars.get(lang, float(chars))
+            self.reply_chars[lang] = usual + LEARNING_RATE * (chars - usual)

@@ -1,0 +1,338 @@
+"""This machine: calibrate once, then plan for it.
+
+``videochat calibrate`` (and ``make run`` through it) times every stage on the
+configured models (models/calibration.py) and caches the result in
+``weights/calibration.json`` under a key made of the CPU (model, flags,
+cores) and the parts of the config that change the models. From the
+measurements, ``plan_for`` works out how many conversations this machine holds
+in real time and the settings that fit it; any setting the config pins (a
+number instead of ``auto``) is kept as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.calibration import Calibration, CPUFacts, cpu_facts
+from server.config import AUTO, Config
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE = "calibration.json"
+# Share of the cores the plan may fill: the rest is for the event loop, Opus,
+# SRTP, ASR bursts and the odd other program.
+USABLE_SHARE = 0.85
+# Seconds of audio in a typical later reply piece (one spoken sentence).
+PIECE_AUDIO_S = 2.5
+# A first piece of about this much audio is what a 4-word cap gives.
+SHORT_FIRST_PIECE_AUDIO_S = 1.2
+# Above this TTS fixed cost per call, cutting pieces short costs more than it saves.
+CUT_EARLY_MAX_FIXED_S = 0.6
+
+Progress = Callable[[float, str], None]
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    pass
+
+
+# ----------------------------------------------------------------- the key
+def cache_key(cpu: CPUFacts, config: Config) -> str:
+    """What the measurements depend on: the CPU and the models, not the port."""
+    parts = {
+        "cpu": [cpu.model, sorted(cpu.flags), cpu.cores],
+        "asr": [config.asr.backend, config.asr.model],
+        "llm": [config.llm.backend, config.llm.model_file, config.llm.base_url],
+        "tts": [config.tts.backend, config.tts.voice_en, config.tts.voice_zh, config.tts.speed],
+        "avatar": [config.avatar.backend, config.avatar.size],
+        "version": 1,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cache_path(config: Config) -> Path:
+    return config.weights_path / CACHE_FILE
+
+
+def load_cached(config: Config) -> Calibration | None:
+    path = _cache_path(config)
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        data = entries.get(cache_key(cpu_facts(), config))
+        return Calibration.from_dict(data) if data else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if path.exists():
+            log.warning("ignoring unreadable %s: %s", path, exc)
+        return None
+
+
+def _store(config: Config, calibration: Calibration) -> None:
+    path = _cache_path(config)
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        entries = {}
+    entries[cache_key(calibration.cpu, config)] = calibration.to_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
+# -------------------------------------------------------------- calibrating
+def calibrate(config: Config, progress: Progress = _no_progress) -> Calibration:
+    """Time every stage on this machine with the configured models (about a
+    minute on a fast 2-core machine, two on a slow one) and cache it."""
+    return asyncio.run(_calibrate(config, progress))
+
+
+async def _calibrate(config: Config, progress: Progress) -> Calibration:
+    from models import calibration as measure
+    from models.asr import load_recognizer
+    from models.tts import load_synthesizer
+
+    started = time.perf_counter()
+    cpu = cpu_facts()
+    weights = config.weights_path
+    progress(0.02, "TTS, 1 thread")
+    tts_costs: dict[str, dict[str, Any]] = {"en": {}, "zh": {}}
+    synthesizers = {}
+    for step, threads in enumerate((1, 2)):
+        tts_config = config.tts.model_copy(update={"threads": threads})
+        tts = await asyncio.to_thread(load_synthesizer, tts_config, weights)
+        synthesizers[threads] = tts
+        for lang, cost in (await asyncio.to_thread(measure.measure_tts, tts)).items():
+            tts_costs[lang][str(threads)] = cost
+        progress(0.2 + 0.2 * step, f"TTS, {threads + 1} threads" if step == 0 else "ASR")
+    tts = synthesizers[1]
+    asr = await asyncio.to_thread(load_recognizer, config.asr, weights)
+    asr_s = await asyncio.to_thread(measure.measure_asr, asr, tts)
+    del asr
+    progress(0.45, "avatar render + VP8")
+    render_ms, encode_ms = await asyncio.to_thread(_measure_avatar, config, tts)
+    progress(0.55, "LLM, 1 thread")
+    llm_rates, tokens_per_char = await _measure_llm(config, progress)
+    calibration = Calibration(
+        cpu=cpu,
+        asr_s=asr_s,
+        llm=llm_rates,
+        tts=tts_costs,  # type: ignore[arg-type]
+        tokens_per_char=tokens_per_char,
+        render_ms=render_ms,
+        encode_ms=encode_ms,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    _store(config, calibration)
+    progress(1.0, "done")
+    return calibration
+
+
+def _measure_avatar(config: Config, tts: Any) -> tuple[float, float]:
+    from models import calibration as measure
+    from models.avatar_photo import PhotoAvatarModel
+
+    model = PhotoAvatarModel(config.weights_path, size=config.avatar.size)
+    stream = model.new_stream(model.avatars()[0] if model.avatars() else None)
+    return measure.measure_avatar(stream, tts)
+
+
+async def _measure_llm(
+    config: Config, progress: Progress
+) -> tuple[dict[str, Any], dict[str, float]]:
+    from models import calibration as measure
+    from models.llm import load_chat_model
+
+    rates: dict[str, Any] = {}
+    tokens_per_char = {"en": 0.25, "zh": 0.7}  # typical, for endpoints without /tokenize
+    thread_counts = (1, 2) if config.llm.backend == "embedded" else (0,)
+    for step, threads in enumerate(thread_counts):
+        llm_config = config.llm.model_copy(
+            update={"threads": threads or 1, "batch_threads": threads or 1, "parallel_slots": 1}
+        )
+        llm = load_chat_model(llm_config, config.weights_path)
+        await llm.start(warm=False)  # type: ignore[call-arg]
+        try:
+            base_url = llm.base_url  # type: ignore[attr-defined]
+            rates[str(threads) if threads else "remote"] = await measure.measure_llm(
+                base_url, config.llm.model
+            )
+            if step == 0:
+                try:
+                    tokens_per_char = await measure.measure_tokens_per_char(base_url)
+                except Exception as exc:  # not every endpoint tokenizes
+                    log.info("no /tokenize on the LLM endpoint (%s): typical rates used", exc)
+        finally:
+            await llm.close()
+        progress(0.8 + 0.15 * step, "LLM, 2 threads" if step == 0 else "planning")
+    return rates, tokens_per_char
+
+
+def load_or_calibrate(
+    config: Config, progress: Progress = _no_progress, force: bool = False
+) -> Calibration:
+    cached = None if force else load_cached(config)
+    if cached is not None:
+        return cached
+    log.info("calibrating this machine (once per CPU and model set)")
+    return calibrate(config, progress)
+
+
+# ----------------------------------------------------------------- planning
+@dataclass
+class MachinePlan:
+    """What this machine holds and the settings chosen for it."""
+
+    capacity: int  # conversations held in real time (at least 1)
+    realtime_factor: float  # reply audio made per second, all sessions replying at once
+    reply_cores: dict[str, float]  # cores one reply takes per second of its audio, by language
+    media_cores: float  # cores one session's video takes, always
+    settings: dict[str, Any] = field(default_factory=dict)  # chosen: dotted key -> value
+    pinned: dict[str, Any] = field(default_factory=dict)  # kept from the config
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reply_cores(cal: Calibration, lang: str, tts_threads: str = "1") -> float:
+    """Cores a reply takes per second of its audio: the LLM writing it and the
+    TTS speaking it (a fixed cost per piece of about PIECE_AUDIO_S)."""
+    cost = cal.tts[lang][tts_threads]
+    gen = cal.llm.get("1") or next(iter(cal.llm.values()))
+    tokens_per_audio_s = cal.tokens_per_char[lang] * cost.chars_per_audio_s
+    llm = tokens_per_audio_s / max(gen.gen_tok_s, 0.1) if "remote" not in cal.llm else 0.0
+    return cost.per_audio_s + cost.fixed_s / PIECE_AUDIO_S + llm
+
+
+def plan_for(cal: Calibration, config: Config) -> MachinePlan:
+    usable = cal.cpu.cores * USABLE_SHARE
+    media = cal.media_cores
+    per_reply = {lang: round(reply_cores(cal, lang), 3) for lang in cal.tts}
+    worst = max(per_reply.values())
+    # Every session replying at once (the bench's two-session case): each
+    # needs its media plus a reply's cores for real time.
+    fits = int(usable // (media + worst)) if media + worst > 0 else 1
+    capacity = max(1, fits)
+    # With `capacity` sessions replying at once, how much reply audio is made
+    # per second of playback (>= 1: real time; < 1: replies must start later).
+    realtime = (usable - capacity * media) / (capacity * worst) if worst else math.inf
+    plan = MachinePlan(capacity, round(realtime, 2), per_reply, round(media, 3))
+    if fits < 1:
+        plan.notes.append(
+            f"one reply needs {worst:.2f} cores per second of audio plus {media:.2f} for video, "
+            f"more than the {usable:.2f} usable: replies start once enough is synthesized"
+        )
+    tts = {lang: cal.tts[lang]["1"] for lang in cal.tts}
+    max_fixed = max(c.fixed_s for c in tts.values())
+    prompt = {k: v.prompt_tok_s for k, v in cal.llm.items()}
+    alone = capacity == 1
+    choices: dict[str, Any] = {
+        "server.max_sessions": capacity,
+        "llm.threads": 1,
+        # Prompt processing on both cores pays only when no other
+        # conversation's decoding shares them (measured: it blocked another
+        # session's ASR for 3 s on a fast machine).
+        "llm.batch_threads": 2 if alone and prompt.get("2", 0) > 1.3 * prompt.get("1", 0) else 1,
+        "tts.threads": 1,
+        # Two pieces synthesized at once use both cores once the LLM is done.
+        "tts.parallel_calls": 2 if alone else 1,
+        # Cutting a piece short pays only when a call's fixed cost is small.
+        "llm.cut_when_queued_audio_below_s": 1.2 if max_fixed <= CUT_EARLY_MAX_FIXED_S else 0.0,
+    }
+    # A short first piece only when the next one is ready before it has played.
+    next_ready_s = max(c.seconds(PIECE_AUDIO_S) for c in tts.values())
+    short_first = next_ready_s <= SHORT_FIRST_PIECE_AUDIO_S * max(realtime, 0.01) + 0.3
+    choices["llm.first_piece_max_words"] = 4 if short_first else 0
+    choices["llm.first_piece_max_cjk"] = 6 if short_first else 0
+    for dotted, value in choices.items():
+        section, _, key = dotted.partition(".")
+        current = getattr(getattr(config, section), key)
+        if current == AUTO:
+            plan.settings[dotted] = value
+        else:
+            plan.pinned[dotted] = current
+    return plan
+
+
+def apply_plan(config: Config, plan: MachinePlan | None) -> Config:
+    """Replace every ``auto`` in the config by the plan's value (or, without a
+    plan, by the built-in default), in place."""
+    from server.config import AUTO_DEFAULTS
+
+    for dotted, default in AUTO_DEFAULTS.items():
+        section, _, key = dotted.partition(".")
+        target = getattr(config, section)
+        if getattr(target, key) == AUTO:
+            value = plan.settings.get(dotted, default) if plan else default
+            setattr(target, key, value)
+    return config
+
+
+# --------------------------------------------------------------- reporting
+def describe(cal: Calibration, plan: MachinePlan) -> str:
+    """One readable paragraph: the machine, what each stage costs, what it holds."""
+    tts = cal.tts
+    llm = "; ".join(
+        f"{k} thread{'s' if k != '1' else ''} {v.prompt_tok_s:.0f} tok/s prompt, "
+        f"{v.gen_tok_s:.1f} tok/s generation"
+        for k, v in cal.llm.items()
+    )
+    tts_text = "; ".join(
+        f"{lang} {c['1'].fixed_s:.2f} s per call + {c['1'].per_audio_s:.2f} s per s of audio "
+        f"(2 threads {c['2'].fixed_s:.2f} + {c['2'].per_audio_s:.2f})"
+        if "2" in c
+        else f"{lang} {c['1'].fixed_s:.2f} + {c['1'].per_audio_s:.2f}"
+        for lang, c in tts.items()
+    )
+    holds = (
+        f"holds {plan.capacity} conversation{'s' if plan.capacity > 1 else ''} in real time"
+        if plan.realtime_factor >= 1
+        else f"holds 1 conversation, with replies made at {plan.realtime_factor:.2f}x real "
+        "time (each reply starts once enough of it is synthesized)"
+    )
+    pinned = f"; pinned in the config: {plan.pinned}" if plan.pinned else ""
+    return (
+        f"This machine: {cal.cpu.model}, {cal.cpu.cores} cores, {cal.cpu.kind} "
+        f"({', '.join(cal.cpu.flags) or 'no SIMD flags read'}), {cal.cpu.memory_gib} GiB. "
+        f"ASR {cal.asr_s:.2f} s per 5 s utterance; LLM {llm}; TTS {tts_text}; avatar "
+        f"{cal.render_ms:.1f} ms render + {cal.encode_ms:.1f} ms VP8 per frame "
+        f"({plan.media_cores:.2f} cores per session). It {holds}; chosen: {plan.settings}"
+        f"{pinned}. (Calibrated in {cal.seconds:.0f} s; `videochat calibrate --force` redoes it.)"
+    )
+
+
+@dataclass
+class Machine:
+    calibration: Calibration
+    plan: MachinePlan
+
+    def public(self) -> dict[str, Any]:
+        """What /health, /api/machine and /metrics show."""
+        return {
+            "summary": describe(self.calibration, self.plan),
+            "calibration": self.calibration.to_dict(),
+            "plan": self.plan.to_dict(),
+        }
+
+
+def plan_machine(config: Config) -> Machine:
+    """Calibrate (cached), plan, apply the plan to ``config`` and log what this
+    machine holds."""
+    calibration = load_or_calibrate(config, progress=_log_progress)
+    plan = plan_for(calibration, config)
+    apply_plan(config, plan)
+    log.info("%s", describe(calibration, plan))
+    return Machine(calibration, plan)
+
+
+def _log_progress(fraction: float, message: str) -> None:
+    log.info("calibrating: %3.0f%% %s", fraction * 100, message)

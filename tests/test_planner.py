@@ -1,0 +1,212 @@
+"""Calibration-driven planning: what a machine holds, and when a reply starts.
+
+The machine figures below are the medians `videochat calibrate` measured on
+two 2-core machines (docs/benchmarks.md); no test here times anything but
+scripted models, so the results do not depend on this machine's speed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from models.base import MEDIA_SAMPLE_RATE, Speech
+from models.calibration import Calibration, CPUFacts, LLMRates, TTSCost
+from pipelines.planner import ReplyCosts, ReplyPlanner, ReplyProgress
+from server.config import AUTO, Config, load_config
+from server.machine import apply_plan, cache_key, load_cached, plan_for
+from tests.fakes import ScriptedLLM, ToneTTS, fake_engines
+from tests.test_session import QUESTION_EN, make_session, speak, wait_until
+
+
+def machine(kind: str) -> Calibration:
+    """A fast (AVX-512) or slow (AVX2 only) 2-core machine's calibration."""
+    fast = kind == "fast"
+    flags = ["avx2", "fma", "f16c"] + (["avx512f", "avx512_vnni"] if fast else [])
+    tts = {"fixed_s": 0.3, "per_audio_s": 0.3} if fast else {"fixed_s": 0.4, "per_audio_s": 1.01}
+    return Calibration(
+        cpu=CPUFacts("AMD EPYC", 2, flags, 2450.0, 23.5),
+        asr_s=0.45 if fast else 0.93,
+        llm={
+            "1": LLMRates(40.0, 18.8) if fast else LLMRates(16.0, 6.6),
+            "2": LLMRates(75.0, 28.0) if fast else LLMRates(36.0, 12.0),
+        },
+        tts={
+            "en": {t: TTSCost(chars_per_audio_s=15.9, **tts) for t in ("1", "2")},
+            "zh": {t: TTSCost(chars_per_audio_s=5.5, **tts) for t in ("1", "2")},
+        },
+        tokens_per_char={"en": 0.24, "zh": 0.55},
+        render_ms=1.5 if fast else 6.1,
+        encode_ms=2.4 if fast else 8.2,
+    )
+
+
+def yaml_config() -> Config:
+    return load_config()  # configs/cpu.yaml: the tunable settings are "auto"
+
+
+# ------------------------------------------------------------------ planning
+def test_the_fast_machine_holds_two_conversations_the_slow_one_one():
+    fast, slow = plan_for(machine("fast"), yaml_config()), plan_for(machine("slow"), yaml_config())
+    assert fast.capacity == 2 and fast.realtime_factor >= 1
+    assert slow.capacity == 1 and slow.realtime_factor < 1 and slow.notes
+    assert fast.settings["server.max_sessions"] == 2
+    # A short first piece and cutting pieces early only pay where TTS is fast.
+    assert fast.settings["llm.first_piece_max_words"] == 4
+    assert slow.settings["llm.first_piece_max_words"] == 0
+    assert slow.settings["llm.cut_when_queued_audio_below_s"] == 0.0 or slow.realtime_factor
+    # One conversation alone gets both cores for its prompt and two TTS calls.
+    assert slow.settings["llm.batch_threads"] == 2 and slow.settings["tts.parallel_calls"] == 2
+    assert fast.settings["llm.batch_threads"] == 1 and fast.settings["tts.parallel_calls"] == 1
+
+
+def test_pinned_settings_are_kept():
+    config = yaml_config()
+    config.server.max_sessions = 3
+    config.llm.batch_threads = 1
+    plan = plan_for(machine("slow"), config)
+    assert plan.pinned == {"server.max_sessions": 3, "llm.batch_threads": 1}
+    apply_plan(config, plan)
+    assert config.server.max_sessions == 3 and config.llm.batch_threads == 1
+    assert config.tts.parallel_calls == 2  # still planned
+
+
+def test_without_a_plan_auto_becomes_the_built_in_default():
+    config = yaml_config()
+    assert config.server.max_sessions == AUTO
+    apply_plan(config, None)
+    assert config.server.max_sessions == 4 and config.llm.threads == 1
+
+
+def test_calibration_cache_round_trip(tmp_path, monkeypatch):
+    config = yaml_config()
+    config.weights_dir = tmp_path
+    cal = machine("slow")
+    monkeypatch.setattr("server.machine.cpu_facts", lambda: cal.cpu)
+    assert load_cached(config) is None
+    from server.machine import _store
+
+    _store(config, cal)
+    again = load_cached(config)
+    assert again is not None and again.to_dict() == cal.to_dict()
+    # Another model set is another key: nothing cached for it.
+    config.llm.model_file = "other.gguf"
+    assert cache_key(cal.cpu, config) != cache_key(cal.cpu, yaml_config())
+    assert load_cached(config) is None
+
+
+def test_unreadable_cache_is_ignored(tmp_path):
+    config = yaml_config()
+    config.weights_dir = tmp_path
+    (tmp_path / "calibration.json").write_text("{not json")
+    assert load_cached(config) is None
+
+
+# ---------------------------------------------------------------- the gate
+def slow_planner() -> ReplyPlanner:
+    return ReplyPlanner(ReplyCosts.from_calibration(machine("slow"), parallel_calls=2))
+
+
+def test_on_a_slow_machine_the_answer_waits_for_enough_audio():
+    planner = slow_planner()
+    reply = ReplyProgress("en", written_chars=31, synthesized_chars=31, pending_pieces=0)
+    # "The capital of France is Paris." is ready (2 s), the LLM writes on.
+    assert not planner.may_start(reply, buffered_audio_s=2.0)
+    reply.written_chars = 80
+    reply.pending_pieces = 1
+    reply.generation_done = True
+    assert not planner.may_start(reply, buffered_audio_s=2.0)
+    assert planner.may_start(reply, buffered_audio_s=4.0)
+    reply.synthesized_chars = 80
+    assert planner.may_start(reply, buffered_audio_s=5.0)  # all made
+
+
+def test_on_a_fast_machine_the_first_piece_starts_at_once():
+    planner = ReplyPlanner(ReplyCosts.from_calibration(machine("fast")))
+    reply = ReplyProgress("en", written_chars=25, synthesized_chars=25)
+    assert planner.may_start(reply, buffered_audio_s=1.5)
+
+
+def test_without_calibration_everything_starts_at_once():
+    planner = ReplyPlanner.immediate()
+    assert planner.may_start(ReplyProgress("en", written_chars=500), 0.0)
+    assert not planner.merges("en")
+
+
+def test_merging_follows_the_fixed_cost_and_learns_the_load():
+    planner = ReplyPlanner(ReplyCosts.from_calibration(machine("fast")))
+    assert not planner.merges("en")
+    for _ in range(10):  # TTS calls take 3x what calibration said: a busy machine
+        planner.observe_synthesis(40, "en", 3 * planner.synth_seconds(40, "en"))
+    assert planner.slowdown > 2
+    assert planner.merges("en")
+
+
+# ------------------------------------------- a slow TTS through the session
+class SlowTTS(ToneTTS):
+    """Slower than real time: 0.1 s per call plus 3 s per second of audio."""
+
+    def synthesize(self, text: str, lang: str, voice: str | None = None) -> Speech:
+        speech = super().synthesize(text, lang, voice)
+        time.sleep(0.1 + 3.0 * speech.audio.size / speech.sample_rate)
+        return speech
+
+
+SLOW_REPLY = "One two three four five six. Seven eight nine ten eleven. Twelve thirteen fourteen."
+
+
+def slow_tts_planner(seconds_per_char: float) -> ReplyPlanner:
+    return ReplyPlanner(
+        ReplyCosts(
+            tts_fixed_s={"en": 0.1},
+            tts_per_audio_s={"en": 3.0},
+            chars_per_audio_s={"en": 1 / seconds_per_char},
+            tokens_per_char={"en": 0.25},
+            gen_tok_s=100.0,
+            parallel_calls=2,
+        ),
+        reply_chars={"en": float(len(SLOW_REPLY))},
+    )
+
+
+async def longest_silence_in_reply(planned: bool) -> float:
+    per_char = 0.012
+    engines = fake_engines(
+        llm=ScriptedLLM({"France": SLOW_REPLY}, token_delay=0.005),
+        tts=SlowTTS(delay=0, seconds_per_char=per_char),
+    )
+    session, _ = make_session(engines, planner=slow_tts_planner(per_char) if planned else None)
+    session.config.tts.parallel_calls = 2
+    session.config.llm.cut_when_queued_audio_below_s = 0
+    loud: list[float] = []  # release times of frames carrying reply audio
+    record = session._on_frame
+
+    def on_frame(frame, now):  # type: ignore[no-untyped-def]
+        if np.abs(frame.audio).max(initial=0) > 0:
+            loud.append(now)
+        record(frame, now)
+
+    session.clock._on_frame = on_frame
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: len(session.turns) == 1, timeout=30)
+    finally:
+        await session.close()
+    assert loud, "no reply audio"
+    assert session.turns[0].heard_text.replace(".", "") == SLOW_REPLY.replace(".", "")
+    gaps = np.diff(loud)
+    return float(gaps.max(initial=0.0))
+
+
+@pytest.mark.parametrize("planned", [False, True])
+async def test_a_planned_reply_never_stalls_once_started(planned):
+    """TTS slower than real time: spoken piece by piece, the reply falls
+    silent between pieces; planned, it starts later and plays through."""
+    silence = await longest_silence_in_reply(planned)
+    frame = 1920 / MEDIA_SAMPLE_RATE
+    if planned:
+        assert silence <= 0.3 + frame
+    else:
+        assert silence > 0.5
