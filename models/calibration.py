@@ -28,8 +28,9 @@ from models.base import MEDIA_FPS, SpeechRecognizer, SpeechSynthesizer, to_media
 log = logging.getLogger(__name__)
 
 # The sentences every stage is timed on: a short opening (a TTS call's fixed
-# cost) and an answer-sized sentence (its cost per second of audio).
+# cost), a clause and an answer-sized sentence (its cost per second of audio).
 SHORT = {"en": "Sure,", "zh": "好的，"}
+MID = {"en": "The capital of France is Paris.", "zh": "中国的首都是北京。"}
 LONG = {
     "en": "The capital of France is Paris, a city famous for its art, food and old bridges.",
     "zh": "中国的首都是北京，它是一座历史悠久的城市，有很多名胜古迹。",
@@ -154,19 +155,22 @@ def _median_time(fn: Callable[[], Any], runs: int) -> tuple[float, Any]:
 def measure_tts(
     tts: SpeechSynthesizer, langs: Sequence[str] = ("en", "zh"), runs: int = 2
 ) -> dict[str, TTSCost]:
-    """Fixed cost per call and cost per second of audio, from a short and an
-    answer-sized sentence (the first call of each is a warm-up)."""
+    """Fixed cost per call and cost per second of audio: a least-squares line
+    through the median times of three sentences of different lengths (the
+    first call of each language is a warm-up)."""
     costs: dict[str, TTSCost] = {}
     for lang in langs:
         tts.synthesize(SHORT[lang], lang)
-        short_s, short = _median_time(lambda lang=lang: tts.synthesize(SHORT[lang], lang), runs)
-        long_s, speech = _median_time(lambda lang=lang: tts.synthesize(LONG[lang], lang), runs)
-        short_audio = short.audio.size / short.sample_rate
-        long_audio = speech.audio.size / speech.sample_rate
-        per_audio = max(0.0, (long_s - short_s) / max(long_audio - short_audio, 1e-3))
-        fixed = max(0.0, short_s - per_audio * short_audio)
+        points = []
+        for text in (SHORT[lang], MID[lang], LONG[lang]):
+            seconds, speech = _median_time(lambda t=text, lg=lang: tts.synthesize(t, lg), runs)
+            points.append((speech.audio.size / speech.sample_rate, seconds))
+        audio, seconds = np.array(points).T
+        per_audio, fixed = np.polyfit(audio, seconds, 1)
         costs[lang] = TTSCost(
-            round(fixed, 3), round(per_audio, 3), round(len(LONG[lang]) / long_audio, 2)
+            round(max(0.0, float(fixed)), 3),
+            round(max(0.0, float(per_audio)), 3),
+            round(len(LONG[lang]) / float(audio[-1]), 2),
         )
     return costs
 

@@ -74,8 +74,18 @@ FrameCallback = Callable[[AvatarFrame, float], None]
 class MediaClock:
     """Pulls avatar frames at 25 fps and releases them to the tracks on time."""
 
-    def __init__(self, avatar: AvatarStream, on_frame: FrameCallback | None = None) -> None:
+    def __init__(
+        self,
+        avatar: AvatarStream,
+        on_frame: FrameCallback | None = None,
+        idle_video_every: int = 1,
+    ) -> None:
         self.avatar = avatar
+        # While the avatar is not speaking, only every Nth picture is sent (its
+        # audio, silence, still goes out every 20 ms): encoding is most of a
+        # session's media cost, and the idle motion (sway, breathing, blinks)
+        # stays smooth at half the rate. Speech always gets every frame.
+        self.idle_video_every = max(1, int(idle_video_every))
         self.audio_track = PacedTrack("audio")
         self.video_track = PacedTrack("video")
         self._on_frame = on_frame
@@ -157,7 +167,8 @@ class MediaClock:
                 self.max_gap = max(self.max_gap, now - last_sent)
             last_sent = now
 
-            self.video_track.put(_video_frame(frame.image, index))
+            if frame.speaking or index % self.idle_video_every == 0:
+                self.video_track.put(_video_frame(frame.image, index))
             self.audio_track.put(_audio_frame(frame.audio[:AUDIO_FRAME_SAMPLES], samples))
             if self._on_frame is not None:
                 self._on_frame(frame, time.perf_counter())

@@ -89,8 +89,16 @@ class ReplyPlanner:
 
     costs: ReplyCosts | None  # None: no calibration, the answer starts at once
     slowdown: float = 1.0  # measured / predicted TTS time, learnt
+    # Seconds from the LLM's first token until the answer may start (the
+    # opener is timed by it), learnt; the initial value is what the first
+    # piece takes on a fast machine, or what calibration predicts.
+    answer_lag_s: float = 0.5
     reply_chars: dict[str, float] = field(default_factory=lambda: {"en": 110.0, "zh": 40.0})
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.costs is not None:
+            self.answer_lag_s = self.predicted_answer_lag()
 
     @classmethod
     def immediate(cls) -> ReplyPlanner:
@@ -186,6 +194,19 @@ class ReplyPlanner:
         with self._lock:
             ratio = min(4.0, max(0.5, seconds / predicted))
             self.slowdown += LEARNING_RATE * (ratio - self.slowdown)
+
+    def observe_answer_lag(self, seconds: float) -> None:
+        with self._lock:
+            self.answer_lag_s += LEARNING_RATE * (seconds - self.answer_lag_s)
+
+    def predicted_answer_lag(self, lang: str = "en") -> float:
+        """From the first token to the first piece synthesized: its words
+        written (about 8 tokens) and its TTS call."""
+        if self.costs is None:
+            return self.answer_lag_s
+        first_chars = self.chars_for(1.5, lang)
+        tokens = first_chars * self.costs.tokens_per_char.get(lang, 0.3)
+        return tokens / max(self.costs.gen_tok_s, 0.1) + self.synth_seconds(first_chars, lang)
 
     def observe_reply(self, chars: int, lang: str) -> None:
         if chars <= 0:

@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from models.base import MEDIA_SAMPLE_RATE, VAD_SAMPLE_RATE, AvatarFrame, Speech, to_media_rate
+from models.base import (
+    MEDIA_SAMPLE_RATE,
+    SAMPLES_PER_VIDEO_FRAME,
+    VAD_SAMPLE_RATE,
+    AvatarFrame,
+    Speech,
+    to_media_rate,
+)
 from models.registry import Engines, Opener
 from models.tts import detect_lang
 from models.vad import EndOfTurn, SpeechStart, TurnDetector
@@ -33,12 +40,8 @@ log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict[str, Any]], None]
 MAX_TEXT_CHARS = 500
-# The opener is timed to end a comma's pause before the reply's first piece is
-# ready; that piece usually takes this long after the LLM's first token on a
-# 2-core CPU (first clause + its TTS; docs/benchmarks.md), learnt per session.
-INITIAL_REPLY_LAG_S = 0.5
-REPLY_LAG_SMOOTHING = 0.3
-OPENER_PAUSE_S = 0.2
+OPENER_PAUSE_S = 0.2  # a comma's pause between the opener and the answer
+MAX_FILLER_GAP_S = 0.7  # the longest silence between a filler and the opener
 PLAN_RECHECK_S = 0.1  # while the answer is held, the planner looks again this often
 
 
@@ -60,6 +63,7 @@ class ReplyPiece:
     samples: int
     played: int = 0
     filler: bool = False  # "Let me see.": heard, but not the model's words
+    opener: bool = False  # "Sure,": the model's words, said before the answer proper
 
 
 @dataclass
@@ -77,6 +81,12 @@ class Turn:
     latency_sent: bool = False
     heard_text: str = ""
     barge_in_after: float | None = None  # seconds of user speech before the barge-in
+    # Playback: the longest run of frames without reply audio between the
+    # first reply audio and the end, over the whole reply and once the answer
+    # proper had started (the queue ran dry: what the planner prevents).
+    longest_gap: float = 0.0
+    longest_gap_in_answer: float = 0.0
+    _last_audio_frame: float | None = None
     # A speculative turn starts during the hang-over; it speaks only once confirmed.
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
     speech_end_sample: int | None = None  # the VAD position its audio ends at
@@ -95,6 +105,12 @@ class Turn:
         if self.barge_in_after is not None:
             times["barge_in_detected_after"] = round(self.barge_in_after, 4)
         return times
+
+    def playback(self) -> dict[str, float]:
+        return {
+            "longest_gap": round(self.longest_gap, 3),
+            "longest_gap_in_answer": round(self.longest_gap_in_answer, 3),
+        }
 
     def heard(self, fillers: bool = True) -> str:
         """The part of the reply that was actually played to the user (without
@@ -121,6 +137,7 @@ class Turn:
             "reply_text": " ".join(p.text for p in self.pieces),  # what was synthesized
             "interrupted": self.interrupted,
             "latency": self.latency(),
+            "playback": self.playback(),
         }
 
 
@@ -170,7 +187,11 @@ class Session:
         self.avatar = engines.avatar.new_stream(self.avatar_name)
         self.history = ChatHistory(config.llm.system_prompt, config.llm.max_history_messages)
         self.detector = TurnDetector.from_config(engines.vad.new_detector(), config.vad)
-        self.clock = MediaClock(self.avatar, on_frame=self._on_frame)
+        self.clock = MediaClock(
+            self.avatar,
+            on_frame=self._on_frame,
+            idle_video_every=round(config.avatar.fps / float(config.avatar.idle_fps)),
+        )
         self.state = "listening"
         self.created = time.time()
         self.turns: list[Turn] = []
@@ -179,7 +200,6 @@ class Session:
         self._prime_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
         self._last_opener: str | None = None
-        self._reply_lag = INITIAL_REPLY_LAG_S
         self._sink: EventSink | None = None
         self._pending: list[dict[str, Any]] = []
         self.closed = False
@@ -413,6 +433,7 @@ class Session:
                 log.info("session %s: empty continuation after the opener; asking again", self.id)
                 await self._stream_reply(turn, messages[:-1], splitter, pieces)
             turn.mark("llm_done")
+            self.planner.observe_reply(turn.progress.written_chars, turn.progress.lang)
         finally:
             turn.progress.generation_done = True
             pieces.put_nowait(None)
@@ -470,57 +491,67 @@ class Session:
         self._last_opener = opener.text
         return opener
 
-    async def _hold_opener(self, turn: Turn, opener: Opener) -> None:
-        """Hold the opener so that it ends just before the reply's first piece is
-        ready. Said at once, the ~0.3-0.5 s opener ends long before the reply is
-        written and synthesized and leaves a pause. So it waits for the LLM's
-        first token, then for as long as the first piece usually takes from
-        there (learnt per session) less the opener's own length and a comma's
-        pause; it never waits past ``llm.opener_wait_s`` after the end of
-        speech, nor once the first piece is ready."""
+    async def _say_opener(self, turn: Turn, opener: Opener) -> None:
+        """Say the opener so that it ends a comma's pause before the answer
+        starts. Said at once, the ~0.3-0.5 s opener ends long before the answer
+        is written and synthesized and leaves a pause. So it waits for the
+        LLM's first token, then for as long as the answer usually takes from
+        there (learnt across sessions: a property of this machine and its
+        load) less the opener's own length; never past ``llm.opener_wait_s``
+        after the end of speech, nor once the answer may start.
+
+        When the answer is still expected well after the opener would end
+        (a slow or busy CPU), a filler ("Let me see.") is said first and the
+        opener then waits again, but leaves at most ``MAX_FILLER_GAP_S`` of
+        silence after the filler: thinking aloud, not dead air."""
         deadline = turn.end_of_speech + self.config.llm.opener_wait_s
         await _wait_event(turn.first_token, deadline)
-        if turn.first_token.is_set():
-            start = (
-                turn.marks["llm_first_token"]
-                + self._reply_lag
-                - opener.voiced_seconds
-                - OPENER_PAUSE_S
-            )
-            await _wait_event(turn.reply_ready, min(start, deadline))
-
-    async def _say_opener(self, turn: Turn, opener: Opener) -> None:
-        await self._hold_opener(turn, opener)
+        await _wait_event(turn.reply_ready, min(self._opener_start(turn, opener), deadline))
         filler = self._pick_filler(turn, opener)
-        turn.mark("tts_first_audio")
         if filler is not None:
             await self._push(
                 turn, filler.text, filler.lang, filler.speech, filler.audio, filler=True
             )
-        await self._push(turn, opener.text, opener.lang, opener.speech, opener.audio)
+            said = time.perf_counter() + filler.voiced_seconds
+            start = min(self._opener_start(turn, opener), said + MAX_FILLER_GAP_S)
+            await _wait_event(turn.reply_ready, start)
+        await self._push(turn, opener.text, opener.lang, opener.speech, opener.audio, opener=True)
+
+    def _expected_answer(self, turn: Turn) -> float:
+        """When the answer is expected to start (perf_counter time): the learnt
+        lag after the first token, or after now while no token has come."""
+        return turn.marks.get("llm_first_token", time.perf_counter()) + self.planner.answer_lag_s
+
+    def _opener_start(self, turn: Turn, opener: Opener) -> float:
+        return self._expected_answer(turn) - opener.voiced_seconds - OPENER_PAUSE_S
 
     def _pick_filler(self, turn: Turn, opener: Opener) -> Opener | None:
-        """A filler to say before the opener when the reply's first piece is
-        expected well after the opener ends (the opener's wait ran out on a
-        busy CPU): the user hears "Let me see. Sure, ..." rather than "Sure,"
-        and a silence. The first piece is expected the learnt lag after the
-        first token (or after now, if no token has come yet)."""
+        """A filler when the answer is expected more than
+        ``llm.filler_when_silence_ahead_s`` after the opener would end."""
         ahead = self.config.llm.filler_when_silence_ahead_s
         choices = self.engines.fillers.get(opener.lang, [])
         if not ahead or not choices or turn.reply_ready.is_set():
             return None
         now = time.perf_counter()
-        expected = turn.marks.get("llm_first_token", now) + self._reply_lag
-        if expected - (now + opener.voiced_seconds) < ahead:
+        wait = self._expected_answer(turn) - now
+        if wait - opener.voiced_seconds < ahead:
             return None
-        return self._rng.choice(choices)
+        # The longer fillers for the longer waits ("Let me see." for a second,
+        # "Hmm, let me think about that." for two): two of the longest that
+        # fit, so the same one is not said every time.
+        room = wait - opener.voiced_seconds - 2 * OPENER_PAUSE_S
+        fitting = sorted(
+            (f for f in choices if f.voiced_seconds <= room), key=lambda f: -f.voiced_seconds
+        )
+        if not fitting:
+            return min(choices, key=lambda f: f.voiced_seconds)
+        return self._rng.choice(fitting[:2])
 
     def _learn_reply_lag(self, turn: Turn) -> None:
-        """Seconds from the first token to the first piece's audio, smoothed."""
+        """Seconds from the first token to the moment the answer may start."""
         first_token = turn.marks.get("llm_first_token")
         if first_token is not None:
-            lag = time.perf_counter() - first_token
-            self._reply_lag += REPLY_LAG_SMOOTHING * (lag - self._reply_lag)
+            self.planner.observe_answer_lag(time.perf_counter() - first_token)
 
     async def _push(
         self,
@@ -530,11 +561,12 @@ class Session:
         speech: Speech,
         audio: np.ndarray,
         filler: bool = False,
+        opener: bool = False,
     ) -> None:
         await turn.confirmed.wait()
         turn.mark("tts_first_audio")
         tag = (turn.index, len(turn.pieces))
-        turn.pieces.append(ReplyPiece(text, lang, samples=audio.size, filler=filler))
+        turn.pieces.append(ReplyPiece(text, lang, samples=audio.size, filler=filler, opener=opener))
         self.avatar.push_audio(audio, tag=tag, speech=speech)
 
     async def _speak(
@@ -667,17 +699,28 @@ class Session:
         turn = self._turn
         if turn is None:
             return
+        reply_audio = False
         for tag, samples in frame.played:
             turn_index, piece_index = tag
             if turn_index != turn.index or piece_index >= len(turn.pieces):
                 continue
             piece = turn.pieces[piece_index]
+            reply_audio = reply_audio or samples > 0
             if piece.played == 0 and samples > 0:
                 self.emit({"type": "bot_text", "text": piece.text})
                 if piece_index == 0:
                     turn.marks.setdefault("first_audio_sent", now)
                     self._set_state("speaking")
+                if not piece.filler and not piece.opener:
+                    turn.marks.setdefault("answer_audio_sent", now)
             piece.played += samples
+        if reply_audio:
+            if turn._last_audio_frame is not None and not self.clock.held:
+                gap = now - turn._last_audio_frame - SAMPLES_PER_VIDEO_FRAME / MEDIA_SAMPLE_RATE
+                turn.longest_gap = max(turn.longest_gap, gap)
+                if "answer_audio_sent" in turn.marks and now > turn.marks["answer_audio_sent"]:
+                    turn.longest_gap_in_answer = max(turn.longest_gap_in_answer, gap)
+            turn._last_audio_frame = now
         if (
             turn.generation_done
             and self.avatar.queued_samples == 0
@@ -689,7 +732,14 @@ class Session:
     def _send_latency(self, turn: Turn) -> None:
         if not turn.latency_sent:
             turn.latency_sent = True
-            self.emit({"type": "turn", "index": turn.index, "latency": turn.latency()})
+            self.emit(
+                {
+                    "type": "turn",
+                    "index": turn.index,
+                    "latency": turn.latency(),
+                    "playback": turn.playback(),
+                }
+            )
 
     # -------------------------------------------------------- interruption
     def interrupt(self, reason: str) -> None:

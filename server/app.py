@@ -26,7 +26,7 @@ from server.config import REPO_ROOT, Config
 from server.machine import apply_plan, plan_machine
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
-from server.rtc import answer_offer, offer_loopback_only
+from server.rtc import answer_offer, encode_vp8_without_denoiser, offer_loopback_only
 
 log = logging.getLogger(__name__)
 STATIC = REPO_ROOT / "static"
@@ -143,6 +143,7 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
     """Build the app. ``engines`` may be given (tests); otherwise models load at startup."""
     if config.server.loopback_only:
         offer_loopback_only()
+    encode_vp8_without_denoiser()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

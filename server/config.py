@@ -27,6 +27,7 @@ AUTO_DEFAULTS: dict[str, int | float] = {
     "llm.cut_when_queued_audio_below_s": 1.2,
     "tts.threads": 1,
     "tts.parallel_calls": 1,
+    "avatar.idle_fps": 25.0,
 }
 
 
@@ -93,7 +94,7 @@ class LLMConfig(BaseModel):
     # The opener is timed to end just before the reply's first piece (it waits
     # for the LLM's first token), but waits at most this long after the end of
     # speech (0 = say it at once).
-    opener_wait_s: float = 1.5
+    opener_wait_s: float = 1.0
     # Said before the opener when, at that moment, the reply's first piece is
     # still expected this many seconds after the opener ends (a busy CPU):
     # a spoken pause ("Let me see.") instead of a silent one. 0 = never.
@@ -115,6 +116,7 @@ class AvatarConfig(BaseModel):
     backend: Literal["photo", "musetalk"] = "photo"
     default: str = "astronaut"
     fps: int = 25
+    idle_fps: float | Auto = 25.0  # pictures per second while the avatar is not speaking
     size: int = 512
 
 

@@ -17,6 +17,58 @@ from pipelines.session import Session
 log = logging.getLogger(__name__)
 
 
+def encode_vp8_without_denoiser() -> None:
+    """Make aiortc's VP8 encoder run without libvpx's denoiser.
+
+    aiortc opens libvpx with ``noise-sensitivity 4``. Our frames are rendered,
+    not filmed: there is no sensor noise to remove, and on the avatar the
+    denoiser costs 1.7 ms a frame (8.1 against 6.4 ms on a 2-core AVX2 EPYC,
+    ``python -m bench.encoder``) and lowers the PSNR (41.8 against 46.4 dB).
+    There is no setting for it, so the encoder class aiortc picks is replaced
+    by one that opens libvpx itself with aiortc 1.16's options but this one.
+    """
+    import multiprocessing
+
+    import aiortc.codecs
+    from aiortc.codecs.vpx import Vp8Encoder, number_of_threads
+
+    class Vp8EncoderWithoutDenoiser(Vp8Encoder):
+        def encode(self, frame, force_keyframe: bool = False):  # type: ignore[no-untyped-def]
+            codec = self.codec
+            bitrate = self.target_bitrate
+            if codec is None or (
+                frame.width != codec.width
+                or frame.height != codec.height
+                or abs(bitrate - codec.bit_rate) / codec.bit_rate > 0.1
+            ):
+                codec = av.CodecContext.create("libvpx", "w")
+                codec.width, codec.height = frame.width, frame.height
+                codec.bit_rate = bitrate
+                codec.pix_fmt = "yuv420p"
+                codec.gop_size = 3000
+                codec.qmin, codec.qmax = 2, 56
+                codec.options = {
+                    "bufsize": str(bitrate),
+                    "cpu-used": "-6",
+                    "deadline": "realtime",
+                    "lag-in-frames": "0",
+                    "minrate": str(bitrate),
+                    "maxrate": str(bitrate),
+                    "noise-sensitivity": "0",
+                    "overshoot-pct": "15",
+                    "partitions": "0",
+                    "static-thresh": "1",
+                    "undershoot-pct": "100",
+                }
+                codec.thread_count = number_of_threads(
+                    frame.width * frame.height, multiprocessing.cpu_count()
+                )
+                self.codec = codec
+            return super().encode(frame, force_keyframe)
+
+    aiortc.codecs.Vp8Encoder = Vp8EncoderWithoutDenoiser  # what get_encoder() builds
+
+
 def offer_loopback_only() -> None:
     """Make aioice gather only 127.0.0.1 host candidates (it never offers
     loopback by default). For tests, benchmarks and sandboxed machines."""

@@ -77,3 +77,62 @@ async def test_a_held_clock_repeats_the_picture_in_silence_and_resumes_in_order(
         assert 0 in audio[4:12]  # silence while held
     finally:
         await clock.stop()
+
+
+class IdleThenSpeakingAvatar(CountingAvatar):
+    """Not speaking for its first 6 frames, then speaking."""
+
+    def next_frame(self):
+        frame = super().next_frame()
+        frame.speaking = self.rendered > 6
+        return frame
+
+
+async def test_idle_pictures_go_out_at_the_idle_rate_and_speech_at_the_full_rate():
+    from pipelines.clock import MediaClock
+
+    avatar = IdleThenSpeakingAvatar()
+    clock = MediaClock(avatar, idle_video_every=2)  # type: ignore[arg-type]
+    clock.start()
+    try:
+        # 12 frames' audio: every 20 ms, idle or not.
+        for _ in range(24):
+            await clock.audio_track.recv()
+        await asyncio.sleep(0.01)
+        pictures = []
+        while not clock.video_track._queue.empty():
+            pictures.append(int((await clock.video_track.recv()).to_ndarray(format="rgb24").max()))
+        idle = [p for p in pictures if p <= 6]
+        speaking = [p for p in pictures if p > 6]
+        assert idle == [1, 3, 5]  # every other idle picture
+        assert speaking == list(range(7, 7 + len(speaking))) and len(speaking) >= 5
+    finally:
+        await clock.stop()
+
+
+def test_vp8_is_encoded_without_the_denoiser():
+    import fractions
+
+    import av
+    from aiortc.codecs import get_encoder
+    from aiortc.codecs.vpx import Vp8Decoder, vp8_depayload
+    from aiortc.jitterbuffer import JitterFrame
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from server.rtc import encode_vp8_without_denoiser
+
+    encode_vp8_without_denoiser()
+    encoder = get_encoder(RTCRtpCodecParameters("video/VP8", clockRate=90_000, payloadType=96))
+    assert type(encoder).__name__ == "Vp8EncoderWithoutDenoiser"
+    decoder = Vp8Decoder()
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 16:48] = (200, 100, 50)
+    for index in range(3):
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = index * 3600, fractions.Fraction(1, 90_000)
+        payloads, timestamp = encoder.encode(frame)
+        data = b"".join(vp8_depayload(p) for p in payloads)
+        (decoded,) = decoder.decode(JitterFrame(data=data, timestamp=timestamp))
+        out = decoded.to_ndarray(format="rgb24")
+        assert out.shape == image.shape
+        assert abs(int(out[32, 32, 0]) - 200) < 20  # the picture survives the round trip

@@ -57,8 +57,13 @@ def test_the_fast_machine_holds_two_conversations_the_slow_one_one():
     assert fast.settings["llm.first_piece_max_words"] == 4
     assert slow.settings["llm.first_piece_max_words"] == 0
     assert slow.settings["llm.cut_when_queued_audio_below_s"] == 0.0 or slow.realtime_factor
-    # One conversation alone gets both cores for its prompt and two TTS calls.
+    # One conversation alone gets both cores for its prompt and for TTS.
     assert slow.settings["llm.batch_threads"] == 2 and slow.settings["tts.parallel_calls"] == 2
+    faster_with_two = machine("slow")
+    for by_threads in faster_with_two.tts.values():
+        by_threads["2"] = TTSCost(0.38, 0.67, by_threads["1"].chars_per_audio_s)
+    two = plan_for(faster_with_two, yaml_config()).settings
+    assert two["tts.threads"] == 2 and two["tts.parallel_calls"] == 1
     assert fast.settings["llm.batch_threads"] == 1 and fast.settings["tts.parallel_calls"] == 1
 
 
@@ -70,7 +75,7 @@ def test_pinned_settings_are_kept():
     assert plan.pinned == {"server.max_sessions": 3, "llm.batch_threads": 1}
     apply_plan(config, plan)
     assert config.server.max_sessions == 3 and config.llm.batch_threads == 1
-    assert config.tts.parallel_calls == 2  # still planned
+    assert config.tts.parallel_calls == 2  # still planned (2-thread calls do not pay here)
 
 
 def test_without_a_plan_auto_becomes_the_built_in_default():

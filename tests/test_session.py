@@ -269,7 +269,7 @@ async def test_a_filler_comes_before_the_opener_only_when_the_reply_will_be_late
     session, events = make_session(engines)
     session.config.llm.opener_wait_s = 0.3
     if first_delay:  # and earlier turns taught it the first piece comes 1 s after the token
-        session._reply_lag = 1.0
+        session.planner.answer_lag_s = 1.0
     try:
         speak(session, QUESTION_EN)
         await wait_until(lambda: len(session.turns) == 1)
