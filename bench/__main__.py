@@ -18,18 +18,26 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 
 from bench import answers
 from bench.analysis import (
+    MAX_SILENCE,
+    admission_text,
+    answer_proper,
     edit_distance,
+    evaluate_targets,
     first_moving_mouth,
     frame_stats,
+    longest_silence,
     pct,
     stall_time,
+    stall_time_after,
     stalls,
+    target_table,
     tokens,
 )
 from bench.client import Client, to_48k
@@ -114,15 +122,29 @@ async def ask(client: Client, lang: str, scenario: str, prompt, barrier=None) ->
     fps, max_gap = frame_stats(client.received.video_times, reply_start, reply_end)
     _, max_gap_net = frame_stats(client.received.video_packet_times, reply_start, reply_end)
     ref, hyp = tokens(text, lang), tokens(final["text"], lang)
+    audio = client.received.audio
+    latency = turn["latency"]
+    first = (first_audio - end_of_speech) if first_audio else float("nan")
+    # The answer proper (after any filler and opener) at the client: its first
+    # reply audio plus how long the server played before the answer.
+    answer = answer_proper(first, latency)
+    silence, silence_at = (
+        longest_silence(audio, reply_start, reply_end) if first_audio else (float("nan"),) * 2
+    )
     row = {
         "scenario": scenario,
         "lang": lang,
         "prompt": text,
         "heard": final["text"],
-        "first_audio": (first_audio - end_of_speech) if first_audio else float("nan"),
-        "stall": stall_time(client.received.audio, reply_start, reply_end),
-        "stalls": stalls(client.received.audio, reply_start, reply_end),
-        "stages": turn["latency"],
+        "first_audio": first,
+        "answer_audio": answer,
+        "longest_silence": silence,
+        "longest_silence_at": silence_at,
+        "stall": stall_time(audio, reply_start, reply_end),
+        "stalls": stalls(audio, reply_start, reply_end),
+        "stall_answer": stall_time_after(audio, reply_start, end_of_speech + answer, reply_end),
+        "stages": latency,
+        "playback": turn.get("playback") or {},
         "errors": edit_distance(ref, hyp),
         "ref_len": len(ref),
         "fps": fps,
@@ -137,7 +159,9 @@ async def ask(client: Client, lang: str, scenario: str, prompt, barrier=None) ->
     }
     print(
         f"[{scenario} {lang}] {text} -> {final['text']!r}: first audio "
-        f"{row['first_audio']:.2f} s, stall {row['stall']:.2f} s, fps {fps:.1f}, "
+        f"{row['first_audio']:.2f} s, answer {answer:.2f} s, longest silence "
+        f"{silence:.2f} s, stall {row['stall']:.2f} s (after the answer starts "
+        f"{row['stall_answer']:.2f} s), fps {fps:.1f}, "
         f"max gap {1000 * max_gap:.0f} ms (packets {1000 * max_gap_net:.0f} ms)",
         flush=True,
     )
@@ -196,6 +220,16 @@ STORY_REQUEST = (
 )
 
 
+def preamble_texts() -> set[str]:
+    """The fillers and openers of the config: said before the answer proper."""
+    llm = load_config().llm
+    texts: set[str] = set()
+    for table in (llm.openers, llm.fillers):
+        for items in (table or {}).values():
+            texts.update(t.strip() for t in items)
+    return texts
+
+
 async def run_barge_in(
     base: str, interruption, trials: int = 3
 ) -> tuple[list[float], list[float], list[float]]:  # type: ignore[no-untyped-def]  # noqa: E501
@@ -203,6 +237,7 @@ async def run_barge_in(
     the user's speech to the last non-silent reply audio frame at the client,
     and the server's barge_in_detected_after of the interrupted turns."""
     text, pcm, _speech_end = interruption
+    preamble = preamble_texts()
     stops: list[float] = []
     detected: list[float] = []
     noticed: list[float] = []
@@ -212,10 +247,11 @@ async def run_barge_in(
         for _ in range(trials):
             seen = len(client.received.events)
             client.send({"type": "text", "text": STORY_REQUEST})
-            first = await client.wait_for(lambda e: e["type"] == "bot_text", 90, since=seen)
-            # Talk once the story itself (not just its opener) is playing.
+            # Talk once the story itself (not a filler or the opener) is playing.
             await client.wait_for(
-                lambda e: e["type"] == "bot_text", 90, since=client.index_of(first) + 1
+                lambda e: e["type"] == "bot_text" and e["text"].strip() not in preamble,
+                120,
+                since=seen,
             )
             await asyncio.sleep(0.3)
             since = len(client.received.events)
@@ -279,6 +315,116 @@ def server_pacing(base: str) -> dict[str, float]:
     return values
 
 
+def cpu_kind(cpu: dict) -> str:
+    """The CPU kind of a calibration (models/calibration.py's CPUFacts.kind:
+    "AVX2", "AVX-512 VNNI", ...), from its flags."""
+    if cpu.get("kind"):
+        return str(cpu["kind"])
+    try:
+        from models.calibration import CPUFacts
+
+        return str(CPUFacts.kind.fget(SimpleNamespace(**cpu)))  # type: ignore[attr-defined]
+    except Exception:
+        return "unknown"
+
+
+def server_machine(base: str) -> dict:
+    """What the bench's server says of this machine: GET /api/machine (its
+    summary paragraph, the CPU kind of its calibration, ``plan.capacity``)
+    and the admission limit it enforces (/health ``capacity``)."""
+    info: dict = {"summary": "", "kind": None, "capacity": None, "limit": None}
+    try:
+        response = httpx.get(f"{base}/api/machine", timeout=10)
+        if response.status_code == 200:
+            data = response.json()
+            info["summary"] = data.get("summary", "")
+            info["kind"] = cpu_kind(data.get("calibration", {}).get("cpu", {}))
+            capacity = data.get("plan", {}).get("capacity")
+            info["capacity"] = int(capacity) if capacity is not None else None
+        else:
+            info["summary"] = f"(GET /api/machine: {response.status_code} {response.text[:200]})"
+        limit = httpx.get(f"{base}/health", timeout=10).json().get("capacity")
+        info["limit"] = int(limit) if limit is not None else None
+    except (httpx.HTTPError, ValueError) as exc:
+        info["summary"] = info["summary"] or f"(GET /api/machine failed: {exc})"
+    return info
+
+
+async def run_admission(base: str, limit: int, langs: list[str]) -> dict:
+    """Open ``limit`` sessions and one more: the extra offer must get 503 with
+    a Retry-After header and a message, and every admitted session must still
+    answer one typed question (asked at the same time, over the data channel)."""
+    questions = [
+        next(q for q in answers.QUESTIONS if q.lang == lang and q.kind == "fact") for lang in langs
+    ]
+    result: dict = {
+        "limit": limit,
+        "admitted": 0,
+        "refused": False,
+        "status": None,
+        "retry_after": None,
+        "message": "",
+        "answered": 0,
+        "right": 0,
+        "replies": [],
+    }
+    admitted: list[Client] = []
+    extra = Client(base, lang="auto")
+    try:
+        for _ in range(limit):
+            client = Client(base, lang="auto")
+            try:
+                await client.connect()
+            except httpx.HTTPStatusError as exc:
+                await client.close()
+                result["message"] = f"admitted session refused: {exc}"
+                break
+            admitted.append(client)
+        result["admitted"] = len(admitted)
+        try:
+            await extra.connect()
+            result["status"] = 200
+        except httpx.HTTPStatusError as exc:
+            response = exc.response
+            retry = response.headers.get("retry-after")
+            try:
+                message = str(response.json().get("detail", ""))
+            except ValueError:
+                message = response.text
+            result.update(status=response.status_code, retry_after=retry, message=message)
+            result["refused"] = response.status_code == 503 and bool(retry) and bool(message)
+        print(
+            f"[admission] {len(admitted)} of {limit + 1} admitted; the extra offer got "
+            f"{result['status']} (Retry-After: {result['retry_after']}): {result['message']}",
+            flush=True,
+        )
+        await asyncio.sleep(1.0)  # let the media settle
+
+        async def typed(client: Client, question: answers.Question) -> str:
+            seen = len(client.received.events)
+            client.send({"type": "text", "text": question.text})
+            try:
+                await client.wait_for_reply(since=seen, timeout=150)
+            except TimeoutError:
+                return ""
+            return " ".join(
+                e["text"] for _, e in client.received.events[seen:] if e["type"] == "bot_text"
+            ).strip()
+
+        asked = [questions[i % len(questions)] for i in range(len(admitted))]
+        replies = await asyncio.gather(*(typed(c, q) for c, q in zip(admitted, asked, strict=True)))
+        for question, reply in zip(asked, replies, strict=True):
+            result["replies"].append((question.text, reply))
+            result["answered"] += bool(reply)
+            result["right"] += answers.is_right(reply, question.keys)
+            print(f"[admission] {question.text} -> {reply!r}", flush=True)
+    finally:
+        await extra.close()
+        for client in admitted:
+            await client.close()
+    return result
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -318,9 +464,52 @@ def _f(value: float, digits: int = 2) -> str:
     return "-" if value != value else f"{value:.{digits}f}"
 
 
-def _spread(values: list[float]) -> str:
+def _spread(values: list[float], q: float = 95) -> str:
+    """p50 / p``q`` / max."""
     top = max((v for v in values if v == v), default=float("nan"))
-    return f"{_f(pct(values, 50))} / {_f(pct(values, 95))} / {_f(top)}"
+    return f"{_f(pct(values, 50))} / {_f(pct(values, q))} / {_f(top)}"
+
+
+def _plural(n: int) -> str:
+    return f"{n} conversation{'s' if n != 1 else ''}"
+
+
+def machine_section(info: dict, skipped: list[int], admission: dict | None) -> list[str]:
+    """The server's own account of this machine, what it holds and the
+    admission check: at the top of the report, beside every figure."""
+    capacity, limit = info.get("capacity"), info.get("limit")
+    lines = ["## This machine", ""]
+    lines += [info.get("summary") or "(no /api/machine summary)", ""]
+    held = (
+        f"**{_plural(capacity)}** at once (`plan.capacity`, GET /api/machine)"
+        if capacity is not None
+        else "unknown (no `plan.capacity`)"
+    )
+    text = f"Capacity: {held}"
+    if limit is not None and limit != capacity:
+        text += f"; the server admits {limit} (`server.max_sessions` pinned in the config)"
+    lines.append(text + ".")
+    if skipped:
+        names = ", ".join(f"{n}-session" for n in skipped)
+        lines += [
+            "",
+            f"This machine holds {_plural(capacity or limit or 1)}, so the {names} rows are "
+            "not run.",
+        ]
+    if admission is not None:
+        lines += ["", "Admission check (`--no-admission` skips it): "]
+        if "error" in admission:
+            lines[-1] += f"failed: {admission['error']}."
+        else:
+            refused = (
+                f"the extra offer got {admission['status']} (Retry-After: "
+                f'{admission["retry_after"]}, "{admission["message"]}")'
+            )
+            lines[-1] += (
+                f"{admission_text(admission)} ({refused}; one typed question per admitted "
+                f"session, asked at once: {admission['right']} right)."
+            )
+    return lines + [""]
 
 
 def kept_levers(out: Path) -> str:
@@ -344,12 +533,31 @@ def report(
     command: str,
     out: Path,
     plots: list[str],
+    machine_info: dict | None = None,
+    admission: dict | None = None,
+    answer_rows: list[dict] | None = None,
+    skipped: list[int] | None = None,
 ) -> str:
     levers = kept_levers(out)
+    info = machine_info or {}
+    kind = info.get("kind")
+    capacity = info.get("capacity")
+    held = f", holds {_plural(capacity)}" if capacity is not None else ""
+    targets = evaluate_targets(rows, barge_in[0], peak_rss, kind, capacity, admission, answer_rows)
     lines = [
         "# Benchmarks",
         "",
-        f"Run on {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} with `{command}` on: {machine()}.",
+        f"Run on {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} with `{command}` on: {machine()}; "
+        f"CPU kind **{kind or 'unknown'}** (the server's calibration){held}.",
+        "",
+        *machine_section(info, skipped or [], admission),
+        "## Against the targets",
+        "",
+        "Every scenario run must meet a latency target (each listed); the answer-proper",
+        "target depends on the CPU kind (2.0 s with AVX-512, 3.0 s without). Definitions",
+        "below.",
+        "",
+        *target_table(targets),
         "",
         "Prompts spoken in real time by aiortc clients over loopback against a server",
         "started for the run (`videochat serve --loopback-only`, default config",
@@ -373,13 +581,27 @@ def report(
         "  frames as the client's track returns them / last RTP packet of each frame",
         "  as it arrives, before the client's decoder (the network-side view);",
         "- **stall**: per reply, silences between reply audio frames longer than the",
-        "  natural pause between sentences (350 ms), summed beyond that pause;",
+        "  natural pause between sentences (350 ms), summed beyond that pause (whole",
+        "  reply, from its first audio: the wait after an opener counts);",
+        "- **answer proper**: end of speech to the first audio of the answer itself,",
+        "  after any filler and opener, at the client: its first reply audio plus how",
+        "  long the server played filler and opener before the answer (the turn's",
+        "  `answer_audio_sent - first_audio_sent`, one server clock); the first audio",
+        "  when there was no opener;",
+        "- **longest silence**: per reply, the longest run of silent received audio",
+        "  between its first and last loud frame (opener to answer, between sentences);",
+        "- **stall after the answer starts**: the stall above, counting only silences",
+        "  that end after the answer proper has started (0.2 s margin for the",
+        "  estimate), so the wait after an opener is not in it;",
+        "- **server gap**: the turn's `playback.longest_gap_in_answer` (server clock:",
+        "  frames released without reply audio once the answer had started);",
         "- **ASR error**: WER (en, words) or CER (zh, characters) of the final transcripts.",
         "",
         "## End of speech to first reply audio and first moving mouth (p50 / p95 / max)",
         "",
         "| scenario | lang | prompts | first audio | first mouth | fps median (min) "
-        "| max frame gap (ms) decoded / packets | stall per reply median / max | ASR error |",
+        "| max frame gap (ms) decoded / packets | stall per reply (whole reply) median / max "
+        "| ASR error |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
@@ -402,6 +624,50 @@ def report(
                 f"| {1000 * max(gaps, default=float('nan')):.0f} / "
                 f"{1000 * max(net, default=float('nan')):.0f} "
                 f"| {_f(pct(stalls, 50))} / {_f(max(stalls))} | {metric} {100 * err:.1f} % |"
+            )
+    if skipped:
+        lines += [
+            "",
+            f"Not run: {', '.join(f'{n} sessions' for n in skipped)} (more than this machine "
+            "holds, see above).",
+        ]
+    lines += [
+        "",
+        "## Reply audio at the client: answer proper, silences, stalls after the answer",
+        "",
+        "Answer proper in seconds from the end of speech (p50 / p95 / max); per reply",
+        "silences and stalls in seconds (p50 / p90 / max); **lead**: median seconds of",
+        "filler and opener before the answer (server marks). Targets: no silence over",
+        f"{MAX_SILENCE:.1f} s in any reply, stall after the answer starts p90 <= 0.3 s.",
+        "",
+        "| scenario | lang | replies | answer proper | lead | longest silence "
+        f"| replies with silence > {MAX_SILENCE:.1f} s | stall after the answer starts "
+        "| stall, whole reply (old) | server gap in answer, max (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario in scenarios:
+        groups = [
+            (lang, [r for r in rows if r["lang"] == lang and r["scenario"] == scenario])
+            for lang in ("en", "zh")
+        ]
+        groups = [(lang, sub) for lang, sub in groups if sub]
+        if len(groups) > 1:
+            groups.append(("all", [r for _, sub in groups for r in sub]))
+        for lang, sub in groups:
+            lead = [r["answer_audio"] - r["first_audio"] for r in sub]
+            silence = [r.get("longest_silence", float("nan")) for r in sub]
+            measured = [v for v in silence if v == v]
+            server_gap = [
+                float(r.get("playback", {}).get("longest_gap_in_answer", float("nan"))) for r in sub
+            ]
+            server_gap = [g for g in server_gap if g == g]
+            lines.append(
+                f"| {scenario} | {lang} | {len(sub)} | {_spread([r['answer_audio'] for r in sub])} "
+                f"| {_f(pct(lead, 50))} | {_spread(silence, 90)} "
+                f"| {sum(v > MAX_SILENCE for v in measured)} of {len(measured)} "
+                f"| {_spread([r['stall_answer'] for r in sub], 90)} "
+                f"| {_spread([r['stall'] for r in sub], 90)} "
+                f"| {_f(1000 * max(server_gap, default=float('nan')), 0)} |"
             )
     stops, detected, noticed = barge_in
 
@@ -471,14 +737,20 @@ def report(
         "",
         "## Every prompt",
         "",
-        "| scenario | lang | prompt | heard (ASR) | first audio | first mouth "
-        "| stall (each: excess@s into the reply) | fps | max gap (ms) | reply |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | lang | prompt | heard (ASR) | first audio | answer proper | first mouth "
+        "| longest silence (@s into the reply) | stall (each: excess@s into the reply) "
+        "| stall after the answer starts | fps | max gap (ms) | reply |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        silence = r.get("longest_silence", float("nan"))
+        where = r.get("longest_silence_at", float("nan"))
         lines.append(
             f"| {r['scenario']} | {r['lang']} | {r['prompt']} | {r['heard']} "
-            f"| {_f(r['first_audio'])} | {_f(r['first_mouth'])} | {_stall_places(r)} "
+            f"| {_f(r['first_audio'])} | {_f(r.get('answer_audio', float('nan')))} "
+            f"| {_f(r['first_mouth'])} "
+            f"| {_f(silence)}{f' (@{where:.1f})' if silence == silence and silence > 0 else ''} "
+            f"| {_stall_places(r)} | {_f(r.get('stall_answer', float('nan')))} "
             f"| {r['fps']:.1f} | {_f(1000 * r['max_gap'], 0)} | {r['bot'][:80]} |"
         )
     lines += ["", levers.rstrip()]
@@ -503,9 +775,20 @@ async def main_async(args: argparse.Namespace) -> None:
     rows: list[dict] = []
     resources: dict[str, dict[str, float]] = {}
     barge_in: tuple[list[float], list[float], list[float]] = ([], [], [])
+    skipped: list[int] = []
+    admission: dict | None = None
     with running_server() as (base, process):
+        info = server_machine(base)
+        print(f"machine: {info['summary']}", flush=True)
+        # Scenarios with more sessions than the machine holds would be refused (503).
+        holds = info["capacity"] or info["limit"] or 1
+        print(f"capacity: {info['capacity']} (server admits {info['limit']})", flush=True)
         for n in args.sessions:
             name = "1 session" if n == 1 else f"{n} sessions"
+            if n > holds:
+                skipped.append(n)
+                print(f"{name}: not run, this machine holds {holds}", flush=True)
+                continue
             cpu0, wall0 = proc_stats(process.pid)[0], time.perf_counter()
             if n == 1:
                 for lang in args.langs:
@@ -520,18 +803,45 @@ async def main_async(args: argparse.Namespace) -> None:
             }
         if args.barge_in:
             barge_in = await run_barge_in(base, prompts["en"][0], trials=1 if args.quick else 5)
+        if args.admission:
+            limit = info["limit"] or holds
+            try:
+                admission = await run_admission(base, limit, args.langs)
+            except Exception as exc:  # reported, not fatal: the figures above stand
+                print(f"[admission] failed: {exc!r}", flush=True)
+                admission = {"limit": limit, "error": repr(exc)[:300]}
         peak_rss = proc_stats(process.pid)[1]
     out = Path(args.out)
     plots = write_plots(rows, out.parent)
-    text = report(rows, barge_in, resources, peak_rss, args.command, out, plots)
+
+    def render(answer_rows: list[dict] | None = None) -> str:
+        return report(
+            rows,
+            barge_in,
+            resources,
+            peak_rss,
+            args.command,
+            out,
+            plots,
+            machine_info=info,
+            admission=admission,
+            answer_rows=answer_rows,
+            skipped=skipped,
+        )
+
+    render()  # written now; again below with the answers' figures in the targets
+    extra = ""
     if args.lipsync and not args.quick:
-        text += lipsync_section()
+        extra += lipsync_section()
     if args.encoder and not args.quick:
-        text += encoder_section()
+        extra += encoder_section()
     # --- answers stay right (bench/answers.py): its own servers, openers on/off ---
+    answer_rows = None
     if args.answers and not args.quick:
-        text += await answers.section(args)
+        answer_rows, wall = await answers.run_answers(args.answers_tier or [{}], langs=args.langs)
+        extra += "\n" + answers.report_section(answer_rows, wall)
     # --- end answers ---
+    text = render(answer_rows) + extra
     out.write_text(text, encoding="utf-8")
     print(text)
 
@@ -609,6 +919,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 prompt per language (smoke test)")
     parser.add_argument("--no-lipsync", dest="lipsync", action="store_false")
     parser.add_argument("--no-encoder", dest="encoder", action="store_false")
+    parser.add_argument(
+        "--no-admission",
+        dest="admission",
+        action="store_false",
+        help="skip the admission check (capacity + 1 sessions: the extra one refused)",
+    )
     answers.add_arguments(parser)  # --answers-only, --no-answers, --answers-tier
     args = parser.parse_args()
     if args.command is None:

@@ -102,6 +102,26 @@ class MicrophoneTrack(MediaStreamTrack):
         return frame
 
 
+class Busy(httpx.HTTPStatusError):
+    """The server refused the offer: it holds all the conversations it can
+    (503). An ``httpx.HTTPStatusError`` like any other refusal, with the
+    Retry-After header and the server's message at hand."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        try:
+            message = str(response.json().get("detail", ""))
+        except (ValueError, AttributeError):
+            message = response.text
+        retry = response.headers.get("retry-after")
+        super().__init__(
+            f"{response.status_code} (Retry-After: {retry}): {message}",
+            request=response.request,
+            response=response,
+        )
+        self.retry_after = retry
+        self.message = message
+
+
 @dataclass
 class Received:
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
@@ -157,6 +177,8 @@ class Client:
             body["avatar"] = self.avatar
         async with httpx.AsyncClient(timeout=30) as http:
             response = await http.post(f"{self.base_url}/offer", json=body)
+        if response.status_code == 503:
+            raise Busy(response)
         response.raise_for_status()
         answer = response.json()
         self.session_id = answer["session_id"]

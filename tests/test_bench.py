@@ -7,13 +7,22 @@ import math
 import numpy as np
 
 from bench.analysis import (
+    admission_ok,
+    admission_text,
+    answer_proper,
     edit_distance,
+    evaluate_targets,
     first_moving_mouth,
     frame_stats,
+    is_fast_kind,
+    longest_silence,
     mouth_crop,
     pct,
+    silences,
     stall_time,
+    stall_time_after,
     stalls,
+    target_table,
     tokens,
 )
 
@@ -62,6 +71,208 @@ def test_stall_counts_only_silence_beyond_the_natural_pause():
     assert abs(where - 1.0) < 0.03 and abs(excess - 0.65) < 0.03
     # Silence before the reply starts or after it ends is not a stall.
     assert stall_time(audio_track([(2.0, 3.0)], 6.0), 0.0, 6.0) == 0.0
+
+
+def test_answer_proper_adds_the_servers_opener_time_to_the_clients_first_audio():
+    # Opener sent 0.90 s after the server's end of speech, the answer 0.70 s later.
+    latency = {"first_audio_sent": 0.90, "answer_audio_sent": 1.60, "asr_final": 0.3}
+    assert abs(answer_proper(1.05, latency) - 1.75) < 1e-9
+    # No opener or filler: the answer is the first audio.
+    assert answer_proper(1.05, {"first_audio_sent": 0.9, "answer_audio_sent": 0.9}) == 1.05
+    # A mark or the client's first audio missing: not measured.
+    assert math.isnan(answer_proper(1.05, {"first_audio_sent": 0.9}))
+    assert math.isnan(answer_proper(1.05, {"answer_audio_sent": 0.9}))
+    assert math.isnan(answer_proper(float("nan"), latency))
+
+
+def test_longest_silence_inside_a_reply():
+    # Opener 1.0-1.4 s, 0.6 s of silence, answer 2.0-3.0 s, a 0.3 s pause, 3.3-4.0 s;
+    # silence before the reply and after it is not inside it.
+    audio = audio_track([(1.0, 1.4), (2.0, 3.0), (3.3, 4.0)], 6.0)
+    silence, where = longest_silence(audio, 0.0, 6.0)
+    assert abs(silence - 0.6) < 0.03 and abs(where - 0.4) < 0.03
+    assert [round(s, 2) for _, _, s in silences(audio, 0.0, 6.0)] == [0.6, 0.3]
+    # A pause between sentences longer than the wait after the opener.
+    audio = audio_track([(1.0, 1.4), (1.6, 2.5), (3.7, 4.0)], 5.0)
+    silence, where = longest_silence(audio, 0.0, 5.0)
+    assert abs(silence - 1.2) < 0.03 and abs(where - 1.5) < 0.03
+    # One unbroken reply: no silence; no reply audio at all: not measured.
+    assert longest_silence(audio_track([(1.0, 3.0)], 4.0), 0.0, 4.0) == (0.0, 0.0)
+    assert math.isnan(longest_silence(audio_track([], 4.0), 0.0, 4.0)[0])
+    # The window: only frames in [start, end] count.
+    audio = audio_track([(1.0, 1.4), (2.0, 3.0), (4.5, 5.0)], 6.0)
+    assert abs(longest_silence(audio, 0.0, 3.5)[0] - 0.6) < 0.03
+
+
+def test_stall_after_the_answer_starts_leaves_out_the_wait_after_the_opener():
+    # Opener 1.0-1.4 s, 0.8 s wait, answer from 2.2 s; a 1.0 s stall at 3.0-4.0 s.
+    audio = audio_track([(1.0, 1.4), (2.2, 3.0), (4.0, 4.5)], 6.0)
+    whole = stall_time(audio, 0.0, 6.0)
+    assert abs(whole - ((0.8 - 0.35) + (1.0 - 0.35))) < 0.04
+    # The client's estimate of the answer's start may be off by a frame or two.
+    for answer_start in (2.1, 2.2, 2.3):
+        after = stall_time_after(audio, 1.0, answer_start, 6.0)
+        assert abs(after - 0.65) < 0.03, answer_start
+    # No opener: the answer starts with the reply, every stall counts.
+    audio = audio_track([(1.0, 2.0), (3.0, 3.5)], 5.0)
+    assert abs(stall_time_after(audio, 1.0, 1.0, 5.0) - stall_time(audio, 1.0, 5.0)) < 1e-9
+    # Natural pauses only: nothing; the answer never started: not measured.
+    assert stall_time_after(audio_track([(1.0, 2.0), (2.3, 3.0)], 4.0), 0.0, 1.0, 4.0) == 0.0
+    assert math.isnan(stall_time_after(audio, 0.0, float("nan"), 5.0))
+
+
+def _bench_row(scenario: str, lang: str, first: float, answer: float, **extra) -> dict:
+    return {
+        "scenario": scenario,
+        "lang": lang,
+        "prompt": "p",
+        "heard": "p",
+        "first_audio": first,
+        "answer_audio": answer,
+        "first_mouth": first + 0.05,
+        "longest_silence": 0.4,
+        "longest_silence_at": 0.5,
+        "stall": 0.1,
+        "stalls": [(0.5, 0.1)],
+        "stall_answer": 0.0,
+        "stages": {"first_audio_sent": first - 0.1, "answer_audio_sent": answer - 0.1},
+        "playback": {"longest_gap": 0.5, "longest_gap_in_answer": 0.12},
+        "errors": 0,
+        "ref_len": 5,
+        "fps": 25.0,
+        "max_gap": 0.06,
+        "max_gap_net": 0.05,
+        "bot": "Sure, Paris.",
+        **extra,
+    }
+
+
+ADMITTED = {
+    "limit": 1,
+    "admitted": 1,
+    "refused": True,
+    "status": 503,
+    "retry_after": "30",
+    "message": "This server is busy",
+    "answered": 1,
+    "right": 1,
+}
+
+
+def test_targets_and_their_table():
+    rows = [
+        _bench_row("1 session", "en", 1.0, 2.5),
+        _bench_row("1 session", "en", 1.1, 2.6, longest_silence=1.3, stall_answer=0.9),
+        _bench_row("1 session", "zh", 1.4, 2.2),
+        _bench_row("2 sessions", "en", 1.6, 2.9),
+    ]
+    answer_rows = [
+        {"tier": "default", "openers": o, "kind": "fact", "right": r}
+        for o, rights in (("on", [True] * 9 + [False]), ("off", [True] * 10))
+        for r in rights
+    ]
+    targets = evaluate_targets(rows, [0.2, 0.22], int(3.2e9), "AVX2", 1, ADMITTED, answer_rows)
+    by_name = {name: (measured, met) for name, measured, met in targets}
+    assert by_name["en first reply audio p50 <= 1.2 s"] == (
+        "1 session 1.05 s; 2 sessions 1.60 s",
+        False,
+    )
+    assert by_name["zh first reply audio p50 <= 1.5 s"] == ("1 session 1.40 s", True)
+    # AVX2 only: the slow kind's 3.0 s.
+    measured, met = by_name["answer proper p50 <= 3.0 s (AVX2: no AVX-512)"]
+    assert met is True and measured.startswith("en: 1 session 2.55 s; 2 sessions 2.90 s")
+    measured, met = by_name["no silence > 1.0 s inside any reply (client)"]
+    assert met is False and "1 of 4 replies" in measured and "longest 1.30 s" in measured
+    measured, met = by_name["stalls after the answer starts p90 <= 0.3 s"]
+    assert met is False and measured == "1 session 0.72 s; 2 sessions 0.00 s"
+    measured, met = by_name["answers right >= 90 %, no lower with openers"]
+    assert met is False  # 90 % with openers, but 100 % without
+    assert measured == "default: openers on 9/10 (90 %), openers off 10/10 (100 %)"
+    assert by_name["peak RSS <= 3.5 GB (server, all models loaded)"] == ("3.20 GB (2.98 GiB)", True)
+    measured, met = by_name["capacity reported (and enforced)"]
+    assert met is True
+    assert measured == (
+        "1 conversation (plan.capacity); admitted 1 of 2, extra refused: yes, "
+        "admitted sessions answered: 1/1"
+    )
+    table = target_table(targets)
+    assert table[:2] == ["| target | measured | status |", "|---|---|---|"]
+    assert len(table) == 2 + len(targets)
+    assert "| zh first reply audio p50 <= 1.5 s | 1 session 1.40 s | met |" in table
+    assert sum("| **not met** |" in line for line in table) == 4
+    # The fast kind's 2.0 s; nothing measured: "not measured", never "met".
+    targets = evaluate_targets([], kind="AVX-512 VNNI", capacity=None)
+    names = [name for name, _, _ in targets]
+    assert "answer proper p50 <= 2.0 s (AVX-512 VNNI: AVX-512)" in names
+    statuses = {name: met for name, _, met in targets}
+    assert statuses["capacity reported"] is False
+    assert all(met is None for name, met in statuses.items() if name != "capacity reported")
+    assert all(line.endswith("| not measured |") for line in target_table(targets)[2:-1])
+
+
+def test_cpu_kind_and_admission():
+    assert is_fast_kind("AVX-512 VNNI") and is_fast_kind("AVX-512")
+    assert not is_fast_kind("AVX2") and not is_fast_kind("AVX-VNNI") and not is_fast_kind(None)
+    assert admission_ok(ADMITTED)
+    assert not admission_ok({**ADMITTED, "refused": False})
+    assert not admission_ok({**ADMITTED, "answered": 0})
+    assert not admission_ok({**ADMITTED, "limit": 2})
+    text = admission_text({"limit": 2, "admitted": 2, "refused": False, "answered": 1})
+    assert text == "admitted 2 of 3, extra refused: no, admitted sessions answered: 1/2"
+
+
+def test_report_renders_machine_targets_and_reply_audio(tmp_path):
+    from bench.__main__ import cpu_kind, report
+
+    assert cpu_kind({"model": "x", "flags": ["avx2", "fma"], "cores": 2}) == "AVX2"
+    assert cpu_kind({"flags": ["avx2", "avx512f", "avx512_vnni"]}) == "AVX-512 VNNI"
+    rows = [
+        _bench_row("1 session", "en", 1.0, 2.5),
+        _bench_row("1 session", "zh", 1.4, 1.4, longest_silence=0.0),
+    ]
+    info = {"summary": "This machine: AMD EPYC, 2 cores.", "kind": "AVX2", "capacity": 1}
+    out = tmp_path / "bench.md"
+    text = report(
+        rows,
+        ([0.2], [0.1], [0.2]),
+        {"1 session": {"cpu": 10.0, "wall": 20.0, "sessions": 1}},
+        int(3.0e9),
+        "python -m bench --quick",
+        out,
+        [],
+        machine_info=info,
+        admission=ADMITTED,
+        skipped=[2],
+    )
+    assert out.read_text(encoding="utf-8") == text
+    assert "CPU kind **AVX2** (the server's calibration), holds 1 conversation." in text
+    assert "## This machine\n\nThis machine: AMD EPYC, 2 cores.\n" in text
+    assert "holds 1 conversation, so the 2-session rows are not run." in text
+    assert "admitted 1 of 2, extra refused: yes, admitted sessions answered: 1/1" in text
+    assert text.index("## Against the targets") < text.index("## End of speech")
+    assert "| 1 session | all | 2 | 1.95 / 2.44 / 2.50 | 0.75 |" in text
+    assert (
+        "| 1 session | zh | 1 | 1.40 / 1.40 / 1.40 | 0.00 | 0.00 / 0.00 / 0.00 | 0 of 1 |" in text
+    )
+    assert "| 1.00 | 2.50 | 1.05 | 0.40 (@0.5) | 0.10 (0.10@0.5) | 0.00 |" in text
+    # No calibration: said so, nothing breaks.
+    text = report(rows, ([], [], []), {}, 0, "c", out, [])
+    assert "CPU kind **unknown**" in text and "(no /api/machine summary)" in text
+
+
+def test_busy_offer_keeps_retry_after_and_message():
+    import httpx
+
+    from bench.client import Busy
+
+    request = httpx.Request("POST", "http://127.0.0.1:1/offer")
+    response = httpx.Response(
+        503, headers={"Retry-After": "30"}, json={"detail": "This server is busy"}, request=request
+    )
+    busy = Busy(response)
+    assert isinstance(busy, httpx.HTTPStatusError)  # tests/test_server.py expects that
+    assert busy.response.status_code == 503
+    assert (busy.retry_after, busy.message) == ("30", "This server is busy")
 
 
 def test_frame_stats():
