@@ -89,6 +89,7 @@ class ReplyPlanner:
 
     costs: ReplyCosts | None  # None: no calibration, the answer starts at once
     slowdown: float = 1.0  # measured / predicted TTS time, learnt
+    writing_slowdown: float = 1.0  # measured / calibrated LLM writing time, learnt
     # Seconds from the LLM's first token until the answer may start (the
     # opener is timed by it), learnt; the initial value is what the first
     # piece takes on a fast machine, or what calibration predicts.
@@ -121,6 +122,12 @@ class ReplyPlanner:
         per_audio = costs.tts_per_audio_s.get(lang, 0.3)
         return (calls * fixed + per_audio * self.audio_seconds(chars, lang)) * self.slowdown
 
+    def writing_seconds(self, chars: float, lang: str) -> float:
+        """Predicted time for the LLM to write ``chars`` characters."""
+        costs = self.costs or ReplyCosts.fast_default()
+        tokens = chars * costs.tokens_per_char.get(lang, 0.3)
+        return tokens / max(costs.gen_tok_s, 0.1) * self.writing_slowdown
+
     def merges(self, lang: str) -> bool:
         """Whether waiting pieces go to TTS as one call (a call's fixed cost is large)."""
         if self.costs is None:
@@ -152,8 +159,7 @@ class ReplyPlanner:
             return tts
         # The text still to come is written first; its last piece is then
         # synthesized in one more call.
-        tokens = unwritten * self.costs.tokens_per_char.get(lang, 0.3)
-        writing = tokens / max(self.costs.gen_tok_s, 0.1)
+        writing = self.writing_seconds(unwritten, lang)
         last = min(unwritten, self.chars_for(PIECE_AUDIO_S, lang))
         return max(tts, writing + self.synth_seconds(last, lang))
 
@@ -176,8 +182,7 @@ class ReplyPlanner:
         next_ready = self.synth_seconds(next_chars, lang)
         if reply.written_chars <= reply.synthesized_chars and not reply.generation_done:
             # Nothing written waits for TTS: the next piece must be written first.
-            tokens = next_chars * self.costs.tokens_per_char.get(lang, 0.3)
-            next_ready += tokens / max(self.costs.gen_tok_s, 0.1)
+            next_ready += self.writing_seconds(next_chars, lang)
         slack = STALL_TOLERANCE_S
         return (
             buffered_audio_s + slack >= next_ready
@@ -194,6 +199,15 @@ class ReplyPlanner:
         with self._lock:
             ratio = min(4.0, max(0.5, seconds / predicted))
             self.slowdown += LEARNING_RATE * (ratio - self.slowdown)
+
+    def observe_writing(self, chars: int, lang: str, seconds: float) -> None:
+        """The LLM wrote ``chars`` characters in ``seconds`` (first token to done)."""
+        if self.costs is None or chars < 20 or seconds <= 0:
+            return
+        predicted = self.writing_seconds(chars, lang) / self.writing_slowdown
+        with self._lock:
+            ratio = min(6.0, max(0.5, seconds / predicted))
+            self.writing_slowdown += LEARNING_RATE * (ratio - self.writing_slowdown)
 
     def observe_answer_lag(self, seconds: float) -> None:
         with self._lock:

@@ -434,6 +434,12 @@ class Session:
                 await self._stream_reply(turn, messages[:-1], splitter, pieces)
             turn.mark("llm_done")
             self.planner.observe_reply(turn.progress.written_chars, turn.progress.lang)
+            if "llm_first_token" in turn.marks:
+                self.planner.observe_writing(
+                    turn.progress.written_chars,
+                    turn.progress.lang,
+                    turn.marks["llm_done"] - turn.marks["llm_first_token"],
+                )
         finally:
             turn.progress.generation_done = True
             pieces.put_nowait(None)
@@ -710,7 +716,7 @@ class Session:
                 self.emit({"type": "bot_text", "text": piece.text})
                 if piece_index == 0:
                     turn.marks.setdefault("first_audio_sent", now)
-                    self._set_state("speaking")
+                self._set_state("speaking")
                 if not piece.filler and not piece.opener:
                     turn.marks.setdefault("answer_audio_sent", now)
             piece.played += samples
@@ -728,6 +734,15 @@ class Session:
         ):
             turn.mark("reply_done")
             self._finish_turn(turn)
+        elif (
+            "answer_audio_sent" not in turn.marks
+            and self.avatar.queued_samples == 0
+            and turn.pieces
+            and all(p.played >= p.samples for p in turn.pieces)
+        ):
+            # The filler and opener are said; the answer is still being made:
+            # the page shows the avatar thinking, not speaking in silence.
+            self._set_state("thinking")
 
     def _send_latency(self, turn: Turn) -> None:
         if not turn.latency_sent:

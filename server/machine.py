@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from models.calibration import Calibration, CPUFacts, cpu_facts
+from pipelines.planner import STALL_TOLERANCE_S
 from server.config import AUTO, Config
 
 log = logging.getLogger(__name__)
@@ -261,8 +262,15 @@ def plan_for(cal: Calibration, config: Config) -> MachinePlan:
     # time: the encoder's CPU goes to ASR and the LLM (frame gap 80 ms).
     choices["avatar.idle_fps"] = 12.5 if realtime < 1 else 25.0
     # A short first piece only when the next one is ready before it has played.
-    next_ready_s = max(c.seconds(PIECE_AUDIO_S) for c in tts.values())
-    short_first = next_ready_s <= SHORT_FIRST_PIECE_AUDIO_S * max(realtime, 0.01) + 0.3
+    # The piece after a capped first one (a sentence) must be synthesized,
+    # with the TTS threads chosen, while the first plays at the machine's pace.
+    # Measured on a slow machine: capping anyway made the answer later (the
+    # extra TTS call starves the LLM, and the gate then waits for the rest).
+    used = str(choices["tts.threads"])
+    next_ready_s = max(by.get(used, by["1"]).seconds(PIECE_AUDIO_S) for by in cal.tts.values())
+    short_first = (
+        next_ready_s <= SHORT_FIRST_PIECE_AUDIO_S * max(realtime, 0.01) + STALL_TOLERANCE_S
+    )
     choices["llm.first_piece_max_words"] = 4 if short_first else 0
     choices["llm.first_piece_max_cjk"] = 6 if short_first else 0
     for dotted, value in choices.items():

@@ -64,6 +64,7 @@ def test_the_fast_machine_holds_two_conversations_the_slow_one_one():
         by_threads["2"] = TTSCost(0.38, 0.67, by_threads["1"].chars_per_audio_s)
     two = plan_for(faster_with_two, yaml_config()).settings
     assert two["tts.threads"] == 2 and two["tts.parallel_calls"] == 1
+    assert two["llm.first_piece_max_words"] == 0  # a sentence still takes longer
     assert fast.settings["llm.batch_threads"] == 1 and fast.settings["tts.parallel_calls"] == 1
 
 
@@ -215,3 +216,13 @@ async def test_a_planned_reply_never_stalls_once_started(planned):
         assert silence <= 0.3 + frame
     else:
         assert silence > 0.5
+
+
+def test_the_llm_writing_rate_is_learnt():
+    planner = slow_planner()
+    before = planner.writing_seconds(100, "en")
+    for _ in range(10):  # the LLM writes 2x slower than calibrated (media share its core)
+        planner.observe_writing(100, "en", 2 * before)
+    assert 1.8 < planner.writing_slowdown < 2.1
+    planner.observe_writing(5, "en", 100.0)  # too short to tell: ignored
+    assert planner.writing_slowdown < 2.1

@@ -396,3 +396,23 @@ async def test_speech_that_goes_on_turns_the_pause_into_a_barge_in():
         assert session.turns[0].interrupted
     finally:
         await session.close()
+
+
+async def test_between_the_opener_and_a_late_answer_the_avatar_shows_it_is_thinking():
+    llm = SlowFirstToken({"France": "the capital of France is Paris."}, first_delay=1.2)
+    engines = engines_with_opener(llm, "Sure,")
+    session, events = make_session(engines)
+    session.config.llm.opener_wait_s = 0.1  # the opener is said long before the answer
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: len(session.turns) == 1)
+        states = [e["value"] for e in of_type(events, "state")]
+        # listening, thinking (turn confirmed), speaking ("Sure,"), thinking
+        # (the opener is said, the answer is not ready), speaking, listening
+        start = states.index("speaking")
+        assert states[start:] == ["speaking", "thinking", "speaking", "listening"]
+        latency = session.turns[0].latency()
+        assert latency["answer_audio_sent"] - latency["first_audio_sent"] >= 0.8
+        assert session.turns[0].playback()["longest_gap"] >= 0.8
+    finally:
+        await session.close()
