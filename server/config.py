@@ -22,6 +22,7 @@ AUTO_DEFAULTS: dict[str, int | float] = {
     "server.max_sessions": 4,
     "llm.threads": 1,
     "llm.batch_threads": 1,
+    "llm.nice": 10,
     "llm.first_piece_max_words": 4,
     "llm.first_piece_max_cjk": 6,
     "llm.cut_when_queued_audio_below_s": 1.2,
@@ -74,7 +75,7 @@ class LLMConfig(BaseModel):
     # llama.cpp's threads run at this nice value (Linux) so that ASR and TTS
     # calls, short and on the way to the user's ear, preempt the LLM's
     # decoding, which runs ahead of playback. 0 = same priority.
-    nice: int = 10
+    nice: int | Auto = 10
     parallel_slots: int = 4
     context_tokens: int = 4096
     max_tokens: int = 160

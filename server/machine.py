@@ -253,6 +253,12 @@ def plan_for(cal: Calibration, config: Config) -> MachinePlan:
         # conversation's decoding shares them (measured: it blocked another
         # session's ASR for 3 s on a fast machine).
         "llm.batch_threads": 2 if alone and prompt.get("2", 0) > 1.3 * prompt.get("1", 0) else 1,
+        # Below the media and TTS threads where sessions compete (ASR and TTS
+        # of one preempt another's decoding: measured on a fast machine); at
+        # their level where one conversation is alone (measured on a slow one:
+        # at nice 10 a two-thread TTS call froze the LLM, and the answer,
+        # waiting for the rest of the reply, came 2 s later).
+        "llm.nice": 0 if alone else 10,
         "tts.threads": 2 if two_threads else 1,
         "tts.parallel_calls": 2 if alone and not two_threads else 1,
         # Cutting a piece short pays only when a call's fixed cost is small.

@@ -66,6 +66,7 @@ def test_the_fast_machine_holds_two_conversations_the_slow_one_one():
     assert two["tts.threads"] == 2 and two["tts.parallel_calls"] == 1
     assert two["llm.first_piece_max_words"] == 0  # a sentence still takes longer
     assert fast.settings["llm.batch_threads"] == 1 and fast.settings["tts.parallel_calls"] == 1
+    assert fast.settings["llm.nice"] == 10 and slow.settings["llm.nice"] == 0
 
 
 def test_pinned_settings_are_kept():
