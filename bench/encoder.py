@@ -70,6 +70,8 @@ def _aiortc_h264() -> Callable[[av.VideoFrame], bytes]:
 
 def _libvpx(**changes: str) -> Callable[[av.VideoFrame], bytes]:
     """libvpx with aiortc 1.16's options (codecs/vpx.py), some changed."""
+    from server.rtc import aiortc_vp8_options
+
     bitrate = 500_000
     codec = av.CodecContext.create("libvpx", "w")
     codec.width = codec.height = 512
@@ -78,20 +80,7 @@ def _libvpx(**changes: str) -> Callable[[av.VideoFrame], bytes]:
     codec.gop_size = 3000
     codec.qmin, codec.qmax = 2, 56
     codec.time_base = fractions.Fraction(1, 90_000)
-    codec.options = {
-        "bufsize": str(bitrate),
-        "cpu-used": "-6",
-        "deadline": "realtime",
-        "lag-in-frames": "0",
-        "minrate": str(bitrate),
-        "maxrate": str(bitrate),
-        "noise-sensitivity": "4",
-        "overshoot-pct": "15",
-        "partitions": "0",
-        "static-thresh": "1",
-        "undershoot-pct": "100",
-        **changes,
-    }
+    codec.options = aiortc_vp8_options(bitrate, **changes)
     codec.thread_count = 1
 
     def encode(frame: av.VideoFrame) -> bytes:

@@ -17,6 +17,25 @@ from pipelines.session import Session
 log = logging.getLogger(__name__)
 
 
+def aiortc_vp8_options(bitrate: int, **changes: str) -> dict[str, str]:
+    """The libvpx options aiortc 1.16's Vp8Encoder opens the codec with
+    (codecs/vpx.py), with ``changes``."""
+    return {
+        "bufsize": str(bitrate),  # rc_buf_sz = 1000 ms
+        "cpu-used": "-6",
+        "deadline": "realtime",
+        "lag-in-frames": "0",
+        "minrate": str(bitrate),  # minrate = maxrate = bit_rate: CBR
+        "maxrate": str(bitrate),
+        "noise-sensitivity": "4",
+        "overshoot-pct": "15",
+        "partitions": "0",
+        "static-thresh": "1",
+        "undershoot-pct": "100",
+        **changes,
+    }
+
+
 def encode_vp8_without_denoiser() -> None:
     """Make aiortc's VP8 encoder run without libvpx's denoiser.
 
@@ -47,19 +66,7 @@ def encode_vp8_without_denoiser() -> None:
                 codec.pix_fmt = "yuv420p"
                 codec.gop_size = 3000
                 codec.qmin, codec.qmax = 2, 56
-                codec.options = {
-                    "bufsize": str(bitrate),
-                    "cpu-used": "-6",
-                    "deadline": "realtime",
-                    "lag-in-frames": "0",
-                    "minrate": str(bitrate),
-                    "maxrate": str(bitrate),
-                    "noise-sensitivity": "0",
-                    "overshoot-pct": "15",
-                    "partitions": "0",
-                    "static-thresh": "1",
-                    "undershoot-pct": "100",
-                }
+                codec.options = aiortc_vp8_options(bitrate, **{"noise-sensitivity": "0"})
                 codec.thread_count = number_of_threads(
                     frame.width * frame.height, multiprocessing.cpu_count()
                 )
