@@ -81,11 +81,13 @@ class MediaClock:
         idle_video_every: int = 1,
     ) -> None:
         self.avatar = avatar
-        # While the avatar is not speaking, only every Nth picture is sent (its
-        # audio, silence, still goes out every 20 ms): encoding is most of a
-        # session's media cost, and the idle motion (sway, breathing, blinks)
-        # stays smooth at half the rate. Speech always gets every frame.
+        # While the user has the turn (see ``listening``) and the avatar is not
+        # speaking, only every Nth picture is sent (the audio, silence, still
+        # goes out every 20 ms): encoding is most of a session's media cost,
+        # and the idle motion (sway, breathing, blinks) stays smooth at half
+        # the rate. Thinking and speaking always get every frame.
         self.idle_video_every = max(1, int(idle_video_every))
+        self.listening = True
         self.audio_track = PacedTrack("audio")
         self.video_track = PacedTrack("video")
         self._on_frame = on_frame
@@ -167,7 +169,8 @@ class MediaClock:
                 self.max_gap = max(self.max_gap, now - last_sent)
             last_sent = now
 
-            if frame.speaking or index % self.idle_video_every == 0:
+            every = self.idle_video_every if self.listening else 1
+            if frame.speaking or index % every == 0:
                 self.video_track.put(_video_frame(frame.image, index))
             self.audio_track.put(_audio_frame(frame.audio[:AUDIO_FRAME_SAMPLES], samples))
             if self._on_frame is not None:

@@ -225,6 +225,7 @@ class Session:
     def _set_state(self, state: str) -> None:
         if state != self.state:
             self.state = state
+            self.clock.listening = state == "listening"
             self.emit({"type": "state", "value": state})
 
     # ------------------------------------------------------------- lifecycle

@@ -117,7 +117,7 @@ class AvatarConfig(BaseModel):
     backend: Literal["photo", "musetalk"] = "photo"
     default: str = "astronaut"
     fps: int = 25
-    idle_fps: float | Auto = 25.0  # pictures per second while the avatar is not speaking
+    idle_fps: float | Auto = 25.0  # pictures per second while the user has the turn
     size: int = 512
 
 

@@ -264,8 +264,8 @@ def plan_for(cal: Calibration, config: Config) -> MachinePlan:
         # Cutting a piece short pays only when a call's fixed cost is small.
         "llm.cut_when_queued_audio_below_s": 1.2 if max_fixed <= CUT_EARLY_MAX_FIXED_S else 0.0,
     }
-    # Half the pictures while not speaking where replies are slower than real
-    # time: the encoder's CPU goes to ASR and the LLM (frame gap 80 ms).
+    # Half the pictures while the user has the turn where replies are slower
+    # than real time (80 ms apart); thinking and speaking get every frame.
     choices["avatar.idle_fps"] = 12.5 if realtime < 1 else 25.0
     # A short first piece only when the next one is ready before it has played.
     # The piece after a capped first one (a sentence) must be synthesized,

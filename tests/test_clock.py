@@ -110,6 +110,27 @@ async def test_idle_pictures_go_out_at_the_idle_rate_and_speech_at_the_full_rate
         await clock.stop()
 
 
+async def test_a_thinking_avatar_gets_every_picture():
+    from pipelines.clock import MediaClock
+
+    avatar = IdleThenSpeakingAvatar()
+    clock = MediaClock(avatar, idle_video_every=2)  # type: ignore[arg-type]
+    clock.listening = False  # the turn is the avatar's: thinking, then speaking
+    clock.start()
+    try:
+        for _ in range(24):
+            await clock.audio_track.recv()
+        await asyncio.sleep(0.01)
+        pictures = []
+        while not clock.video_track._queue.empty():
+            pictures.append(int((await clock.video_track.recv()).to_ndarray(format="rgb24").max()))
+        # Nothing skipped (the oldest may have left the bounded queue).
+        assert pictures == list(range(pictures[0], pictures[0] + len(pictures)))
+        assert len([p for p in pictures if p <= 6]) >= 3  # idle, yet every one
+    finally:
+        await clock.stop()
+
+
 def test_vp8_is_encoded_without_the_denoiser():
     import fractions
 
