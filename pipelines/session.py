@@ -592,6 +592,8 @@ class Session:
         synthesis = asyncio.create_task(self._synthesize_pieces(turn, pieces, lang, made))
         try:
             held: list[_Made] = []
+            first_ready: float | None = None
+            max_hold = self.config.llm.max_answer_hold_s
             while not turn.reply_ready.is_set():
                 try:
                     item = await asyncio.wait_for(made.get(), PLAN_RECHECK_S)
@@ -601,8 +603,14 @@ class Session:
                     break
                 if item:
                     held.append(item)
+                    first_ready = first_ready or time.perf_counter()
                 buffered = sum(m.audio.size for m in held) / MEDIA_SAMPLE_RATE
                 if held and self.planner.may_start(turn.progress, buffered):
+                    self._open_answer(turn)
+                elif first_ready is not None and time.perf_counter() - first_ready >= max_hold:
+                    # A long reply on a slow machine: pauses later beat a long
+                    # silence now.
+                    log.info("session %s: answer started before it can play through", self.id)
                     self._open_answer(turn)
             else:
                 item = False

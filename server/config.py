@@ -101,6 +101,10 @@ class LLMConfig(BaseModel):
     # a spoken pause ("Let me see.") instead of a silent one. 0 = never.
     fillers: dict[str, list[str]] = Field(default_factory=dict)
     filler_when_silence_ahead_s: float = 0.5
+    # The planner holds the answer until it can play through, but at most this
+    # long after its first piece is synthesized (a long reply on a slow
+    # machine: pauses later rather than a long silence first).
+    max_answer_hold_s: float = 2.0
     system_prompt: str = "You are a friendly bilingual digital human. Answer briefly."
 
 

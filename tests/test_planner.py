@@ -227,3 +227,25 @@ def test_the_llm_writing_rate_is_learnt():
     assert 1.8 < planner.writing_slowdown < 2.1
     planner.observe_writing(5, "en", 100.0)  # too short to tell: ignored
     assert planner.writing_slowdown < 2.1
+
+
+async def test_a_long_answer_starts_after_at_most_the_hold_limit():
+    """A planner that would wait for the whole reply (it expects far more
+    text than comes in time): the answer starts max_answer_hold_s after its
+    first piece is ready, not when everything is made."""
+    per_char = 0.012
+    engines = fake_engines(
+        llm=ScriptedLLM({"France": SLOW_REPLY}, token_delay=0.3),  # slow writing
+        tts=SlowTTS(delay=0, seconds_per_char=per_char),
+    )
+    planner = slow_tts_planner(per_char)
+    planner.reply_chars["en"] = 10_000.0  # it expects a very long reply
+    session, _ = make_session(engines, planner=planner)
+    session.config.llm.max_answer_hold_s = 0.5
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: len(session.turns) == 1, timeout=30)
+    finally:
+        await session.close()
+    latency = session.turns[0].latency()
+    assert latency["answer_audio_sent"] < latency["llm_done"]  # started before all was written
