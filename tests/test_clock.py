@@ -88,47 +88,39 @@ class IdleThenSpeakingAvatar(CountingAvatar):
         return frame
 
 
-async def test_idle_pictures_go_out_at_the_idle_rate_and_speech_at_the_full_rate():
+async def pictures_sent(listening: bool) -> list[int]:
+    """The pictures a clock sends over 12 frames of IdleThenSpeakingAvatar, by
+    index, with idle pictures at half the rate while the user has the turn."""
     from pipelines.clock import MediaClock
 
-    avatar = IdleThenSpeakingAvatar()
-    clock = MediaClock(avatar, idle_video_every=2)  # type: ignore[arg-type]
+    clock = MediaClock(IdleThenSpeakingAvatar(), idle_video_every=2)  # type: ignore[arg-type]
+    clock.listening = listening
     clock.start()
     try:
-        # 12 frames' audio: every 20 ms, idle or not.
-        for _ in range(24):
+        for _ in range(24):  # 12 frames' audio: every 20 ms, idle or not
             await clock.audio_track.recv()
         await asyncio.sleep(0.01)
         pictures = []
         while not clock.video_track._queue.empty():
             pictures.append(int((await clock.video_track.recv()).to_ndarray(format="rgb24").max()))
-        idle = [p for p in pictures if p <= 6]
-        speaking = [p for p in pictures if p > 6]
-        assert idle == [1, 3, 5]  # every other idle picture
-        assert speaking == list(range(7, 7 + len(speaking))) and len(speaking) >= 5
+        return pictures
     finally:
         await clock.stop()
+
+
+async def test_idle_pictures_go_out_at_the_idle_rate_and_speech_at_the_full_rate():
+    pictures = await pictures_sent(listening=True)
+    idle = [p for p in pictures if p <= 6]
+    speaking = [p for p in pictures if p > 6]
+    assert idle == [1, 3, 5]  # every other idle picture
+    assert speaking == list(range(7, 7 + len(speaking))) and len(speaking) >= 5
 
 
 async def test_a_thinking_avatar_gets_every_picture():
-    from pipelines.clock import MediaClock
-
-    avatar = IdleThenSpeakingAvatar()
-    clock = MediaClock(avatar, idle_video_every=2)  # type: ignore[arg-type]
-    clock.listening = False  # the turn is the avatar's: thinking, then speaking
-    clock.start()
-    try:
-        for _ in range(24):
-            await clock.audio_track.recv()
-        await asyncio.sleep(0.01)
-        pictures = []
-        while not clock.video_track._queue.empty():
-            pictures.append(int((await clock.video_track.recv()).to_ndarray(format="rgb24").max()))
-        # Nothing skipped (the oldest may have left the bounded queue).
-        assert pictures == list(range(pictures[0], pictures[0] + len(pictures)))
-        assert len([p for p in pictures if p <= 6]) >= 3  # idle, yet every one
-    finally:
-        await clock.stop()
+    pictures = await pictures_sent(listening=False)  # the avatar's turn: thinking, speaking
+    # Nothing skipped (the oldest may have left the bounded queue).
+    assert pictures == list(range(pictures[0], pictures[0] + len(pictures)))
+    assert len([p for p in pictures if p <= 6]) >= 3  # idle, yet every one
 
 
 def test_vp8_is_encoded_without_the_denoiser():
