@@ -78,7 +78,6 @@ class ReplyProgress:
     lang: str
     written_chars: int = 0  # handed to TTS so far by the splitter
     synthesized_chars: int = 0
-    synthesized_audio_s: float = 0.0
     pending_pieces: int = 0  # written, not yet synthesized
     generation_done: bool = False
 
@@ -98,6 +97,8 @@ class ReplyPlanner:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
+        # What the estimates use: the calibration, or a fast machine's figures.
+        self._estimate = self.costs or ReplyCosts.fast_default()
         if self.costs is not None:
             self.answer_lag_s = self.predicted_answer_lag()
 
@@ -109,24 +110,21 @@ class ReplyPlanner:
 
     # ------------------------------------------------------------ estimates
     def audio_seconds(self, chars: float, lang: str) -> float:
-        costs = self.costs or ReplyCosts.fast_default()
-        return chars / costs.chars_per_audio_s.get(lang, 15.0)
+        return chars / self._estimate.chars_per_audio_s.get(lang, 15.0)
 
     def chars_for(self, audio_s: float, lang: str) -> float:
         return audio_s / self.audio_seconds(1, lang)
 
     def synth_seconds(self, chars: float, lang: str, calls: int = 1) -> float:
         """Predicted wall time of TTS for ``chars`` characters in ``calls`` calls."""
-        costs = self.costs or ReplyCosts.fast_default()
-        fixed = costs.tts_fixed_s.get(lang, 0.4)
-        per_audio = costs.tts_per_audio_s.get(lang, 0.3)
+        fixed = self._estimate.tts_fixed_s.get(lang, 0.4)
+        per_audio = self._estimate.tts_per_audio_s.get(lang, 0.3)
         return (calls * fixed + per_audio * self.audio_seconds(chars, lang)) * self.slowdown
 
     def writing_seconds(self, chars: float, lang: str) -> float:
         """Predicted time for the LLM to write ``chars`` characters."""
-        costs = self.costs or ReplyCosts.fast_default()
-        tokens = chars * costs.tokens_per_char.get(lang, 0.3)
-        return tokens / max(costs.gen_tok_s, 0.1) * self.writing_slowdown
+        tokens = chars * self._estimate.tokens_per_char.get(lang, 0.3)
+        return tokens / max(self._estimate.gen_tok_s, 0.1) * self.writing_slowdown
 
     def merges(self, lang: str) -> bool:
         """Whether waiting pieces go to TTS as one call (a call's fixed cost is large)."""
@@ -143,12 +141,16 @@ class ReplyPlanner:
             return 0.0
         return max(0.0, self.reply_chars.get(reply.lang, 100.0) - reply.written_chars)
 
+    def _waiting(self, reply: ReplyProgress) -> float:
+        """Characters not synthesized yet: written and waiting, or to come."""
+        return reply.written_chars - reply.synthesized_chars + self._unwritten(reply)
+
     def seconds_to_finish(self, reply: ReplyProgress) -> float:
         """Predicted time until the whole reply is synthesized."""
         assert self.costs is not None
         lang = reply.lang
         unwritten = self._unwritten(reply)
-        waiting = reply.written_chars - reply.synthesized_chars + unwritten
+        waiting = self._waiting(reply)
         if waiting <= 0:
             return 0.0
         calls = max(1, reply.pending_pieces) + (1 if unwritten else 0)
@@ -172,7 +174,7 @@ class ReplyPlanner:
         if self.costs is None:
             return True
         lang = reply.lang
-        waiting = reply.written_chars - reply.synthesized_chars + self._unwritten(reply)
+        waiting = self._waiting(reply)
         if waiting <= 0:
             return True
         finish = self.seconds_to_finish(reply)
@@ -219,8 +221,7 @@ class ReplyPlanner:
         if self.costs is None:
             return self.answer_lag_s
         first_chars = self.chars_for(1.5, lang)
-        tokens = first_chars * self.costs.tokens_per_char.get(lang, 0.3)
-        return tokens / max(self.costs.gen_tok_s, 0.1) + self.synth_seconds(first_chars, lang)
+        return self.writing_seconds(first_chars, lang) + self.synth_seconds(first_chars, lang)
 
     def observe_reply(self, chars: int, lang: str) -> None:
         if chars <= 0:

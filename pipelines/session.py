@@ -86,7 +86,7 @@ class Turn:
     # proper had started (the queue ran dry: what the planner prevents).
     longest_gap: float = 0.0
     longest_gap_in_answer: float = 0.0
-    _last_audio_frame: float | None = None
+    last_audio_frame: float | None = None
     # A speculative turn starts during the hang-over; it speaks only once confirmed.
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
     speech_end_sample: int | None = None  # the VAD position its audio ends at
@@ -175,8 +175,8 @@ class Session:
         planner: ReplyPlanner | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
-        # Process-wide (it learns the machine's load); a fast machine's costs
-        # when none is given (tests with scripted models).
+        # Process-wide (it learns the machine's load); without one (tests with
+        # scripted models) every piece is spoken as soon as it is synthesized.
         self.planner = planner or ReplyPlanner.immediate()
         self.on_turn_end = on_turn_end  # e.g. metrics; called once per finished turn
         self.engines = engines
@@ -592,6 +592,7 @@ class Session:
         synthesis = asyncio.create_task(self._synthesize_pieces(turn, pieces, lang, made))
         try:
             held: list[_Made] = []
+            buffered = 0.0  # seconds of audio in `held`
             first_ready: float | None = None
             max_hold = self.config.llm.max_answer_hold_s
             while not turn.reply_ready.is_set():
@@ -603,8 +604,8 @@ class Session:
                     break
                 if item:
                     held.append(item)
+                    buffered += item.audio.size / MEDIA_SAMPLE_RATE
                     first_ready = first_ready or time.perf_counter()
-                buffered = sum(m.audio.size for m in held) / MEDIA_SAMPLE_RATE
                 if held and self.planner.may_start(turn.progress, buffered):
                     self._open_answer(turn)
                 elif first_ready is not None and time.perf_counter() - first_ready >= max_hold:
@@ -659,13 +660,14 @@ class Session:
                 slots.release()
             self.planner.observe_synthesis(len(text), piece_lang, time.perf_counter() - started)
             turn.progress.synthesized_chars += len(text)
-            turn.progress.synthesized_audio_s += audio.size / MEDIA_SAMPLE_RATE
             return _Made(text, piece_lang, speech, audio)
 
         async def deliver() -> None:
             while (task := await order.get()) is not None:
                 try:
-                    made.put_nowait(await task)
+                    done = await task
+                    if done.audio.size:  # nothing to say (punctuation only)
+                        made.put_nowait(done)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # one sentence lost, not the reply
@@ -730,12 +732,12 @@ class Session:
                     turn.marks.setdefault("answer_audio_sent", now)
             piece.played += samples
         if reply_audio:
-            if turn._last_audio_frame is not None and not self.clock.held:
-                gap = now - turn._last_audio_frame - SAMPLES_PER_VIDEO_FRAME / MEDIA_SAMPLE_RATE
+            if turn.last_audio_frame is not None and not self.clock.held:
+                gap = now - turn.last_audio_frame - SAMPLES_PER_VIDEO_FRAME / MEDIA_SAMPLE_RATE
                 turn.longest_gap = max(turn.longest_gap, gap)
                 if "answer_audio_sent" in turn.marks and now > turn.marks["answer_audio_sent"]:
                     turn.longest_gap_in_answer = max(turn.longest_gap_in_answer, gap)
-            turn._last_audio_frame = now
+            turn.last_audio_frame = now
         if (
             turn.generation_done
             and self.avatar.queued_samples == 0

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from models.calibration import Calibration, CPUFacts, cpu_facts
-from pipelines.planner import STALL_TOLERANCE_S
+from pipelines.planner import PIECE_AUDIO_S, STALL_TOLERANCE_S
 from server.config import AUTO, Config
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,6 @@ CACHE_FILE = "calibration.json"
 # Share of the cores the plan may fill: the rest is for the event loop, Opus,
 # SRTP, ASR bursts and the odd other program.
 USABLE_SHARE = 0.85
-# Seconds of audio in a typical later reply piece (one spoken sentence).
-PIECE_AUDIO_S = 2.5
 # A first piece of about this much audio is what a 4-word cap gives.
 SHORT_FIRST_PIECE_AUDIO_S = 1.2
 # A two-thread TTS call is chosen when it costs less than this share of a
