@@ -1,21 +1,22 @@
 """REST routes for avatars: list, add (multipart upload, prepared in a worker
-thread), progress, remove. See docs/api.md."""
+thread), progress, remove. Adding, removing and the progress of an upload need
+the server's API key (server/auth.py); the list is open. See docs/api.md."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -25,12 +26,14 @@ from models.avatar_prepare import (
     AvatarError,
     AvatarInfo,
     AvatarLimits,
+    AvatarTooLarge,
     check_name,
     list_avatars,
     prepare_avatar,
     remove_avatar,
 )
 from models.base import AvatarModel
+from server.auth import require_api_key
 from server.config import Config
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,9 @@ router = APIRouter()
 # One preparation at a time: it is CPU-heavy and sessions share the cores.
 _PREPARE_LOCK = threading.Lock()
 MULTIPART_SLACK = 64 * 1024  # form fields and boundaries on top of the file
+# Finished and failed uploads are kept for their progress to be read, then forgotten.
+FINISHED_JOB_TTL_S = 600.0
+MAX_FINISHED_JOBS = 20
 
 
 @dataclass
@@ -48,7 +54,8 @@ class Job:
     message: str = "queued"
     state: str = "running"  # running | done | error
     error: str | None = None
-    started: float = 0.0
+    started: float = 0.0  # wall clock
+    ended: float | None = None  # JobTable's clock, once done or failed
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -62,14 +69,74 @@ class Job:
         return d
 
 
+class JobTable:
+    """The latest upload job of each avatar name. Running jobs stay; a finished
+    or failed one is forgotten ``ttl_s`` after it ended, and beyond the newest
+    ``max_finished`` of them, so failed uploads do not pile up in memory.
+    Used from the event loop only (the worker thread only moves a job's
+    fraction and message)."""
+
+    def __init__(
+        self,
+        ttl_s: float = FINISHED_JOB_TTL_S,
+        max_finished: int = MAX_FINISHED_JOBS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_finished = max_finished
+        self.clock = clock
+        self._jobs: dict[str, Job] = {}
+
+    def __len__(self) -> int:
+        self.prune()
+        return len(self._jobs)
+
+    def get(self, name: str) -> Job | None:
+        self.prune()
+        return self._jobs.get(name)
+
+    def running(self) -> list[Job]:
+        return [job for job in self._jobs.values() if job.state == "running"]
+
+    def start(self, name: str) -> Job:
+        """A new running job for ``name`` (replacing a finished one)."""
+        self.prune()
+        job = Job(name=name, started=time.time())
+        self._jobs.pop(name, None)
+        self._jobs[name] = job
+        return job
+
+    def finish(self, job: Job, error: str | None = None) -> None:
+        if error is None:
+            job.state, job.fraction, job.message = "done", 1.0, "ready"
+        else:
+            job.state, job.error, job.message = "error", error, "failed"
+        job.ended = self.clock()
+        self.prune()
+
+    def forget(self, name: str) -> None:
+        self._jobs.pop(name, None)
+
+    def prune(self) -> None:
+        now = self.clock()
+        ended = sorted(
+            (job for job in self._jobs.values() if job.ended is not None),
+            key=lambda job: job.ended or 0.0,
+            reverse=True,
+        )
+        for i, job in enumerate(ended):
+            if i >= self.max_finished or now - (job.ended or now) > self.ttl_s:
+                del self._jobs[job.name]
+
+
 class _TooLarge(Exception):
     pass
 
 
-def _jobs(request: Request) -> dict[str, Job]:
+def _jobs(request: Request) -> JobTable:
     state = request.app.state
     if not hasattr(state, "avatar_jobs"):
-        state.avatar_jobs = {}
+        state.avatar_jobs = JobTable()
     return state.avatar_jobs
 
 
@@ -82,12 +149,15 @@ def _settings(request: Request) -> tuple[Path, AvatarLimits, str]:
     )
 
 
-async def _refresh(request: Request) -> None:
-    """Let the running renderer see added or removed avatars."""
-    model = request.app.state.manager.engines.avatar
+def _refresh_renderer(model: AvatarModel) -> None:
+    """Let the running renderer see added or removed avatars (blocking)."""
     refresh = getattr(model, "refresh", None)
     if callable(refresh):
-        await asyncio.to_thread(refresh)
+        refresh()
+
+
+async def _refresh(request: Request) -> None:
+    await asyncio.to_thread(_refresh_renderer, request.app.state.manager.engines.avatar)
 
 
 def _error(exc: AvatarError) -> HTTPException:
@@ -117,13 +187,13 @@ async def get_avatars(request: Request) -> list[dict]:
     modes = {info.name: info.mode for info in infos}
     names = manager.engines.avatar.avatars()
     out = [{"name": n, "mode": modes.get(n, "photo"), "ready": True} for n in names]
-    for job in _jobs(request).values():
-        if job.state == "running" and job.name not in names:
+    for job in _jobs(request).running():
+        if job.name not in names:
             out.append({"name": job.name, "mode": None, "ready": False})
     return out
 
 
-@router.get("/api/avatars/{name}/progress")
+@router.get("/api/avatars/{name}/progress", dependencies=[Depends(require_api_key)])
 async def get_progress(name: str, request: Request) -> dict:
     job = _jobs(request).get(name)
     if job is None:
@@ -131,7 +201,7 @@ async def get_progress(name: str, request: Request) -> dict:
     return job.to_dict()
 
 
-@router.delete("/api/avatars/{name}")
+@router.delete("/api/avatars/{name}", dependencies=[Depends(require_api_key)])
 async def delete_avatar(name: str, request: Request) -> dict:
     avatars_dir, _, default = _settings(request)
     job = _jobs(request).get(name)
@@ -141,12 +211,12 @@ async def delete_avatar(name: str, request: Request) -> dict:
         await asyncio.to_thread(remove_avatar, name, avatars_dir, default)
     except AvatarError as exc:
         raise _error(exc) from None
-    _jobs(request).pop(name, None)
+    _jobs(request).forget(name)
     await _refresh(request)
     return {"removed": name}
 
 
-@router.post("/api/avatars", status_code=201)
+@router.post("/api/avatars", status_code=201, dependencies=[Depends(require_api_key)])
 async def add_avatar(request: Request) -> JSONResponse:
     """multipart/form-data: ``name``, ``file``, optional ``kind`` (photo|video;
     sniffed from the content when absent). Waits for the preparation and
@@ -206,46 +276,67 @@ async def _add_from_form(
     if name in (default, DEFAULT_AVATAR):
         raise HTTPException(400, f"{name!r} is the default avatar; choose another name")
     jobs = _jobs(request)
-    if name in jobs and jobs[name].state == "running":
+    current = jobs.get(name)
+    if current is not None and current.state == "running":
         raise HTTPException(409, f"avatar {name!r} is already being prepared")
-    job = Job(name=name, started=time.time())
-    jobs[name] = job
+    job = jobs.start(name)
 
     upload_dir = Path(tempfile.mkdtemp(prefix="videochat-upload-"))
-    suffix = Path(upload.filename or "").suffix.lower()
-    if not suffix[1:].isalnum() or len(suffix) > 6:
-        suffix = ""
-    src = upload_dir / f"upload-{uuid.uuid4().hex[:8]}{suffix}"
-    try:
-        size = await asyncio.to_thread(_save, upload, src)
-        if size > max_bytes:
-            raise AvatarError(too_large)
-        if size == 0:
-            raise AvatarError("the uploaded file is empty")
+    src = upload_dir / _upload_name(upload.filename)
+    model = request.app.state.manager.engines.avatar
 
-        def progress(fraction: float, message: str) -> None:
-            job.fraction, job.message = fraction, message
+    def progress(fraction: float, message: str) -> None:
+        job.fraction, job.message = fraction, message
 
-        def run() -> Any:
+    def work() -> AvatarInfo:
+        try:
+            size = _save(upload, src)
+            if size > max_bytes:
+                raise AvatarTooLarge(too_large)
+            if size == 0:
+                raise AvatarError("the uploaded file is empty")
             with _PREPARE_LOCK:
-                return prepare_avatar(name, src, kind, avatars_dir, limits, progress)
+                info = prepare_avatar(name, src, kind, avatars_dir, limits, progress)
+        finally:
+            shutil.rmtree(upload_dir, ignore_errors=True)
+        _refresh_renderer(model)
+        return info
 
-        info = await asyncio.to_thread(run)
+    # The worker thread cannot be stopped: if the client leaves (the request is
+    # cancelled), the job still ends when the thread does, and then expires.
+    preparing = asyncio.ensure_future(asyncio.to_thread(work))
+    preparing.add_done_callback(lambda done: _end_job(jobs, job, done))
+    try:
+        info = await asyncio.shield(preparing)
     except AvatarError as exc:
-        job.state, job.error, job.message = "error", str(exc), "failed"
-        status = 413 if str(exc) == too_large else getattr(exc, "status", 400)
-        raise HTTPException(status, str(exc)) from None
+        raise _error(exc) from None
     except Exception as exc:
-        log.exception("preparing avatar %r failed", name)
-        job.state, job.error, job.message = "error", f"preparation failed: {exc}", "failed"
-        raise HTTPException(500, job.error) from None
-    finally:
-        shutil.rmtree(upload_dir, ignore_errors=True)
-    await _refresh(request)
-    job.state, job.fraction, job.message = "done", 1.0, "ready"
+        raise HTTPException(500, _failure(exc)) from None
     body = info.to_dict()
     body.pop("path", None)
     return JSONResponse(body, status_code=201)
+
+
+def _failure(exc: BaseException) -> str:
+    """The message of a failed preparation (bad input says what was wrong)."""
+    return str(exc) if isinstance(exc, AvatarError) else f"preparation failed: {exc}"
+
+
+def _end_job(jobs: JobTable, job: Job, done: asyncio.Future[AvatarInfo]) -> None:
+    if done.cancelled():
+        jobs.finish(job, "preparation cancelled")
+        return
+    exc = done.exception()
+    if exc is not None and not isinstance(exc, AvatarError):
+        log.error("preparing avatar %r failed", job.name, exc_info=exc)
+    jobs.finish(job, None if exc is None else _failure(exc))
+
+
+def _upload_name(filename: str | None) -> str:
+    """The client's file name, made safe to use here (the messages about the file
+    name it; its extension helps FFmpeg), or "upload"."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename or "").name)[-80:].lstrip("._-")
+    return name or "upload"
 
 
 def _save(upload: UploadFile, dest: Path) -> int:

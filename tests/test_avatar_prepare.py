@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import shutil
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import cv2
+import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from skimage import data
 
@@ -23,8 +29,9 @@ from models.avatar_prepare import (
     prepare_avatar,
     remove_avatar,
 )
-from server import cli
-from server.app import create_app
+from server import avatars_api, cli
+from server.avatars_api import JobTable
+from server.avatars_api import router as avatars_router
 from server.config import load_config
 from tests.fakes import BlankAvatarModel, fake_engines
 
@@ -65,7 +72,15 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "small": write_png(
             d / "small.png", cv2.resize(a, (120, 120), interpolation=cv2.INTER_AREA)
         ),
+        "truncated": _write(d / "cut.jpg", _jpeg(a)[:20_000]),
+        "truncated-noext": _write(d / "cut", _jpeg(a)[:20_000]),
     }
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return encoded.tobytes()
 
 
 def _write(path: Path, content: bytes) -> Path:
@@ -153,16 +168,20 @@ def test_default_avatar_is_prepared_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("source", "kind", "limits", "match"),
     [
-        ("text", None, {}, "neither an image nor a video"),
-        ("text", "photo", {}, "not an image"),
-        ("text", "video", {}, "not a video"),
+        ("text", None, {}, "could not be decoded as an image"),
+        ("text", "photo", {}, "could not be decoded as an image"),
+        ("text", "video", {}, "could not be decoded as a video"),
+        ("truncated", None, {}, "cut.jpg could not be decoded as an image"),
+        ("truncated-noext", None, {}, "could not be decoded as an image"),
+        ("truncated", "photo", {}, "could not be decoded as an image"),
+        ("truncated", "video", {}, "could not be decoded as a video"),
         ("gray", "photo", {}, "no face"),
         ("two", "photo", {}, "2 faces"),
         ("small", "photo", {}, "too small"),
         ("clip", "video", {"max_clip_seconds": 1.0}, "too long"),
         ("photo", "photo", {"max_upload_mb": 0.01}, "too large"),
         ("clip", "video", {"max_upload_mb": 0.01}, "too large"),
-        ("photo", "video", {}, "too short"),
+        ("photo", "video", {}, "is a photo, not a video"),
     ],
 )
 def test_bad_input(sources, tmp_path: Path, source: str, kind, limits: dict, match: str) -> None:
@@ -174,6 +193,25 @@ def test_bad_input(sources, tmp_path: Path, source: str, kind, limits: dict, mat
 @pytest.mark.parametrize("name", ["../x", "a/b", "", "x" * 41, ".hidden", "-x", "a b", "é"])
 def test_bad_names(sources, tmp_path: Path, name: str) -> None:
     with pytest.raises(AvatarError, match="bad avatar name"):
+        prepare_avatar(name, sources["photo"], "photo", tmp_path / "avatars")
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("anne\n", "000A"),
+        ("an\nne", "000A"),
+        ("anne\r", "000D"),
+        ("an\tne", "0009"),
+        ("anne\x00", "0000"),
+        ("anne\x7f", "007F"),
+        ("anne\x85", "0085"),
+    ],
+)
+def test_names_with_control_characters(sources, tmp_path: Path, name: str, code: str) -> None:
+    match = rf"bad avatar name .*: it contains a control character \(U\+{code}\)"
+    with pytest.raises(AvatarError, match=match):
         prepare_avatar(name, sources["photo"], "photo", tmp_path / "avatars")
     assert leftovers(tmp_path) == []
 
@@ -192,6 +230,12 @@ def test_cli(sources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -
     assert cli.main(["avatar", "add", "../evil", "--photo", str(sources["photo"])]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: bad avatar name") and "\n" not in err
+    assert cli.main(["avatar", "add", "anne\n", "--photo", str(sources["photo"])]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bad avatar name 'anne\\n': it contains a control character")
+    assert "\n" not in err
+    assert cli.main(["avatar", "add", "cut", "--photo", str(sources["truncated"])]) == 1
+    assert "cut.jpg could not be decoded as an image" in capsys.readouterr().err
     assert cli.main(["avatar", "add", "flat", "--photo", str(sources["gray"])]) == 1
     assert "no face" in capsys.readouterr().err
     assert cli.main(["avatar", "add", "anne", "--photo", str(sources["photo"])]) == 0
@@ -223,15 +267,55 @@ class FolderAvatarModel(BlankAvatarModel):
         ]
 
 
+API_KEY = "test-api-key"
+
+
+class FakeClock:
+    """JobTable's clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def api(tmp_path: Path):
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture
+def avatars_app(tmp_path: Path, clock: FakeClock) -> FastAPI:
+    """A small app with the avatars router and the API key set."""
     config = load_config()
     config.weights_dir = tmp_path
     config.avatars.max_upload_mb = 1.0
     engines = fake_engines()
     engines.avatar = FolderAvatarModel(tmp_path / "avatars")
-    with TestClient(create_app(config, engines)) as client:
-        yield client, engines.avatar, tmp_path / "avatars"
+    app = FastAPI()
+    app.include_router(avatars_router)
+    app.state.manager = SimpleNamespace(config=config, engines=engines)
+    app.state.api_key = API_KEY
+    app.state.avatar_jobs = JobTable(ttl_s=600.0, max_finished=3, clock=clock)
+    return app
+
+
+@pytest.fixture
+def api(avatars_app: FastAPI, tmp_path: Path):
+    """A client of ``avatars_app`` that sends the API key."""
+    with TestClient(avatars_app, headers=AUTH) as client:
+        yield client, avatars_app.state.manager.engines.avatar, tmp_path / "avatars"
+
+
+def upload(client: TestClient, name: str, path: Path, **extra: str):
+    with open(path, "rb") as f:
+        return client.post(
+            "/api/avatars", data={"name": name, **extra}, files={"file": (path.name, f)}
+        )
 
 
 def test_rest_add_list_progress_delete(api, sources) -> None:
@@ -277,6 +361,14 @@ def test_rest_bad_input(api, sources) -> None:
                 "/api/avatars", data={"name": name, **extra}, files={"file": ("x", f)}
             )
 
+    r = post("cut", "truncated")
+    assert r.status_code == 400
+    assert r.json()["detail"].startswith("x could not be decoded as an image")
+    r = post("cut", "truncated", kind="photo")
+    assert r.status_code == 400 and "could not be decoded as an image" in r.json()["detail"]
+    for name in ("anne\n", "an\rne", "an\tne"):
+        r = post(name, "photo")
+        assert r.status_code == 400 and "control character" in r.json()["detail"]
     r = post("flat", "gray")
     assert r.status_code == 400 and "no face" in r.json()["detail"]
     progress = client.get("/api/avatars/flat/progress").json()
@@ -294,3 +386,95 @@ def test_rest_bad_input(api, sources) -> None:
     assert client.post("/api/avatars", data={"name": "nofile"}).status_code == 400
     assert model.refreshed == 0
     assert leftovers(root) == []
+
+
+def test_rest_needs_the_api_key_to_change_avatars(api, sources) -> None:
+    client, model, root = api
+    prepare_avatar("anne", sources["photo"], None, root)
+    for credential, status in [(None, 401), ("Bearer wrong-key", 403), ("Basic abc", 401)]:
+        headers = {"Authorization": credential or ""}
+        with open(sources["photo"], "rb") as f:
+            r = client.post(
+                "/api/avatars",
+                data={"name": "bob"},
+                files={"file": ("me.png", f)},
+                headers=headers,
+            )
+        assert r.status_code == status, r.text
+        assert client.delete("/api/avatars/anne", headers=headers).status_code == status
+        assert client.get("/api/avatars/anne/progress", headers=headers).status_code == status
+        # The list stays open.
+        r = client.get("/api/avatars", headers=headers)
+        assert r.status_code == 200 and "anne" in [a["name"] for a in r.json()]
+    assert client.get("/api/avatars/bob/progress").status_code == 404  # nothing was started
+    assert [i.name for i in list_avatars(root)] == ["anne"]
+
+
+def test_rest_jobs_expire(api, sources, clock: FakeClock) -> None:
+    """Finished and failed uploads are kept 10 minutes, and only the newest 3."""
+    client, model, root = api
+    for name in ("one", "two", "three", "four"):
+        assert upload(client, name, sources["gray"]).status_code == 400
+        clock.now += 1.0
+    assert client.get("/api/avatars/one/progress").status_code == 404  # beyond the newest 3
+    for name in ("two", "three", "four"):
+        assert client.get(f"/api/avatars/{name}/progress").json()["state"] == "error"
+    assert upload(client, "anne", sources["photo"]).status_code == 201
+    assert client.get("/api/avatars/two/progress").status_code == 404
+    assert client.get("/api/avatars/anne/progress").json()["state"] == "done"
+    clock.now += 601.0
+    for name in ("three", "four", "anne"):
+        assert client.get(f"/api/avatars/{name}/progress").status_code == 404
+    assert len(client.app.state.avatar_jobs) == 0
+    assert [i.name for i in list_avatars(root)] == ["anne"]
+
+
+def test_job_table_keeps_running_jobs() -> None:
+    clock = FakeClock()
+    jobs = JobTable(ttl_s=10.0, max_finished=1, clock=clock)
+    running = jobs.start("slow")
+    failed = jobs.start("bad")
+    jobs.finish(failed, "no face found")
+    done = jobs.start("good")
+    jobs.finish(done)
+    clock.now += 3600.0
+    assert jobs.get("bad") is None and jobs.get("good") is None
+    assert jobs.get("slow") is running and [j.name for j in jobs.running()] == ["slow"]
+    assert jobs.start("good").state == "running"  # a name can be uploaded again
+
+
+async def test_rest_job_ends_when_the_client_leaves(
+    avatars_app: FastAPI, sources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preparation thread cannot be stopped: the job stays running while it
+    works, then ends (and can expire) instead of staying "running" forever."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow_prepare(*args: object, **kwargs: object) -> None:
+        started.set()
+        release.wait(10.0)
+        raise AvatarError("no face found in the photo")
+
+    monkeypatch.setattr(avatars_api, "prepare_avatar", slow_prepare)
+    jobs: JobTable = avatars_app.state.avatar_jobs
+    transport = httpx.ASGITransport(app=avatars_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as client:
+        post = asyncio.create_task(
+            client.post(
+                "/api/avatars",
+                data={"name": "slow"},
+                files={"file": ("me.png", sources["photo"].read_bytes())},
+            )
+        )
+        assert await asyncio.to_thread(started.wait, 10.0)
+        post.cancel()  # the client left
+        with contextlib.suppress(asyncio.CancelledError):
+            await post
+        assert jobs.get("slow").state == "running"
+        release.set()
+        for _ in range(500):
+            if jobs.get("slow").state != "running":
+                break
+            await asyncio.sleep(0.01)
+        r = await client.get("/api/avatars/slow/progress")
+    assert r.json()["state"] == "error" and r.json()["error"] == "no face found in the photo"
