@@ -286,7 +286,8 @@ async def run_barge_in(
             await client.wait_for(lambda e: e["type"] == "turn", 120, since=client.index_of(final))
             await asyncio.sleep(1.0)
         async with httpx.AsyncClient(timeout=10) as http:
-            info = (await http.get(f"{base}/api/sessions/{client.session_id}")).json()
+            url = f"{base}/api/sessions/{client.session_id}"
+            info = (await http.get(url, headers=client.auth)).json()
         for turn in info.get("turn_log", []):
             after = turn.get("latency", {}).get("barge_in_detected_after")
             if turn.get("interrupted") and after is not None:

@@ -23,7 +23,10 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.client import Client
 
 SECTION = "## Answers stay right"
 OPENERS_ENV = "VIDEOCHAT_LLM__USE_OPENERS"
@@ -182,12 +185,13 @@ def modes(tiers: Sequence[dict[str, str]] | None) -> list[tuple[str, str, dict[s
 # ------------------------------------------------------------ the asking
 
 
-async def _heard(base: str, session_id: str, index: int) -> dict[str, Any]:
+async def _heard(client: Client, index: int) -> dict[str, Any]:
     """The turn summary (bot_text: what the user heard) from the server."""
     import httpx
 
     async with httpx.AsyncClient(timeout=10) as http:
-        info = (await http.get(f"{base}/api/sessions/{session_id}")).json()
+        url = f"{client.base_url}/api/sessions/{client.session_id}"
+        info = (await http.get(url, headers=client.auth)).json()
     for turn in info.get("turn_log", []):
         if turn.get("index") == index:
             return turn
@@ -228,7 +232,7 @@ async def ask_session(
             spoken = " ".join(
                 e["text"] for _, e in client.received.events[seen:] if e["type"] == "bot_text"
             )
-            summary = await _heard(base, client.session_id or "", turn["index"])
+            summary = await _heard(client, turn["index"])
             reply = summary.get("bot_text") or spoken
             row = grade(question, reply)
             row["seconds"] = time.perf_counter() - started

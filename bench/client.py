@@ -137,10 +137,19 @@ class Received:
 
 
 class Client:
-    def __init__(self, base_url: str, lang: str = "auto", avatar: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        lang: str = "auto",
+        avatar: str | None = None,
+        token: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.lang = lang
         self.avatar = avatar
+        # A minted session's token (POST /api/sessions); else the server's own
+        # page flow, whose answer carries the session's token.
+        self.token = token
         self.mic = MicrophoneTrack()
         self.pc = RTCPeerConnection()
         self.received = Received()
@@ -175,6 +184,8 @@ class Client:
         body: dict[str, Any] = {"sdp": pc.localDescription.sdp, "type": "offer", "lang": self.lang}
         if self.avatar:
             body["avatar"] = self.avatar
+        if self.token:
+            body["token"] = self.token
         async with httpx.AsyncClient(timeout=30) as http:
             response = await http.post(f"{self.base_url}/offer", json=body)
         if response.status_code == 503:
@@ -182,6 +193,7 @@ class Client:
         response.raise_for_status()
         answer = response.json()
         self.session_id = answer["session_id"]
+        self.token = answer["token"]
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
         # Hold received audio 40 ms like the server does, not aiortc's 80 ms:
         # closer to a browser, whose jitter buffer adapts down on loopback.
@@ -245,6 +257,11 @@ class Client:
         )
         return final, turn
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers that authorize this client's calls on its own session."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
     def index_of(self, event: dict[str, Any]) -> int:
         return next(i for i, (_, e) in enumerate(self.received.events) if e is event)
 
@@ -292,8 +309,13 @@ class Client:
             task.cancel()
         await self.pc.close()
         if self.session_id:
-            async with httpx.AsyncClient(timeout=10) as http:
-                await http.delete(f"{self.base_url}/api/sessions/{self.session_id}")
+            try:
+                async with httpx.AsyncClient(timeout=10) as http:
+                    await http.delete(
+                        f"{self.base_url}/api/sessions/{self.session_id}", headers=self.auth
+                    )
+            except httpx.TransportError:  # the server is gone: nothing to hang up
+                pass
 
 
 def _mouth(frame: av.VideoFrame) -> np.ndarray:

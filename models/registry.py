@@ -45,6 +45,26 @@ class Opener:
         self.voiced_seconds = (int(loud[-1]) + 1 if loud.size else 0) / MEDIA_SAMPLE_RATE
 
 
+class StageHealth:
+    """Which shared stages are failing right now (for /health): a stage is
+    "failing" from its last failure until it next works."""
+
+    def __init__(self) -> None:
+        self._failing: dict[str, dict[str, object]] = {}
+
+    def failed(self, stage: str, error: BaseException | None) -> None:
+        entry = self._failing.setdefault(stage, {"since": time.time(), "failures": 0})
+        entry["failures"] = int(entry["failures"]) + 1  # type: ignore[call-overload]
+        entry["last_error"] = str(error) if error is not None else "unknown"
+
+    def ok(self, stage: str) -> None:
+        if self._failing.pop(stage, None) is not None:
+            log.info("%s works again", stage)
+
+    def report(self) -> dict[str, dict[str, object]]:
+        return {stage: dict(entry) for stage, entry in self._failing.items()}
+
+
 @dataclass
 class Engines:
     vad: VADModel
@@ -54,6 +74,8 @@ class Engines:
     avatar: AvatarModel
     openers: dict[str, list[Opener]] = field(default_factory=dict)  # by language
     fillers: dict[str, list[Opener]] = field(default_factory=dict)  # by language
+    fault_lines: dict[str, Opener] = field(default_factory=dict)  # "the LLM is down", by language
+    health: StageHealth = field(default_factory=StageHealth)
     # ASR and TTS calls of every session run here: two workers for two cores, so
     # inference never blocks the event loop that paces media.
     inference: ThreadPoolExecutor = field(
@@ -121,10 +143,24 @@ async def load_engines(config: Config) -> Engines:
             ),
             nice,
         )
+    fault_lines = await run_in_low_priority_thread(
+        lambda: synthesize_openers(
+            {lang: [text] for lang, text in config.llm.fault_lines.items()}, tts, "fault lines"
+        ),
+        nice,
+    )
     await llm_start
     log.info("all models loaded in %.1f s", time.perf_counter() - started)
     return Engines.with_priority(
-        nice, vad=vad, asr=asr, llm=llm, tts=tts, avatar=avatar, openers=openers, fillers=fillers
+        nice,
+        vad=vad,
+        asr=asr,
+        llm=llm,
+        tts=tts,
+        avatar=avatar,
+        openers=openers,
+        fillers=fillers,
+        fault_lines={lang: lines[0] for lang, lines in fault_lines.items() if lines},
     )
 
 

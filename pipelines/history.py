@@ -25,6 +25,12 @@ class ChatHistory:
             self._turns.append({"role": "assistant", "content": text})
             self._trim()
 
+    def drop_unanswered(self) -> None:
+        """Forget a trailing user message that got no answer (the LLM failed),
+        so it is not merged into the next question."""
+        if self._turns and self._turns[-1]["role"] == "user":
+            del self._turns[-1]
+
     def messages_with_user(self, text: str) -> list[ChatMessage]:
         """What ``messages()`` will be after ``add_user(text)``, without changing
         the history (a speculative turn may still be dropped)."""

@@ -71,7 +71,7 @@ class Turn:
     """The timeline of one exchange; times are perf_counter seconds."""
 
     index: int
-    source: str  # "voice" | "text"
+    source: str  # "voice" | "text" | "say"
     end_of_speech: float
     marks: dict[str, float] = field(default_factory=dict)
     user_text: str = ""
@@ -96,6 +96,7 @@ class Turn:
     # The answer may start: enough of it is synthesized (pipelines/planner.py).
     reply_ready: asyncio.Event = field(default_factory=asyncio.Event)
     progress: ReplyProgress = field(default_factory=lambda: ReplyProgress("en"))
+    llm_error: BaseException | None = None  # why the LLM gave no (full) answer
 
     def mark(self, name: str) -> None:
         self.marks.setdefault(name, time.perf_counter())
@@ -151,6 +152,30 @@ class _Made:
     audio: np.ndarray
 
 
+def checked_text(text: Any) -> str:
+    """A typed question or a line to say, stripped; ValueError if unusable."""
+    if not isinstance(text, str):
+        raise ValueError("text must be a string")
+    text = text.strip()
+    if not text:
+        raise ValueError("empty text")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"text longer than {MAX_TEXT_CHARS} chars")
+    return text
+
+
+class SynthesisFailed(RuntimeError):
+    """One piece could not be synthesized; its text is shown instead."""
+
+    def __init__(self, text: str, message: str) -> None:
+        super().__init__(message)
+        self.text = text
+
+
+class LLMFailed(RuntimeError):
+    """The language model did not answer (down, erroring or too slow)."""
+
+
 def _join(first: str, second: str, lang: str) -> str:
     return first + second if lang == "zh" else f"{first} {second}"
 
@@ -168,13 +193,16 @@ class Session:
         engines: Engines,
         config: Config,
         *,
+        session_id: str | None = None,
         lang: str = "auto",
         avatar: str | None = None,
         voice: str | None = None,
+        system_prompt: str | None = None,
+        greeting: str | None = None,
         on_turn_end: Callable[[Turn], None] | None = None,
         planner: ReplyPlanner | None = None,
     ) -> None:
-        self.id = uuid.uuid4().hex[:12]
+        self.id = session_id or self.new_id()
         # Process-wide (it learns the machine's load); without one (tests with
         # scripted models) every piece is spoken as soon as it is synthesized.
         self.planner = planner or ReplyPlanner.immediate()
@@ -185,7 +213,10 @@ class Session:
         self.voice = voice
         self.avatar_name = avatar or config.avatar.default
         self.avatar = engines.avatar.new_stream(self.avatar_name)
-        self.history = ChatHistory(config.llm.system_prompt, config.llm.max_history_messages)
+        self.history = ChatHistory(
+            system_prompt or config.llm.system_prompt, config.llm.max_history_messages
+        )
+        self.greeting = greeting
         self.detector = TurnDetector.from_config(engines.vad.new_detector(), config.vad)
         self.clock = MediaClock(
             self.avatar,
@@ -194,6 +225,8 @@ class Session:
         )
         self.state = "listening"
         self.created = time.time()
+        self._last_activity = time.monotonic()  # speech, text or the end of a reply
+        self._tasks: set[asyncio.Task[Any]] = set()  # e.g. the microphone reader
         self.turns: list[Turn] = []
         self._turn: Turn | None = None
         self._turn_task: asyncio.Task[None] | None = None
@@ -229,14 +262,34 @@ class Session:
             self.emit({"type": "state", "value": state})
 
     # ------------------------------------------------------------- lifecycle
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex[:12]
+
     def start(self) -> None:
-        if self.clock.frames_sent == 0 and self._prime_task is None:
+        first = self.clock.frames_sent == 0 and self._prime_task is None
+        if first:
             # Fill this conversation's KV-cache slot with the persona while the
             # user is still getting ready to talk.
             self._prime_task = asyncio.create_task(
                 self.engines.llm.prime(self.history.messages(), self.id)
             )
         self.clock.start()
+        if first and self.greeting:
+            self.say(self.greeting)
+
+    def own_task(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` for as long as this session lives (cancelled on close)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def idle_seconds(self) -> float:
+        """Seconds since the user last spoke or typed, or a reply ended."""
+        if self._turn is not None:
+            return 0.0
+        return time.monotonic() - self._last_activity
 
     async def close(self) -> None:
         if self.closed:
@@ -245,6 +298,10 @@ class Session:
         await self._cancel_turn()
         if self._prime_task is not None:
             self._prime_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
         self.engines.llm.release(self.id)
         await self.clock.stop()
 
@@ -254,6 +311,7 @@ class Session:
         detector = self.detector
         for event in detector.push(audio_16k):
             if isinstance(event, SpeechStart):
+                self._last_activity = time.monotonic()
                 self.emit({"type": "user_text", "text": "", "final": False})
             elif isinstance(event, EndOfTurn):
                 # Speech ended (at_sample - end_sample) samples of audio ago.
@@ -325,17 +383,25 @@ class Session:
         if kind == "interrupt":
             self.interrupt("client")
         elif kind == "text":
-            text = str(message.get("text", "")).strip()
-            if not text:
-                self.emit({"type": "error", "message": "empty text message"})
-            elif len(text) > MAX_TEXT_CHARS:
-                self.emit({"type": "error", "message": f"text longer than {MAX_TEXT_CHARS} chars"})
-            else:
-                self.interrupt("typed")
-                self.emit({"type": "user_text", "text": text, "final": True})
-                self.start_turn(source="text", end_of_speech=time.perf_counter(), text=text)
+            try:
+                text = checked_text(message.get("text"))
+            except ValueError as exc:
+                self.emit({"type": "error", "message": str(exc)})
+                return
+            self._last_activity = time.monotonic()
+            self.interrupt("typed")
+            self.emit({"type": "user_text", "text": text, "final": True})
+            self.start_turn(source="text", end_of_speech=time.perf_counter(), text=text)
         else:
-            self.emit({"type": "error", "message": f"unknown message type {kind!r}"})
+            shown = kind if isinstance(kind, str) and len(kind) <= 40 else type(kind).__name__
+            self.emit({"type": "error", "message": f"unknown message type {shown!r}"})
+
+    def say(self, text: str) -> Turn:
+        """Make the avatar say ``text`` (not the LLM's words): the REST
+        ``say`` call and the greeting. It interrupts what is being said."""
+        text = checked_text(text)
+        self.interrupt("say")
+        return self.start_turn(source="say", end_of_speech=time.perf_counter(), text=text)
 
     # ------------------------------------------------------------------ turn
     def start_turn(
@@ -384,6 +450,9 @@ class Session:
             if lang == "auto":
                 lang = detect_lang(text)
             turn.progress.lang = lang
+            if turn.source == "say":
+                await self._say_text(turn, text, lang)
+                return
             # Generation may start before the turn is confirmed; speaking may not.
             pieces: asyncio.Queue[str | None] = asyncio.Queue()
             messages = self.history.messages_with_user(text)
@@ -405,6 +474,10 @@ class Session:
             finally:
                 producer.cancel()
                 speaker.cancel()
+            if turn.llm_error is not None:
+                await self._llm_failed(turn, lang)
+            else:
+                self.engines.health.ok("llm")
             self.avatar.end_of_segment()
             turn.generation_done = True
             if not turn.pieces:
@@ -416,6 +489,36 @@ class Session:
             self.emit({"type": "error", "message": f"turn failed: {exc}"})
             self._finish_turn(turn)
 
+    async def _say_text(self, turn: Turn, text: str, lang: str) -> None:
+        """Speak a given text through TTS and the avatar, without the LLM."""
+        splitter = SentenceSplitter()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        for piece in [*splitter.push(text), *splitter.flush()]:
+            self._hand_to_tts(turn, piece, pieces)
+        pieces.put_nowait(None)
+        turn.progress.generation_done = True
+        log.info("session %s turn %d: saying %r", self.id, turn.index, text)
+        await self._speak(turn, pieces, lang, None)
+        self.avatar.end_of_segment()
+        turn.generation_done = True
+        if not turn.pieces:
+            self._finish_turn(turn)
+
+    async def _llm_failed(self, turn: Turn, lang: str) -> None:
+        """Say so, in the user's language; keep the question out of the history
+        (it was not answered, so it must not be glued onto the next one)."""
+        error = turn.llm_error
+        self.engines.health.failed("llm", error)
+        log.error("session %s turn %d: the LLM failed: %s", self.id, turn.index, error)
+        answered = any(not p.opener and not p.filler for p in turn.pieces)
+        if not answered:
+            self.history.drop_unanswered()
+        line = self.engines.fault_lines.get(lang) or self.engines.fault_lines.get("en")
+        message = line.text if line is not None else "Sorry, I cannot answer right now."
+        self.emit({"type": "error", "stage": "llm", "message": message, "detail": str(error)})
+        if line is not None and not answered:
+            await self._push(turn, line.text, line.lang, line.speech, line.audio, filler=True)
+
     async def _generate(
         self,
         turn: Turn,
@@ -426,13 +529,25 @@ class Session:
             max_first_words=self.config.llm.first_piece_max_words,
             max_first_cjk=self.config.llm.first_piece_max_cjk,
         )
+        limit = self.config.llm.first_token_timeout_s
         try:
-            spoke = await self._stream_reply(turn, messages, splitter, pieces)
-            if not spoke and messages[-1]["role"] == "assistant":
-                # The model ended the turn right after the opener: ask again
-                # without it so the user never gets a bare "Hmm,".
-                log.info("session %s: empty continuation after the opener; asking again", self.id)
-                await self._stream_reply(turn, messages[:-1], splitter, pieces)
+            async with asyncio.timeout(limit or None) as waiting:
+                spoke = await self._stream_reply(turn, messages, splitter, pieces, waiting)
+                if not spoke and messages[-1]["role"] == "assistant":
+                    # The model ended the turn right after the opener: ask again
+                    # without it so the user never gets a bare "Hmm,".
+                    log.info("session %s: empty continuation after the opener; again", self.id)
+                    await self._stream_reply(turn, messages[:-1], splitter, pieces, waiting)
+        except TimeoutError:
+            turn.llm_error = LLMFailed(f"no answer within {limit:g} s")
+            return
+        except Exception as exc:  # the endpoint is down or answered with an error
+            turn.llm_error = exc
+            return
+        finally:
+            turn.progress.generation_done = True
+            pieces.put_nowait(None)
+        try:
             turn.mark("llm_done")
             self.planner.observe_reply(turn.progress.written_chars, turn.progress.lang)
             if "llm_first_token" in turn.marks:
@@ -441,9 +556,8 @@ class Session:
                     turn.progress.lang,
                     turn.marks["llm_done"] - turn.marks["llm_first_token"],
                 )
-        finally:
-            turn.progress.generation_done = True
-            pieces.put_nowait(None)
+        except Exception:  # learning must never break a reply
+            log.exception("session %s: planner update failed", self.id)
 
     async def _stream_reply(
         self,
@@ -451,10 +565,14 @@ class Session:
         messages: list[dict[str, str]],
         splitter: SentenceSplitter,
         pieces: asyncio.Queue[str | None],
+        waiting: asyncio.Timeout | None = None,
     ) -> bool:
-        """Stream one completion into ``pieces``; False if it said nothing."""
+        """Stream one completion into ``pieces``; False if it said nothing.
+        ``waiting`` bounds the wait for the first token (then it is lifted)."""
         spoke = False
         async for delta in self.engines.llm.stream_chat(messages, conversation=self.id):
+            if waiting is not None and not turn.first_token.is_set():
+                waiting.reschedule(None)
             turn.mark("llm_first_token")
             turn.first_token.set()
             ready = splitter.push(delta)
@@ -616,7 +734,9 @@ class Session:
             else:
                 item = False
             self._open_answer(turn)
-            if saying is not None:
+            if saying is not None and turn.llm_error is not None and not held:
+                saying.cancel()  # no answer is coming: no "Sure," before the apology
+            elif saying is not None:
                 await saying  # the opener goes first
             for done in held:
                 await self._push(turn, done.text, done.lang, done.speech, done.audio)
@@ -655,6 +775,8 @@ class Session:
                 speech, audio = await loop.run_in_executor(
                     self.engines.inference, self._synthesize, text, piece_lang
                 )
+            except Exception as exc:
+                raise SynthesisFailed(text, f"speech synthesis failed: {exc}") from exc
             finally:
                 turn.synthesizing -= 1
                 slots.release()
@@ -670,9 +792,11 @@ class Session:
                         made.put_nowait(done)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # one sentence lost, not the reply
-                    log.exception("session %s: TTS failed", self.id)
-                    self.emit({"type": "error", "message": f"speech synthesis failed: {exc}"})
+                except SynthesisFailed as failure:  # one sentence unspoken, not the reply
+                    self.engines.health.failed("tts", failure.__cause__)
+                    log.error("session %s: TTS failed on %r: %s", self.id, failure.text, failure)
+                    self.emit({"type": "bot_text", "text": failure.text, "spoken": False})
+                    self.emit({"type": "error", "stage": "tts", "message": str(failure)})
             made.put_nowait(None)
 
         delivery = asyncio.create_task(deliver())

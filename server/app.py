@@ -6,10 +6,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Literal
 
-from aiortc import RTCPeerConnection
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -18,125 +16,27 @@ from pydantic import BaseModel, Field
 from models.base import BackendUnavailable
 from models.registry import Engines, load_engines
 from pipelines.planner import ReplyCosts, ReplyPlanner
-from pipelines.session import Session
+from pipelines.session import MAX_TEXT_CHARS
 from pipelines.splitter import warm_up as warm_up_splitter
+from server.auth import load_or_create_api_key, require_api_key
 from server.avatars_api import router as avatars_router
-from server.avatars_api import sync_with_disk
 from server.config import REPO_ROOT, Config
+from server.guards import BodyLimit, ClientRateLimit, SessionCORS
 from server.machine import apply_plan, plan_machine
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
-from server.rtc import answer_offer, encode_vp8_without_denoiser, offer_loopback_only
+from server.rtc import encode_vp8_without_denoiser, offer_loopback_only
+from server.sessions import Answer, Minted, Offer, SessionManager, SessionOptions
+
+__all__ = ["SessionManager", "create_app"]
 
 log = logging.getLogger(__name__)
 STATIC = REPO_ROOT / "static"
 DOCS = REPO_ROOT / "docs"
-RETRY_AFTER_S = 30  # what a full server tells a client to wait
 
 
-class Offer(BaseModel):
-    sdp: str = Field(min_length=1, max_length=100_000)
-    type: Literal["offer"]
-    avatar: str | None = None
-    voice: str | None = None
-    lang: Literal["en", "zh", "auto"] = "auto"
-
-
-class Answer(BaseModel):
-    sdp: str
-    type: str
-    session_id: str
-
-
-class SessionManager:
-    """All live sessions of this process, each with its peer connection."""
-
-    def __init__(
-        self,
-        engines: Engines,
-        config: Config,
-        metrics: Metrics | None = None,
-        planner: ReplyPlanner | None = None,
-    ) -> None:
-        self.engines = engines
-        # One for the process: it learns this machine's load across sessions.
-        self.planner = planner or ReplyPlanner.immediate()
-        self.config = config
-        self.metrics = metrics or Metrics()
-        self.sessions: dict[str, Session] = {}
-        self.peers: dict[str, RTCPeerConnection] = {}
-
-    def get(self, session_id: str) -> Session:
-        session = self.sessions.get(session_id)
-        if session is None:
-            raise HTTPException(404, f"no session {session_id!r}")
-        return session
-
-    @property
-    def capacity(self) -> int:
-        return int(self.config.server.max_sessions)
-
-    async def open(self, offer: Offer) -> Answer:
-        if len(self.sessions) >= self.capacity:
-            raise HTTPException(
-                503,
-                f"This server is busy: it holds {self.capacity} conversation"
-                f"{'s' if self.capacity != 1 else ''} at a time on this machine. "
-                f"Try again in a minute.",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
-        if offer.voice and offer.voice not in self.engines.tts.voices():
-            raise HTTPException(400, f"unknown voice {offer.voice!r}")
-        if offer.avatar and offer.avatar not in self.engines.avatar.avatars():
-            await sync_with_disk(self.config, self.engines.avatar)  # added by the CLI?
-        try:
-            session = Session(
-                self.engines,
-                self.config,
-                lang=offer.lang,
-                avatar=offer.avatar,
-                voice=offer.voice,
-                on_turn_end=self.metrics.observe_turn,
-                planner=self.planner,
-            )
-        except KeyError as exc:
-            raise HTTPException(400, str(exc.args[0] if exc.args else exc)) from None
-        try:
-            pc = await answer_offer(
-                session, offer.sdp, offer.type, self.config.server.mic_prefetch_packets
-            )
-        except Exception as exc:  # aiortc raises ValueError & co. on bad SDP
-            await session.close()
-            raise HTTPException(400, f"malformed offer: {exc}") from None
-        self.sessions[session.id] = session
-        self.peers[session.id] = pc
-        self.metrics.session_opened(len(self.sessions))
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
-                await self.close(session.id)
-
-        log.info(
-            "session %s opened (lang=%s avatar=%s)", session.id, offer.lang, session.avatar_name
-        )
-        local = pc.localDescription
-        return Answer(sdp=local.sdp, type=local.type, session_id=session.id)
-
-    async def close(self, session_id: str) -> bool:
-        session = self.sessions.pop(session_id, None)
-        pc = self.peers.pop(session_id, None)
-        if session is None:
-            return False
-        await session.close()
-        self.metrics.session_closed(session, len(self.sessions))
-        if pc is not None:
-            await pc.close()
-        log.info("session %s closed after %d turns", session_id, len(session.turns))
-        return True
-
-    async def close_all(self) -> None:
-        await asyncio.gather(*(self.close(sid) for sid in list(self.sessions)))
+class SayRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
 
 
 def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
@@ -173,13 +73,37 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
         warm_up_splitter()  # jieba's dictionary, before the first Chinese turn
         app.state.manager = SessionManager(loaded, config, metrics, planner)
         host = config.server.host if config.server.host != "0.0.0.0" else "127.0.0.1"
+        if key_made:
+            log.warning(
+                "made an API key (kept in %s; send it as 'Authorization: Bearer <key>' to "
+                "manage sessions and avatars): %s",
+                config.weights_path / "api_key",
+                app.state.api_key,
+            )
+        elif not config.server.api_key:
+            log.info("API key: in %s", config.weights_path / "api_key")
         log.info("ready: open http://%s:%d in Chromium or Firefox", host, config.server.port)
         yield
-        await app.state.manager.close_all()
+        await app.state.manager.drain()  # SIGTERM: no new sessions, live ones told
         if engines is None:
             await loaded.close()
 
-    app = FastAPI(title="videochat", lifespan=lifespan)
+    app = FastAPI(
+        title="videochat",
+        summary="A real-time digital human: sessions over REST, media over WebRTC.",
+        lifespan=lifespan,
+    )
+    app.state.api_key, key_made = load_or_create_api_key(config.server.api_key, config.weights_path)
+    # Each added middleware wraps the ones before: CORS (outermost) answers
+    # preflights, then the rate and body-size limits.
+    app.add_middleware(BodyLimit, max_bytes=config.server.max_body_kb * 1024)
+    app.add_middleware(
+        ClientRateLimit, rate=config.server.http_requests_per_s, burst=config.server.http_burst
+    )
+    app.add_middleware(
+        SessionCORS,
+        origins=lambda: app.state.manager.origins() if hasattr(app.state, "manager") else set(),
+    )
     metrics = Metrics()  # this app's own registry
     app.state.metrics = metrics
     metrics.track_sessions(
@@ -191,11 +115,15 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health(request: Request) -> dict:
+        """"ok", or "degraded" with the failing stages (e.g. the LLM endpoint)."""
         sessions = manager(request)
+        failing = sessions.engines.health.report()
         return {
-            "status": "ok",
-            "sessions": len(sessions.sessions),
+            "status": "degraded" if failing else "ok",
+            "failing": failing,
+            "sessions": len(sessions.live),
             "capacity": sessions.capacity,
+            "draining": sessions.draining,
             "machine": getattr(request.app.state, "machine", None),
         }
 
@@ -215,19 +143,68 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
 
     @app.post("/offer", response_model=Answer)
     async def offer(body: Offer, request: Request) -> Answer:
-        return await manager(request).open(body)
+        """Answer a browser's WebRTC offer. With a session token (body or Bearer
+        header): that minted session. Without one: a new session, from the
+        server's own page only (``server.open_page``)."""
+        return await manager(request).open(body, request)
 
-    @app.get("/api/sessions")
+    @app.post(
+        "/api/sessions",
+        status_code=201,
+        response_model=Minted,
+        dependencies=[Depends(require_api_key)],
+    )
+    async def create_session(options: SessionOptions, request: Request) -> Minted:
+        """Mint a session for a browser (API key): its options and a token that
+        connects it (``POST /offer``) within ``server.session_token_ttl_s``."""
+        return manager(request).mint(options)
+
+    @app.get("/api/sessions", dependencies=[Depends(require_api_key)])
     async def list_sessions(request: Request) -> list[dict]:
-        return [s.summary() for s in manager(request).sessions.values()]
+        sessions = manager(request)
+        return [sessions.summary(sid) for sid in (*sessions.live, *sessions.waiting)]
 
     @app.get("/api/sessions/{session_id}")
     async def get_session(session_id: str, request: Request) -> dict:
-        return manager(request).get(session_id).summary(detail=True)
+        """One session with its turns (API key, or the session's own token)."""
+        manager(request).authorize(session_id, request)
+        return manager(request).summary(session_id, detail=True)
+
+    @app.get("/api/sessions/{session_id}/transcript")
+    async def get_transcript(session_id: str, request: Request) -> dict:
+        """What the user said and what the avatar said, turn by turn."""
+        manager(request).authorize(session_id, request)
+        session = manager(request).get(session_id)
+        return {
+            "id": session_id,
+            "turns": [
+                {"user": t.user_text, "avatar": t.heard_text, "source": t.source}
+                for t in session.turns
+            ],
+        }
+
+    @app.post("/api/sessions/{session_id}/say", status_code=202)
+    async def say(session_id: str, body: SayRequest, request: Request) -> dict:
+        """Make the avatar say a text (it interrupts what it is saying)."""
+        manager(request).authorize(session_id, request)
+        session = manager(request).get(session_id)
+        try:
+            turn = session.say(body.text)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return {"id": session_id, "turn": turn.index}
+
+    @app.post("/api/sessions/{session_id}/interrupt")
+    async def interrupt(session_id: str, request: Request) -> dict:
+        manager(request).authorize(session_id, request)
+        manager(request).get(session_id).interrupt("api")
+        return {"id": session_id, "interrupted": True}
 
     @app.delete("/api/sessions/{session_id}")
     async def delete_session(session_id: str, request: Request) -> JSONResponse:
-        if not await manager(request).close(session_id):
+        """Hang up (API key, or the session's own token)."""
+        manager(request).authorize(session_id, request)
+        if not await manager(request).close(session_id, "deleted"):
             raise HTTPException(404, f"no session {session_id!r}")
         return JSONResponse({"closed": session_id})
 

@@ -40,6 +40,28 @@ class ServerConfig(BaseModel):
     # aiortc hands a mic frame on once N later ones have arrived (its default: 4);
     # a missing packet is waited for whatever N is, so 1 only removes delay.
     mic_prefetch_packets: int = 1
+    # Empty: made at first start and kept in weights/api_key (server/auth.py).
+    api_key: str = ""
+    # Browser origins (scheme://host:port) that may embed the avatar and call the
+    # API with CORS; a session minted with its own allowed_origin adds that one.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # The page's own flow: /offer without a token from the server's own origin
+    # (or from a client that sends no Origin, such as curl). False: tokens only.
+    open_page: bool = True
+    session_token_ttl_s: float = 300.0  # a minted session must be connected within this
+    handshake_timeout_s: float = 20.0  # a peer that has not connected by then is dropped
+    idle_timeout_s: float = 600.0  # no speech or text for this long ends a session (0 = never)
+    max_duration_s: float = 3600.0  # sessions end after this long (0 = never)
+    # Per client address, over /offer and /api: this many requests a second, with
+    # bursts of http_burst; past it 429 with Retry-After.
+    http_requests_per_s: float = 10.0
+    http_burst: int = 40
+    # Per session, over the data channel: past it an error event, the message dropped.
+    messages_per_s: float = 2.0
+    messages_burst: int = 10
+    max_message_bytes: int = 16_384  # one data-channel message
+    max_body_kb: int = 256  # JSON request bodies (avatar uploads have their own limit)
+    drain_s: float = 2.0  # on SIGTERM: live sessions are told, then closed after this
 
 
 class VADConfig(BaseModel):
@@ -105,6 +127,15 @@ class LLMConfig(BaseModel):
     # long after its first piece is synthesized (a long reply on a slow
     # machine: pauses later rather than a long silence first).
     max_answer_hold_s: float = 2.0
+    # No first token after this long counts as a failure of the LLM (0 = wait).
+    first_token_timeout_s: float = 20.0
+    # Said (and shown) when the LLM is down, erroring or too slow.
+    fault_lines: dict[str, str] = Field(
+        default_factory=lambda: {
+            "en": "Sorry, I can't think right now. Please try again in a moment.",
+            "zh": "抱歉，我现在没法思考，请稍后再试。",
+        }
+    )
     system_prompt: str = "You are a friendly bilingual digital human. Answer briefly."
 
 

@@ -2,19 +2,91 @@
 
 from __future__ import annotations
 
-import asyncio
+import ipaddress
 import json
 import logging
+import time
+from typing import Any, Protocol
 
 import av
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from fastapi import HTTPException
 
 from models.base import VAD_SAMPLE_RATE
 from pipelines.session import Session
 
 log = logging.getLogger(__name__)
+EVENTS_CHANNEL = "events"
+
+
+class ChannelLimits(Protocol):
+    messages_per_s: float
+    messages_burst: int
+    max_message_bytes: int
+
+
+class TokenBucket:
+    """``rate`` events a second with bursts of ``burst``. Hand-written (a dozen
+    lines) because it is used per session and per client address in-process,
+    where rate-limit libraries bring storage backends we do not need."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(max(1, burst))
+        self.tokens = self.burst
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def wait_s(self) -> float:
+        """Seconds until the next event is allowed."""
+        return max(0.0, (1.0 - self.tokens) / self.rate) if self.rate > 0 else 60.0
+
+
+def check_offer(sdp: str) -> None:
+    """A 400 for offers this server cannot use, before a slot is taken."""
+    if not sdp.lstrip().startswith("v=0"):
+        raise HTTPException(400, "malformed offer: an SDP offer starts with 'v=0'")
+    if "\nm=application" not in sdp.replace("\r\n", "\n"):
+        raise HTTPException(
+            400, f"the offer has no data channel: open one labelled {EVENTS_CHANNEL!r} first"
+        )
+    if "\nm=audio" not in sdp.replace("\r\n", "\n"):
+        raise HTTPException(400, "the offer has no audio: add the microphone track")
+
+
+def _is_loopback_candidate(line: str) -> bool:
+    # a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ ...
+    fields = line.split()
+    if len(fields) < 6:
+        return False
+    try:
+        return ipaddress.ip_address(fields[4]).is_loopback
+    except ValueError:  # mDNS names (*.local) and junk
+        return False
+
+
+def keep_loopback_candidates(sdp: str) -> str:
+    """The offer with every non-loopback ICE candidate removed, so a
+    loopback-only server never sends a connectivity check anywhere else."""
+    lines = sdp.splitlines()
+    kept = [
+        line
+        for line in lines
+        if not line.startswith("a=candidate:") or _is_loopback_candidate(line)
+    ]
+    if len(kept) != len(lines):
+        log.info("dropped %d non-loopback ICE candidate(s)", len(lines) - len(kept))
+    return "\r\n".join(kept) + "\r\n"
 
 
 def aiortc_vp8_options(bitrate: int, **changes: str) -> dict[str, str]:
@@ -84,6 +156,23 @@ def offer_loopback_only() -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]
 
 
+def parse_message(message: str | bytes, limit: int) -> dict[str, Any]:
+    """One data-channel message as a JSON object; ValueError says what is wrong."""
+    if len(message) > limit:
+        raise ValueError(f"messages are limited to {limit} bytes")
+    if isinstance(message, bytes):
+        raise ValueError("messages must be JSON text, not binary")
+    try:
+        data = json.loads(message)
+    except RecursionError:  # deeply nested brackets
+        raise ValueError("message nested too deeply") from None
+    except ValueError:
+        raise ValueError("messages must be JSON objects") from None
+    if not isinstance(data, dict):
+        raise ValueError("messages must be JSON objects")
+    return data
+
+
 async def read_microphone(track: MediaStreamTrack, session: Session) -> None:
     """Decode the browser's audio, resample to 16 kHz mono and feed the VAD."""
     resampler = av.AudioResampler(format="flt", layout="mono", rate=VAD_SAMPLE_RATE)
@@ -110,14 +199,22 @@ def shorten_audio_jitter_buffer(pc: RTCPeerConnection, packets: int) -> None:
 
 
 async def answer_offer(
-    session: Session, sdp: str, kind: str, mic_prefetch_packets: int = 4
+    session: Session,
+    sdp: str,
+    kind: str,
+    mic_prefetch_packets: int = 4,
+    *,
+    loopback_only: bool = False,
+    limits: ChannelLimits | None = None,
 ) -> RTCPeerConnection:
     """Create the server's peer for one session and answer the browser's offer."""
     pc = RTCPeerConnection()
+    max_bytes = limits.max_message_bytes if limits else 16_384
+    bucket = TokenBucket(limits.messages_per_s, limits.messages_burst) if limits else None
 
     @pc.on("datachannel")
     def on_datachannel(channel) -> None:  # type: ignore[no-untyped-def]
-        if channel.label != "events":
+        if channel.label != EVENTS_CHANNEL:
             return
 
         def send(event: dict) -> None:
@@ -126,12 +223,19 @@ async def answer_offer(
 
         @channel.on("message")
         def on_message(message: str | bytes) -> None:
+            if bucket is not None and not bucket.take():
+                send(
+                    {
+                        "type": "error",
+                        "message": "too many messages: slow down",
+                        "retry_after_s": round(bucket.wait_s(), 2),
+                    }
+                )
+                return
             try:
-                data = json.loads(message)
-                if not isinstance(data, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                send({"type": "error", "message": "messages must be JSON objects"})
+                data = parse_message(message, max_bytes)
+            except ValueError as exc:
+                send({"type": "error", "message": str(exc)})
                 return
             session.handle_message(data)
 
@@ -143,7 +247,7 @@ async def answer_offer(
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
         if track.kind == "audio":
-            asyncio.ensure_future(read_microphone(track, session))
+            session.own_task(read_microphone(track, session))
 
     @pc.on("connectionstatechange")
     async def on_state() -> None:
@@ -151,12 +255,18 @@ async def answer_offer(
         if pc.connectionState == "connected":
             session.start()
 
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
-    if mic_prefetch_packets != 4:
-        shorten_audio_jitter_buffer(pc, mic_prefetch_packets)
-    # aiortc attaches each track to the browser's transceiver of the same kind:
-    # reply audio on its sendrecv microphone transceiver, video on its recvonly one.
-    pc.addTrack(session.clock.audio_track)
-    pc.addTrack(session.clock.video_track)
-    await pc.setLocalDescription(await pc.createAnswer())
+    if loopback_only:
+        sdp = keep_loopback_candidates(sdp)
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        if mic_prefetch_packets != 4:
+            shorten_audio_jitter_buffer(pc, mic_prefetch_packets)
+        # aiortc attaches each track to the browser's transceiver of the same kind:
+        # reply audio on its sendrecv microphone transceiver, video on its recvonly one.
+        pc.addTrack(session.clock.audio_track)
+        pc.addTrack(session.clock.video_track)
+        await pc.setLocalDescription(await pc.createAnswer())
+    except BaseException:
+        await pc.close()
+        raise
     return pc

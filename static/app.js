@@ -12,6 +12,13 @@
   };
 
   const ICE_GATHER_TIMEOUT_MS = 5000;
+  const ENDED = {
+    idle_timeout: 'The conversation ended after a long silence. Press Start to talk again.',
+    max_duration: 'The conversation reached its time limit. Press Start to talk again.',
+    server_shutdown: 'The server is shutting down. Try again in a minute.',
+    deleted: 'The conversation was ended.',
+    handshake_timeout: 'The connection could not be set up in time. Press Start to retry.',
+  };
 
   // Everything tests need lives here.
   const vc = {
@@ -205,6 +212,11 @@
         addLine('error', msg.message || 'error');
         showError(msg.message || 'error');
         break;
+      case 'ended':
+        showError(ENDED[msg.reason] || `The conversation ended (${msg.reason}).`);
+        vc.sessionId = null; // the server has closed it already
+        hangup();
+        break;
       default: break;
     }
   }
@@ -307,6 +319,7 @@
       if (!resp.ok) throw new Error(await errorText(resp));
       const answer = await resp.json();
       vc.sessionId = answer.session_id ?? null;
+      vc.token = answer.token ?? null; // this session's own credential (hang-up)
       await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
       setConnected(true);
     } catch (err) {
@@ -320,12 +333,13 @@
     }
   }
 
-  async function deleteSession(sessionId) {
+  async function deleteSession(sessionId, token) {
     const ctrl = new AbortController();
     const timer = setTimeout(() => ctrl.abort(), 2000);
     try {
       await fetch(`/api/sessions/${encodeURIComponent(sessionId)}`, {
         method: 'DELETE', keepalive: true, signal: ctrl.signal,
+        headers: token ? { Authorization: `Bearer ${token}` } : {},
       });
     } catch (err) {
       console.warn('DELETE session', err);
@@ -335,10 +349,11 @@
   }
 
   async function hangup() {
-    const { pc, dc, sessionId } = vc;
+    const { pc, dc, sessionId, token } = vc;
     vc.pc = null;
     vc.dc = null;
     vc.sessionId = null;
+    vc.token = null;
     if (mic) { mic.getTracks().forEach((t) => t.stop()); mic = null; }
     analyser = null;
     el.video.pause();
@@ -349,7 +364,7 @@
     setState('idle');
     // Tell the server first, so it does not see the peer vanish and close
     // the session on its own; then close our side.
-    if (sessionId) await deleteSession(sessionId);
+    if (sessionId) await deleteSession(sessionId, token);
     try { if (dc) dc.close(); } catch { /* already closed */ }
     try { if (pc) pc.close(); } catch { /* already closed */ }
   }

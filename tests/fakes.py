@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -148,3 +150,46 @@ def fake_engines(
         tts=tts or ToneTTS(),
         avatar=BlankAvatarModel(),
     )
+
+
+class FailingLLM(ScriptedLLM):
+    """A ScriptedLLM whose endpoint can be taken down (connection refused)."""
+
+    def __init__(self, replies: dict[str, str]) -> None:
+        super().__init__(replies)
+        self.down = True
+
+    async def stream_chat(
+        self, messages: Sequence[ChatMessage], *, conversation: str | None = None
+    ) -> AsyncIterator[str]:
+        if self.down:
+            raise ConnectionError("Connection refused: 127.0.0.1:8001")
+        async for delta in super().stream_chat(messages, conversation=conversation):
+            yield delta
+
+
+@contextmanager
+def served(app: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on 127.0.0.1 in a thread; yield its base URL.
+    Leaving the block shuts it down the way SIGTERM does (the lifespan ends)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -16,12 +16,15 @@ from server.rtc import offer_loopback_only
 
 pytestmark = pytest.mark.models
 FIXTURES = Path(__file__).parent / "fixtures"
+API_KEY = "test-api-key"
+KEY = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
 def server():
     offer_loopback_only()  # the test client, too, offers only 127.0.0.1
-    with running_server(env={"VIDEOCHAT_SERVER__MAX_SESSIONS": "2"}) as (base, process):
+    env = {"VIDEOCHAT_SERVER__MAX_SESSIONS": "2", "VIDEOCHAT_SERVER__API_KEY": API_KEY}
+    with running_server(env=env) as (base, process):
         yield base
 
 
@@ -68,16 +71,18 @@ async def test_spoken_questions_are_answered_with_voice_and_video(server):
         assert client.first_loud_audio_after(result_zh["spoken"]) is not None
 
         async with httpx.AsyncClient() as http:
-            listed = (await http.get(f"{server}/api/sessions")).json()
+            listed = (await http.get(f"{server}/api/sessions", headers=KEY)).json()
             assert client.session_id in [s["id"] for s in listed]
-            detail = (await http.get(f"{server}/api/sessions/{client.session_id}")).json()
+            # The session's own token (from the /offer answer) reads it, too.
+            url = f"{server}/api/sessions/{client.session_id}"
+            detail = (await http.get(url, headers=client.auth)).json()
         assert len(detail["turn_log"]) >= 2
         assert detail["turn_log"][0]["latency"]["first_audio_sent"] > 0
         assert detail["history"][0]["role"] == "user"
     finally:
         await client.close()
     async with httpx.AsyncClient() as http:
-        gone = await http.get(f"{server}/api/sessions/{client.session_id}")
+        gone = await http.get(f"{server}/api/sessions/{client.session_id}", headers=KEY)
     assert gone.status_code == 404
 
 
@@ -128,8 +133,10 @@ async def test_past_max_sessions_offer_gets_503(server):
 
 
 def test_unknown_session_is_404(server):
-    assert httpx.get(f"{server}/api/sessions/nope", timeout=5).status_code == 404
-    assert httpx.delete(f"{server}/api/sessions/nope", timeout=5).status_code == 404
+    url = f"{server}/api/sessions/nope"
+    assert httpx.get(url, headers=KEY, timeout=5).status_code == 404
+    assert httpx.delete(url, headers=KEY, timeout=5).status_code == 404
+    assert httpx.get(url, timeout=5).status_code == 401  # no credential
 
 
 async def test_barge_in_over_webrtc_stops_the_reply(server):
@@ -171,7 +178,9 @@ async def test_barge_in_over_webrtc_stops_the_reply(server):
             since=since,
         )
         async with httpx.AsyncClient() as http:
-            detail = (await http.get(f"{server}/api/sessions/{client.session_id}")).json()
+            detail = (
+                await http.get(f"{server}/api/sessions/{client.session_id}", headers=KEY)
+            ).json()
         story = detail["turn_log"][0]
         assert story["interrupted"]
         assert detail["history"][1]["role"] == "assistant"

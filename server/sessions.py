@@ -1,0 +1,412 @@
+"""Sessions as a resource: minted with options and a token, admitted against
+capacity, connected over WebRTC, ended for a reason, reported to a webhook.
+
+The life of a session:
+
+1. ``mint`` (``POST /api/sessions``, API key): options and a short-lived token;
+   the session waits for its browser. The page's own flow skips this step.
+2. ``open`` (``POST /offer``): the slot is reserved before the first ``await``
+   (so concurrent offers cannot overrun capacity), the peer answered, and a
+   watcher started: no connection within ``handshake_timeout_s``, no speech
+   or text for ``idle_timeout_s``, or ``max_duration_s`` reached, ends it.
+3. ``close`` with a reason (hang-up, deleted, idle, ...): the page is told
+   (an ``ended`` event), the peer closed, the webhook called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+from aiortc import RTCPeerConnection
+from fastapi import HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+
+from models.registry import Engines
+from pipelines.planner import ReplyPlanner
+from pipelines.session import MAX_TEXT_CHARS, Session, Turn
+from server.auth import bearer, is_api_key, new_session_token, unauthorized
+from server.avatars_api import sync_with_disk
+from server.config import Config
+from server.metrics import Metrics
+from server.rtc import answer_offer, check_offer
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_S = 30  # what a full server tells a client to wait
+WATCH_EVERY_S = 0.5  # how often lifetimes are checked
+ENDED_FLUSH_S = 0.2  # lets the "ended" event leave before the peer closes
+WEBHOOK_TIMEOUT_S = 5.0
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+
+EndReason = Literal[
+    "hangup",
+    "deleted",
+    "idle_timeout",
+    "max_duration",
+    "handshake_timeout",
+    "server_shutdown",
+    "connection_failed",
+]
+
+
+class SessionOptions(BaseModel):
+    """What an embedding app's backend chooses for one session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    avatar: str | None = Field(None, max_length=64)
+    voice: str | None = Field(None, max_length=64)
+    lang: Literal["en", "zh", "auto"] = "auto"
+    system_prompt: str | None = Field(None, min_length=1, max_length=4000)
+    greeting: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS)
+    max_duration_s: float | None = Field(None, gt=0, le=86_400)
+    idle_timeout_s: float | None = Field(None, gt=0, le=86_400)
+    allowed_origin: str | None = Field(None, max_length=200)
+    webhook_url: HttpUrl | None = None
+
+    @field_validator("allowed_origin")
+    @classmethod
+    def _an_origin(cls, value: str | None) -> str | None:
+        if value is not None and not _ORIGIN.match(value):
+            raise ValueError("an origin is scheme://host[:port], e.g. https://app.example.com")
+        return value
+
+
+class Minted(BaseModel):
+    session_id: str
+    token: str
+    expires_at: float  # Unix time: connect before this
+
+
+class Offer(BaseModel):
+    sdp: str = Field(min_length=1, max_length=100_000)
+    type: Literal["offer"]
+    token: str | None = Field(None, max_length=200)
+    avatar: str | None = Field(None, max_length=64)
+    voice: str | None = Field(None, max_length=64)
+    lang: Literal["en", "zh", "auto"] = "auto"
+
+
+class Answer(BaseModel):
+    sdp: str
+    type: str
+    session_id: str
+    token: str  # this session's own credential (transcript, say, hang-up)
+
+
+@dataclass
+class _Waiting:
+    """A minted session that has not connected yet."""
+
+    options: SessionOptions
+    token: str
+    expires_at: float  # Unix time
+
+
+@dataclass
+class _Live:
+    session: Session
+    pc: RTCPeerConnection
+    options: SessionOptions
+    token: str
+    opened: float = field(default_factory=time.monotonic)
+    watcher: asyncio.Task[None] | None = None
+
+
+def same_origin(origin: str, request: Request) -> bool:
+    host = request.headers.get("host", "")
+    return origin.rstrip("/") == f"{request.url.scheme}://{host}"
+
+
+class SessionManager:
+    """All live sessions of this process, each with its peer connection."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        config: Config,
+        metrics: Metrics | None = None,
+        planner: ReplyPlanner | None = None,
+    ) -> None:
+        self.engines = engines
+        # One for the process: it learns this machine's load across sessions.
+        self.planner = planner or ReplyPlanner.immediate()
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.live: dict[str, _Live] = {}
+        self.waiting: dict[str, _Waiting] = {}
+        self._reserved = 0  # offers admitted and still being answered
+        self.draining = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------- views
+    @property
+    def sessions(self) -> dict[str, Session]:
+        return {sid: live.session for sid, live in self.live.items()}
+
+    @property
+    def capacity(self) -> int:
+        return int(self.config.server.max_sessions)
+
+    def get(self, session_id: str) -> Session:
+        live = self.live.get(session_id)
+        if live is None:
+            raise HTTPException(404, f"no session {session_id!r}")
+        return live.session
+
+    def summary(self, session_id: str, detail: bool = False) -> dict[str, Any]:
+        waiting = self.waiting.get(session_id)
+        if waiting is not None:
+            return {"id": session_id, "state": "waiting", "expires_at": waiting.expires_at}
+        return self.get(session_id).summary(detail=detail)
+
+    def origins(self) -> set[str]:
+        """Origins that may call the API from a browser right now."""
+        found = set(self.config.server.allowed_origins)
+        for entry in (*self.live.values(), *self.waiting.values()):
+            if entry.options.allowed_origin:
+                found.add(entry.options.allowed_origin)
+        return found
+
+    # ------------------------------------------------------------ access
+    def authorize(self, session_id: str, request: Request) -> None:
+        """The API key, or this session's own token: else 401/403/404."""
+        credential = bearer(request)
+        if credential is None:
+            raise unauthorized("this session")
+        if is_api_key(credential, request):
+            if session_id not in self.live and session_id not in self.waiting:
+                raise HTTPException(404, f"no session {session_id!r}")
+            return
+        owner = self._session_of(credential)
+        if owner is None:
+            raise HTTPException(401, "unknown or expired token", {"WWW-Authenticate": "Bearer"})
+        if owner != session_id:
+            raise HTTPException(403, "this token belongs to another session")
+
+    def _session_of(self, token: str) -> str | None:
+        self._forget_expired()
+        for sid, entry in (*self.live.items(), *self.waiting.items()):
+            if entry.token == token:
+                return sid
+        return None
+
+    def _forget_expired(self) -> None:
+        now = time.time()
+        for sid in [sid for sid, w in self.waiting.items() if w.expires_at <= now]:
+            del self.waiting[sid]
+            log.info("session %s: token expired unused", sid)
+
+    def _origin_allowed(self, origin: str, options: SessionOptions, request: Request) -> bool:
+        return (
+            same_origin(origin, request)
+            or origin in self.config.server.allowed_origins
+            or origin == options.allowed_origin
+        )
+
+    # ------------------------------------------------------------- mint
+    def mint(self, options: SessionOptions) -> Minted:
+        self._check_choices(options)
+        self._forget_expired()
+        session_id = Session.new_id()
+        token = new_session_token()
+        expires = time.time() + self.config.server.session_token_ttl_s
+        self.waiting[session_id] = _Waiting(options, token, expires)
+        log.info("session %s minted (lang=%s avatar=%s)", session_id, options.lang, options.avatar)
+        return Minted(session_id=session_id, token=token, expires_at=expires)
+
+    def _check_choices(self, options: SessionOptions) -> None:
+        if options.voice and options.voice not in self.engines.tts.voices():
+            raise HTTPException(400, f"unknown voice {options.voice!r}")
+
+    # ------------------------------------------------------------- open
+    def _admit(self, offer: Offer, request: Request) -> tuple[str | None, SessionOptions, str]:
+        """Who is offering: (minted session id or None, options, token)."""
+        token = offer.token or bearer(request)
+        origin = request.headers.get("origin")
+        if token:
+            self._forget_expired()
+            session_id = next((s for s, w in self.waiting.items() if w.token == token), None)
+            if session_id is None:
+                if any(live.token == token for live in self.live.values()):
+                    raise HTTPException(409, "this token's session is already connected")
+                raise HTTPException(401, "unknown or expired session token")
+            waiting = self.waiting[session_id]
+            if origin and not self._origin_allowed(origin, waiting.options, request):
+                raise HTTPException(403, f"origin {origin} may not connect to this session")
+            return session_id, waiting.options, token
+        if not self.config.server.open_page:
+            raise HTTPException(401, "an offer needs a session token (POST /api/sessions)")
+        if origin and not same_origin(origin, request):
+            raise HTTPException(
+                401, f"an offer from {origin} needs a session token minted by POST /api/sessions"
+            )
+        options = SessionOptions(avatar=offer.avatar, voice=offer.voice, lang=offer.lang)
+        return None, options, new_session_token()
+
+    async def open(self, offer: Offer, request: Request) -> Answer:
+        session_id, options, token = self._admit(offer, request)
+        check_offer(offer.sdp)  # 400 before any slot is taken
+        if self.draining:
+            raise HTTPException(503, "this server is shutting down", {"Retry-After": "5"})
+        if len(self.live) + self._reserved >= self.capacity:
+            raise HTTPException(
+                503,
+                f"This server is busy: it holds {self.capacity} conversation"
+                f"{'s' if self.capacity != 1 else ''} at a time on this machine. "
+                f"Try again in a minute.",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        # Reserved with no await since the count was read: concurrent offers
+        # see each other's reservations.
+        self._reserved += 1
+        try:
+            if session_id is None:
+                self._check_choices(options)
+            else:
+                del self.waiting[session_id]  # the token is spent on this offer
+            live = await self._connect(offer, options, token, session_id)
+        finally:
+            self._reserved -= 1
+        self.live[live.session.id] = live
+        self.metrics.session_opened(len(self.live))
+        live.watcher = self._spawn(self._watch(live))
+        local = live.pc.localDescription
+        return Answer(sdp=local.sdp, type=local.type, session_id=live.session.id, token=token)
+
+    async def _connect(
+        self, offer: Offer, options: SessionOptions, token: str, session_id: str | None
+    ) -> _Live:
+        if options.avatar and options.avatar not in self.engines.avatar.avatars():
+            await sync_with_disk(self.config, self.engines.avatar)  # added by the CLI?
+        try:
+            session = Session(
+                self.engines,
+                self.config,
+                session_id=session_id,
+                lang=options.lang,
+                avatar=options.avatar,
+                voice=options.voice,
+                system_prompt=options.system_prompt,
+                greeting=options.greeting,
+                on_turn_end=lambda turn: self._turn_ended(live, turn),
+                planner=self.planner,
+            )
+        except KeyError as exc:
+            raise HTTPException(400, str(exc.args[0] if exc.args else exc)) from None
+        try:
+            pc = await answer_offer(
+                session,
+                offer.sdp,
+                offer.type,
+                self.config.server.mic_prefetch_packets,
+                loopback_only=self.config.server.loopback_only,
+                limits=self.config.server,
+            )
+        except Exception:  # aiortc raises ValueError & co. on SDP it cannot use
+            log.warning("session %s: unusable offer", session.id, exc_info=True)
+            await session.close()
+            raise HTTPException(
+                400, "malformed offer: the SDP could not be parsed or negotiated"
+            ) from None
+        live = _Live(session, pc, options, token)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState == "connected":
+                self._notify(live, "session.started", {})
+            elif pc.connectionState in ("failed", "closed"):
+                reason = "hangup" if pc.connectionState == "closed" else "connection_failed"
+                await self.close(session.id, reason)
+
+        log.info(
+            "session %s opened (lang=%s avatar=%s)", session.id, options.lang, session.avatar_name
+        )
+        return live
+
+    # ------------------------------------------------------------ lifetimes
+    async def _watch(self, live: _Live) -> None:
+        server = self.config.server
+        idle_limit = live.options.idle_timeout_s or server.idle_timeout_s
+        max_duration = live.options.max_duration_s or server.max_duration_s
+        while live.session.id in self.live:
+            await asyncio.sleep(WATCH_EVERY_S)
+            now = time.monotonic()
+            reason: EndReason | None = None
+            if live.pc.connectionState != "connected" and not live.session.clock.frames_sent:
+                if now - live.opened > server.handshake_timeout_s:
+                    reason = "handshake_timeout"
+            elif max_duration and now - live.opened > max_duration:
+                reason = "max_duration"
+            elif idle_limit and live.session.idle_seconds() > idle_limit:
+                reason = "idle_timeout"
+            if reason is not None:
+                await self.close(live.session.id, reason)
+                return
+
+    async def close(self, session_id: str, reason: EndReason = "deleted") -> bool:
+        if self.waiting.pop(session_id, None) is not None:
+            log.info("session %s ended before connecting (%s)", session_id, reason)
+            return True
+        live = self.live.pop(session_id, None)
+        if live is None:
+            return False
+        session = live.session
+        session.emit({"type": "ended", "reason": reason})
+        if live.pc.connectionState == "connected":
+            await asyncio.sleep(ENDED_FLUSH_S)
+        await session.close()
+        self.metrics.session_closed(session, len(self.live))
+        await live.pc.close()
+        if live.watcher is not None and live.watcher is not asyncio.current_task():
+            live.watcher.cancel()
+        log.info("session %s closed (%s) after %d turns", session_id, reason, len(session.turns))
+        self._notify(live, "session.ended", {"reason": reason, "turns": len(session.turns)})
+        return True
+
+    async def close_all(self, reason: EndReason = "server_shutdown") -> None:
+        await asyncio.gather(*(self.close(sid, reason) for sid in list(self.live)))
+        self.waiting.clear()
+
+    async def drain(self) -> None:
+        """SIGTERM: admit no one, tell the live sessions, then close them."""
+        self.draining = True
+        if self.live:
+            log.info("draining %d session(s)", len(self.live))
+            for live in self.live.values():
+                live.session.emit({"type": "ended", "reason": "server_shutdown"})
+            await asyncio.sleep(self.config.server.drain_s)
+        await self.close_all()
+        if self._background:
+            await asyncio.wait(self._background, timeout=WEBHOOK_TIMEOUT_S)
+
+    # ------------------------------------------------------------ webhooks
+    def _turn_ended(self, live: _Live, turn: Turn) -> None:
+        self.metrics.observe_turn(turn)
+        self._notify(live, "turn.completed", {"turn": turn.summary()})
+
+    def _notify(self, live: _Live, event: str, data: dict[str, Any]) -> None:
+        url = live.options.webhook_url
+        if url is None:
+            return
+        body = {"event": event, "session_id": live.session.id, "time": time.time(), **data}
+        self._spawn(self._post(str(url), body, live.session.id))
+
+    async def _post(self, url: str, body: dict[str, Any], session_id: str) -> None:
+        try:
+            async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, trust_env=False) as http:
+                response = await http.post(url, json=body)
+                response.raise_for_status()
+        except Exception as exc:  # the hook's failure is not the session's
+            log.warning("session %s: webhook %s failed: %s", session_id, body["event"], exc)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
