@@ -417,6 +417,11 @@
     event.preventDefault();
     const name = $('avatar-name').value.trim();
     const file = $('avatar-file').files[0];
+    // Adding avatars is the operator's: the server's API key (weights/api_key),
+    // kept for this tab only.
+    const key = $('avatar-key').value.trim();
+    const auth = { Authorization: `Bearer ${key}` };
+    sessionStorage.setItem('videochat-api-key', key);
     const bar = $('avatar-progress');
     const status = $('avatar-status');
     const button = $('avatar-add');
@@ -434,7 +439,8 @@
         await new Promise((r) => setTimeout(r, 500));
         if (!polling) break;
         try {
-          const resp = await fetch(`/api/avatars/${encodeURIComponent(name)}/progress`);
+          const resp = await fetch(`/api/avatars/${encodeURIComponent(name)}/progress`,
+            { headers: auth });
           if (resp.status === 200 && polling) {
             const p = await resp.json();
             if (p.state === 'running') {
@@ -447,13 +453,14 @@
     };
     poll();
     try {
-      const resp = await fetch('/api/avatars', { method: 'POST', body: form });
+      const resp = await fetch('/api/avatars', { method: 'POST', body: form, headers: auth });
       let body = {};
       try { body = await resp.json(); } catch { /* not JSON */ }
       if (resp.status === 201) {
         bar.value = 1;
         status.textContent = `Added ${name} (${body.mode || 'photo'}). Pick it and press Start.`;
         $('avatar-form').reset();
+        $('avatar-key').value = key;
         await loadAvatars(name);
       } else {
         status.textContent = `Could not add ${name}: ${body.detail || resp.statusText}`;
@@ -476,5 +483,6 @@
 
   setConnected(false);
   setState('idle');
+  $('avatar-key').value = sessionStorage.getItem('videochat-api-key') || '';
   loadAvatars();
 })();
