@@ -133,6 +133,23 @@ DONE_JS = f"""
 """
 
 
+def chromium_args(fake_mic_wav: Path = QUESTION_WAV) -> list[str]:
+    """Chromium's flags here: a fake microphone that plays ``fake_mic_wav``
+    (allowed without asking), loopback ICE, sound without a click, no proxy."""
+    return [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={fake_mic_wav.resolve()}",
+        "--allow-loopback-in-peer-connection",
+        "--autoplay-policy=no-user-gesture-required",
+        "--mute-audio",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--no-proxy-server",
+    ]
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -240,18 +257,7 @@ def test_talk_to_avatar_in_chromium(server: Server) -> None:
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
-    args = [
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={QUESTION_WAV.resolve()}",
-        "--allow-loopback-in-peer-connection",
-        "--autoplay-policy=no-user-gesture-required",
-        "--mute-audio",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--no-proxy-server",
-    ]
+    args = chromium_args()
     console: list[str] = []
     snapshot: dict = {}
     try:

@@ -1,0 +1,1 @@
+"""Examples of using videochat from other programs and sites."""

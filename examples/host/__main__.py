@@ -1,0 +1,3 @@
+from examples.host import main
+
+main()
