@@ -265,12 +265,16 @@ class SessionManager:
         # Reserved with no await since the count was read: concurrent offers
         # see each other's reservations.
         self._reserved += 1
+        # The token is spent on this offer, unless the offer fails.
+        waiting = self.waiting.pop(session_id) if session_id is not None else None
         try:
-            if session_id is None:
+            if waiting is None:
                 self._check_choices(options)
-            else:
-                del self.waiting[session_id]  # the token is spent on this offer
             live = await self._connect(offer, options, token, session_id)
+        except BaseException:
+            if waiting is not None and session_id is not None:
+                self.waiting[session_id] = waiting
+            raise
         finally:
             self._reserved -= 1
         self.live[live.session.id] = live

@@ -220,6 +220,14 @@ async def test_offers_from_other_origins_need_a_token_for_them(server: str) -> N
             f"{server}/offer", headers={"Origin": "http://evil.test", **preflight}
         )
         assert "access-control-allow-origin" not in refused.headers
+        # A failed offer does not spend the token.
+        garbled = {"sdp": sdp.replace("m=audio", "m=audiox"), "type": "offer"}
+        failed = await http.post(
+            f"{server}/offer",
+            json={**garbled, "token": minted["token"]},
+            headers={"Origin": HOST_APP},
+        )
+        assert failed.status_code == 400
         # The token works from the host app's origin (the widget's case).
         answered = await http.post(
             f"{server}/offer", json={**body, "token": minted["token"]}, headers={"Origin": HOST_APP}
