@@ -125,9 +125,20 @@ class BufferedAvatarStream(AvatarStream):
         self.frame_shape: np.ndarray | None = None
 
     # ------------------------------------------------------------- producer
-    def push_audio(self, audio: np.ndarray, tag: Any = None, speech: Speech | None = None) -> None:
+    def prepare(self, audio: np.ndarray, speech: Speech | None = None) -> Any:
         samples = _as_float_mono(audio)
-        track = self.make_track(samples, speech) if samples.size else None
+        return self.make_track(samples, speech) if samples.size else None
+
+    def push_audio(
+        self,
+        audio: np.ndarray,
+        tag: Any = None,
+        speech: Speech | None = None,
+        prepared: Any = None,
+    ) -> None:
+        samples = _as_float_mono(audio)
+        # The mouth track (13-32 ms of CPU) is best made in prepare(), off the loop.
+        track = prepared if prepared is not None else self.prepare(samples, speech)
         with self._lock:
             self._segment_open = True
             self._underrun = 0

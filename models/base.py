@@ -144,10 +144,24 @@ class AvatarStream(ABC):
     """Per-session renderer (the livekit-agents avatar contract, pulled by the
     session clock once per video frame)."""
 
+    def prepare(self, audio: np.ndarray, speech: Speech | None = None) -> Any:
+        """CPU work on reply audio (48 kHz mono float32) that ``push_audio``
+        would otherwise do, e.g. the mouth track. Called from a worker thread
+        so the event loop that paces media never waits for it; the result goes
+        to ``push_audio(prepared=...)``. None: nothing to prepare."""
+        return None
+
     @abstractmethod
-    def push_audio(self, audio: np.ndarray, tag: Any = None, speech: Speech | None = None) -> None:
+    def push_audio(
+        self,
+        audio: np.ndarray,
+        tag: Any = None,
+        speech: Speech | None = None,
+        prepared: Any = None,
+    ) -> None:
         """Queue reply audio (48 kHz mono float32). ``speech`` carries phoneme
-        timings when the TTS knows them."""
+        timings when the TTS knows them; ``prepared`` is what ``prepare``
+        returned for this audio (else the stream does that work itself)."""
 
     @abstractmethod
     def end_of_segment(self) -> None:

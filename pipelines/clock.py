@@ -174,7 +174,10 @@ class MediaClock:
                 self.video_track.put(_video_frame(frame.image, index))
             self.audio_track.put(_audio_frame(frame.audio[:AUDIO_FRAME_SAMPLES], samples))
             if self._on_frame is not None:
-                self._on_frame(frame, time.perf_counter())
+                try:
+                    self._on_frame(frame, time.perf_counter())
+                except Exception:  # accounting must never stop the media
+                    log.exception("frame callback failed")
             # The second 20 ms of audio goes out 20 ms later.
             flushes = self._flushes
             await asyncio.sleep(max(0.0, due + FRAME_PERIOD / 2 - loop.time()))

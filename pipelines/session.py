@@ -43,6 +43,9 @@ MAX_TEXT_CHARS = 500
 OPENER_PAUSE_S = 0.2  # a comma's pause between the opener and the answer
 MAX_FILLER_GAP_S = 0.7  # the longest silence between a filler and the opener
 PLAN_RECHECK_S = 0.1  # while the answer is held, the planner looks again this often
+# _push's default: the audio is one of the lines synthesized at start-up
+# (openers, fillers, fault lines), which live as long as the process.
+_LINE: Any = object()
 
 
 async def _wait_event(event: asyncio.Event, until: float) -> None:
@@ -150,6 +153,7 @@ class _Made:
     lang: str
     speech: Speech
     audio: np.ndarray
+    prepared: Any = None  # the avatar's work on it, done in the TTS worker
 
 
 def checked_text(text: Any) -> str:
@@ -227,6 +231,9 @@ class Session:
         self.created = time.time()
         self._last_activity = time.monotonic()  # speech, text or the end of a reply
         self._tasks: set[asyncio.Task[Any]] = set()  # e.g. the microphone reader
+        # Openers, fillers and fault lines (audio made at start-up, by id) as
+        # this session's avatar prepared them.
+        self._prepared_lines: dict[int, Any] = {}
         self.turns: list[Turn] = []
         self._turn: Turn | None = None
         self._turn_task: asyncio.Task[None] | None = None
@@ -603,9 +610,12 @@ class Session:
             return False
         return self.avatar.queued_samples < low * MEDIA_SAMPLE_RATE
 
-    def _synthesize(self, text: str, lang: str) -> tuple[Speech, np.ndarray]:
+    def _synthesize(self, text: str, lang: str) -> tuple[Speech, np.ndarray, Any]:
+        """In a worker thread: the speech, its audio at the media rate and the
+        avatar's preparation of it (the mouth track), all off the event loop."""
         speech = self.engines.tts.synthesize(text, lang, self.voice)
-        return speech, to_media_rate(speech)
+        audio = to_media_rate(speech)
+        return speech, audio, self.avatar.prepare(audio, speech)
 
     def _pick_opener(self, lang: str) -> Opener | None:
         choices = self.engines.openers.get(lang, []) if self.voice is None else []
@@ -687,12 +697,19 @@ class Session:
         audio: np.ndarray,
         filler: bool = False,
         opener: bool = False,
+        prepared: Any = _LINE,
     ) -> None:
+        if prepared is _LINE:  # made at start-up: prepared once per session, off the loop
+            if id(audio) not in self._prepared_lines:
+                self._prepared_lines[id(audio)] = await asyncio.to_thread(
+                    self.avatar.prepare, audio, speech
+                )
+            prepared = self._prepared_lines[id(audio)]
         await turn.confirmed.wait()
         turn.mark("tts_first_audio")
         tag = (turn.index, len(turn.pieces))
         turn.pieces.append(ReplyPiece(text, lang, samples=audio.size, filler=filler, opener=opener))
-        self.avatar.push_audio(audio, tag=tag, speech=speech)
+        self.avatar.push_audio(audio, tag=tag, speech=speech, prepared=prepared)
 
     async def _speak(
         self,
@@ -739,9 +756,13 @@ class Session:
             elif saying is not None:
                 await saying  # the opener goes first
             for done in held:
-                await self._push(turn, done.text, done.lang, done.speech, done.audio)
+                await self._push(
+                    turn, done.text, done.lang, done.speech, done.audio, prepared=done.prepared
+                )
             while item is not None and (item := await made.get()) is not None:
-                await self._push(turn, item.text, item.lang, item.speech, item.audio)
+                await self._push(
+                    turn, item.text, item.lang, item.speech, item.audio, prepared=item.prepared
+                )
         finally:
             synthesis.cancel()
             if saying is not None:
@@ -772,7 +793,7 @@ class Session:
             turn.synthesizing += 1
             started = time.perf_counter()
             try:
-                speech, audio = await loop.run_in_executor(
+                speech, audio, prepared = await loop.run_in_executor(
                     self.engines.inference, self._synthesize, text, piece_lang
                 )
             except Exception as exc:
@@ -782,7 +803,7 @@ class Session:
                 slots.release()
             self.planner.observe_synthesis(len(text), piece_lang, time.perf_counter() - started)
             turn.progress.synthesized_chars += len(text)
-            return _Made(text, piece_lang, speech, audio)
+            return _Made(text, piece_lang, speech, audio, prepared)
 
         async def deliver() -> None:
             while (task := await order.get()) is not None:

@@ -149,3 +149,23 @@ def test_vp8_is_encoded_without_the_denoiser():
         out = decoded.to_ndarray(format="rgb24")
         assert out.shape == image.shape
         assert abs(int(out[32, 32, 0]) - 200) < 20  # the picture survives the round trip
+
+
+async def test_a_failing_frame_callback_does_not_stop_the_media():
+    from pipelines.clock import MediaClock
+
+    calls = 0
+
+    def broken(frame, now):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("accounting bug")
+
+    clock = MediaClock(CountingAvatar(), on_frame=broken)  # type: ignore[arg-type]
+    clock.start()
+    try:
+        for _ in range(3):
+            await asyncio.wait_for(clock.video_track.recv(), 2)
+        assert calls >= 2
+    finally:
+        await clock.stop()
