@@ -31,6 +31,19 @@ from models.registry import Engines, Opener
 from models.tts import detect_lang
 from models.vad import EndOfTurn, SpeechStart, TurnDetector
 from pipelines.clock import MediaClock
+from pipelines.events import (
+    MAX_TEXT_CHARS,
+    BotTextEvent,
+    ErrorEvent,
+    Mark,
+    Stage,
+    State,
+    StateEvent,
+    TurnEvent,
+    UserTextEvent,
+    parse_client_message,
+    to_wire,
+)
 from pipelines.history import ChatHistory
 from pipelines.planner import ReplyPlanner, ReplyProgress
 from pipelines.splitter import SentenceSplitter
@@ -38,8 +51,8 @@ from server.config import Config
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[dict[str, Any]], None]
-MAX_TEXT_CHARS = 500
+EventSink = Callable[[dict[str, Any]], None]  # takes the JSON object sent to the page
+Event = StateEvent | UserTextEvent | BotTextEvent | TurnEvent | ErrorEvent
 OPENER_PAUSE_S = 0.2  # a comma's pause between the opener and the answer
 MAX_FILLER_GAP_S = 0.7  # the longest silence between a filler and the opener
 PLAN_RECHECK_S = 0.1  # while the answer is held, the planner looks again this often
@@ -101,11 +114,11 @@ class Turn:
     progress: ReplyProgress = field(default_factory=lambda: ReplyProgress("en"))
     llm_error: BaseException | None = None  # why the LLM gave no (full) answer
 
-    def mark(self, name: str) -> None:
+    def mark(self, name: Mark) -> None:
         self.marks.setdefault(name, time.perf_counter())
 
     def latency(self) -> dict[str, float]:
-        times = {name: round(t - self.end_of_speech, 4) for name, t in self.marks.items()}
+        times = {str(name): round(t - self.end_of_speech, 4) for name, t in self.marks.items()}
         if self.barge_in_after is not None:
             times["barge_in_detected_after"] = round(self.barge_in_after, 4)
         return times
@@ -227,7 +240,7 @@ class Session:
             on_frame=self._on_frame,
             idle_video_every=round(config.avatar.fps / float(config.avatar.idle_fps)),
         )
-        self.state = "listening"
+        self.state = State.LISTENING
         self.created = time.time()
         self._last_activity = time.monotonic()  # speech, text or the end of a reply
         self._tasks: set[asyncio.Task[Any]] = set()  # e.g. the microphone reader
@@ -251,22 +264,24 @@ class Session:
         backlog, self._pending = self._pending, []
         for event in backlog:
             sink(event)
-        self.emit({"type": "state", "value": self.state})
+        self.emit(StateEvent(value=self.state))
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: Any) -> None:
+        """Send a typed event (pipelines/events.py) to the page."""
+        wire = to_wire(event)
         if self._sink is None:
-            self._pending.append(event)
+            self._pending.append(wire)
             return
         try:
-            self._sink(event)
+            self._sink(wire)
         except Exception:  # a closed channel must not break the pipeline
             log.debug("session %s: event dropped", self.id, exc_info=True)
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: State) -> None:
         if state != self.state:
             self.state = state
-            self.clock.listening = state == "listening"
-            self.emit({"type": "state", "value": state})
+            self.clock.listening = state == State.LISTENING
+            self.emit(StateEvent(value=state))
 
     # ------------------------------------------------------------- lifecycle
     @staticmethod
@@ -319,7 +334,7 @@ class Session:
         for event in detector.push(audio_16k):
             if isinstance(event, SpeechStart):
                 self._last_activity = time.monotonic()
-                self.emit({"type": "user_text", "text": "", "final": False})
+                self.emit(UserTextEvent(text="", final=False))
             elif isinstance(event, EndOfTurn):
                 # Speech ended (at_sample - end_sample) samples of audio ago.
                 waited = (event.at_sample - event.end_sample) / VAD_SAMPLE_RATE
@@ -374,7 +389,7 @@ class Session:
 
     def _confirm(self, turn: Turn) -> None:
         turn.confirmed.set()
-        self._set_state("thinking")
+        self._set_state(State.THINKING)
 
     def _drop_speculation(self) -> None:
         """Forget a speculative turn without a trace: nothing was said or shown."""
@@ -386,22 +401,19 @@ class Session:
         self._turn = None
 
     def handle_message(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "interrupt":
+        """A message from the page (pipelines/events.py: ClientMessage)."""
+        try:
+            parsed = parse_client_message(message)
+        except ValueError as exc:
+            self.emit(ErrorEvent(message=str(exc)))
+            return
+        if parsed.type == "interrupt":
             self.interrupt("client")
-        elif kind == "text":
-            try:
-                text = checked_text(message.get("text"))
-            except ValueError as exc:
-                self.emit({"type": "error", "message": str(exc)})
-                return
-            self._last_activity = time.monotonic()
-            self.interrupt("typed")
-            self.emit({"type": "user_text", "text": text, "final": True})
-            self.start_turn(source="text", end_of_speech=time.perf_counter(), text=text)
-        else:
-            shown = kind if isinstance(kind, str) and len(kind) <= 40 else type(kind).__name__
-            self.emit({"type": "error", "message": f"unknown message type {shown!r}"})
+            return
+        self._last_activity = time.monotonic()
+        self.interrupt("typed")
+        self.emit(UserTextEvent(text=parsed.text, final=True))
+        self.start_turn(source="text", end_of_speech=time.perf_counter(), text=parsed.text)
 
     def say(self, text: str) -> Turn:
         """Make the avatar say ``text`` (not the LLM's words): the REST
@@ -445,7 +457,7 @@ class Session:
                 transcript = await loop.run_in_executor(
                     self.engines.inference, self.engines.asr.transcribe, audio, forced
                 )
-                turn.mark("asr_final")
+                turn.mark(Mark.ASR_FINAL)
                 text = transcript.text.strip()
                 lang = transcript.language
                 if not text:
@@ -473,7 +485,7 @@ class Session:
             try:
                 await turn.confirmed.wait()
                 if audio is not None:
-                    self.emit({"type": "user_text", "text": text, "final": True})
+                    self.emit(UserTextEvent(text=text, final=True))
                 turn.user_text = text
                 self.history.add_user(text)
                 log.info("session %s turn %d (%s): %r", self.id, turn.index, lang, text)
@@ -484,7 +496,7 @@ class Session:
             if turn.llm_error is not None:
                 await self._llm_failed(turn, lang)
             else:
-                self.engines.health.ok("llm")
+                self.engines.health.ok(Stage.LLM)
             self.avatar.end_of_segment()
             turn.generation_done = True
             if not turn.pieces:
@@ -493,7 +505,7 @@ class Session:
             raise
         except Exception as exc:
             log.exception("session %s turn %d failed", self.id, turn.index)
-            self.emit({"type": "error", "message": f"turn failed: {exc}"})
+            self.emit(ErrorEvent(message=f"turn failed: {exc}"))
             self._finish_turn(turn)
 
     async def _say_text(self, turn: Turn, text: str, lang: str) -> None:
@@ -515,14 +527,14 @@ class Session:
         """Say so, in the user's language; keep the question out of the history
         (it was not answered, so it must not be glued onto the next one)."""
         error = turn.llm_error
-        self.engines.health.failed("llm", error)
+        self.engines.health.failed(Stage.LLM, error)
         log.error("session %s turn %d: the LLM failed: %s", self.id, turn.index, error)
         answered = any(not p.opener and not p.filler for p in turn.pieces)
         if not answered:
             self.history.drop_unanswered()
         line = self.engines.fault_lines.get(lang) or self.engines.fault_lines.get("en")
         message = line.text if line is not None else "Sorry, I cannot answer right now."
-        self.emit({"type": "error", "stage": "llm", "message": message, "detail": str(error)})
+        self.emit(ErrorEvent(message=message, stage=Stage.LLM, detail=str(error)))
         if line is not None and not answered:
             await self._push(turn, line.text, line.lang, line.speech, line.audio, filler=True)
 
@@ -555,13 +567,13 @@ class Session:
             turn.progress.generation_done = True
             pieces.put_nowait(None)
         try:
-            turn.mark("llm_done")
+            turn.mark(Mark.LLM_DONE)
             self.planner.observe_reply(turn.progress.written_chars, turn.progress.lang)
-            if "llm_first_token" in turn.marks:
+            if Mark.LLM_FIRST_TOKEN in turn.marks:
                 self.planner.observe_writing(
                     turn.progress.written_chars,
                     turn.progress.lang,
-                    turn.marks["llm_done"] - turn.marks["llm_first_token"],
+                    turn.marks[Mark.LLM_DONE] - turn.marks[Mark.LLM_FIRST_TOKEN],
                 )
         except Exception:  # learning must never break a reply
             log.exception("session %s: planner update failed", self.id)
@@ -580,7 +592,7 @@ class Session:
         async for delta in self.engines.llm.stream_chat(messages, conversation=self.id):
             if waiting is not None and not turn.first_token.is_set():
                 waiting.reschedule(None)
-            turn.mark("llm_first_token")
+            turn.mark(Mark.LLM_FIRST_TOKEN)
             turn.first_token.set()
             ready = splitter.push(delta)
             if not ready and splitter.started and self._running_dry(turn, pieces):
@@ -595,7 +607,7 @@ class Session:
 
     @staticmethod
     def _hand_to_tts(turn: Turn, piece: str, pieces: asyncio.Queue[str | None]) -> None:
-        turn.mark("first_clause")
+        turn.mark(Mark.FIRST_CLAUSE)
         turn.progress.written_chars += len(piece)
         turn.progress.pending_pieces += 1
         pieces.put_nowait(piece)
@@ -655,7 +667,7 @@ class Session:
     def _expected_answer(self, turn: Turn) -> float:
         """When the answer is expected to start (perf_counter time): the learnt
         lag after the first token, or after now while no token has come."""
-        return turn.marks.get("llm_first_token", time.perf_counter()) + self.planner.answer_lag_s
+        return turn.marks.get(Mark.LLM_FIRST_TOKEN, time.perf_counter()) + self.planner.answer_lag_s
 
     def _opener_start(self, turn: Turn, opener: Opener) -> float:
         return self._expected_answer(turn) - opener.voiced_seconds - OPENER_PAUSE_S
@@ -684,7 +696,7 @@ class Session:
 
     def _learn_reply_lag(self, turn: Turn) -> None:
         """Seconds from the first token to the moment the answer may start."""
-        first_token = turn.marks.get("llm_first_token")
+        first_token = turn.marks.get(Mark.LLM_FIRST_TOKEN)
         if first_token is not None:
             self.planner.observe_answer_lag(time.perf_counter() - first_token)
 
@@ -706,7 +718,7 @@ class Session:
                 )
             prepared = self._prepared_lines[id(audio)]
         await turn.confirmed.wait()
-        turn.mark("tts_first_audio")
+        turn.mark(Mark.TTS_FIRST_AUDIO)
         tag = (turn.index, len(turn.pieces))
         turn.pieces.append(ReplyPiece(text, lang, samples=audio.size, filler=filler, opener=opener))
         self.avatar.push_audio(audio, tag=tag, speech=speech, prepared=prepared)
@@ -814,10 +826,10 @@ class Session:
                 except asyncio.CancelledError:
                     raise
                 except SynthesisFailed as failure:  # one sentence unspoken, not the reply
-                    self.engines.health.failed("tts", failure.__cause__)
+                    self.engines.health.failed(Stage.TTS, failure.__cause__)
                     log.error("session %s: TTS failed on %r: %s", self.id, failure.text, failure)
-                    self.emit({"type": "bot_text", "text": failure.text, "spoken": False})
-                    self.emit({"type": "error", "stage": "tts", "message": str(failure)})
+                    self.emit(BotTextEvent(text=failure.text, spoken=False))
+                    self.emit(ErrorEvent(message=str(failure), stage=Stage.TTS))
             made.put_nowait(None)
 
         delivery = asyncio.create_task(deliver())
@@ -869,18 +881,18 @@ class Session:
             piece = turn.pieces[piece_index]
             reply_audio = reply_audio or samples > 0
             if piece.played == 0 and samples > 0:
-                self.emit({"type": "bot_text", "text": piece.text})
+                self.emit(BotTextEvent(text=piece.text))
                 if piece_index == 0:
-                    turn.marks.setdefault("first_audio_sent", now)
-                self._set_state("speaking")
+                    turn.marks.setdefault(Mark.FIRST_AUDIO_SENT, now)
+                self._set_state(State.SPEAKING)
                 if not piece.filler and not piece.opener:
-                    turn.marks.setdefault("answer_audio_sent", now)
+                    turn.marks.setdefault(Mark.ANSWER_AUDIO_SENT, now)
             piece.played += samples
         if reply_audio:
             if turn.last_audio_frame is not None and not self.clock.held:
                 gap = now - turn.last_audio_frame - SAMPLES_PER_VIDEO_FRAME / MEDIA_SAMPLE_RATE
                 turn.longest_gap = max(turn.longest_gap, gap)
-                if "answer_audio_sent" in turn.marks and now > turn.marks["answer_audio_sent"]:
+                if now > turn.marks.get(Mark.ANSWER_AUDIO_SENT, now):
                     turn.longest_gap_in_answer = max(turn.longest_gap_in_answer, gap)
             turn.last_audio_frame = now
         if (
@@ -888,28 +900,23 @@ class Session:
             and self.avatar.queued_samples == 0
             and all(p.played >= p.samples for p in turn.pieces)
         ):
-            turn.mark("reply_done")
+            turn.mark(Mark.REPLY_DONE)
             self._finish_turn(turn)
         elif (
-            "answer_audio_sent" not in turn.marks
+            Mark.ANSWER_AUDIO_SENT not in turn.marks
             and self.avatar.queued_samples == 0
             and turn.pieces
             and all(p.played >= p.samples for p in turn.pieces)
         ):
             # The filler and opener are said; the answer is still being made:
             # the page shows the avatar thinking, not speaking in silence.
-            self._set_state("thinking")
+            self._set_state(State.THINKING)
 
     def _send_latency(self, turn: Turn) -> None:
         if not turn.latency_sent:
             turn.latency_sent = True
             self.emit(
-                {
-                    "type": "turn",
-                    "index": turn.index,
-                    "latency": turn.latency(),
-                    "playback": turn.playback(),
-                }
+                TurnEvent(index=turn.index, latency=turn.latency(), playback=turn.playback())
             )
 
     # -------------------------------------------------------- interruption
@@ -923,7 +930,7 @@ class Session:
         if self._turn_task is not None and not self._turn_task.done():
             self._turn_task.cancel()
         turn.interrupted = True
-        turn.mark("interrupted")
+        turn.mark(Mark.INTERRUPTED)
         self._finish_turn(turn)
 
     def _finish_turn(self, turn: Turn) -> None:
@@ -938,7 +945,7 @@ class Session:
         self._send_latency(turn)
         self.turns.append(turn)
         self._turn = None
-        self._set_state("listening")
+        self._set_state(State.LISTENING)
         if self.on_turn_end is not None:
             try:
                 self.on_turn_end(turn)

@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field
 
 from models.base import BackendUnavailable
 from models.registry import Engines, load_engines
+from pipelines.events import MAX_TEXT_CHARS, EndReason, protocol_schema
 from pipelines.planner import ReplyCosts, ReplyPlanner
-from pipelines.session import MAX_TEXT_CHARS
 from pipelines.splitter import warm_up as warm_up_splitter
 from server.auth import load_or_create_api_key, require_api_key
 from server.avatars_api import router as avatars_router
@@ -137,6 +137,11 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
             )
         return machine
 
+    @app.get("/api/protocol")
+    async def protocol() -> dict:
+        """JSON Schema of the data channel: client messages and server events."""
+        return protocol_schema()
+
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
@@ -204,7 +209,7 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
     async def delete_session(session_id: str, request: Request) -> JSONResponse:
         """Hang up (API key, or the session's own token)."""
         manager(request).authorize(session_id, request)
-        if not await manager(request).close(session_id, "deleted"):
+        if not await manager(request).close(session_id, EndReason.DELETED):
             raise HTTPException(404, f"no session {session_id!r}")
         return JSONResponse({"closed": session_id})
 

@@ -35,13 +35,15 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pipelines.events import Mark
+
 STAGES = (
-    "asr_final",
-    "llm_first_token",
-    "first_clause",
-    "tts_first_audio",
-    "first_audio_sent",
-    "barge_in_detected_after",
+    Mark.ASR_FINAL,
+    Mark.LLM_FIRST_TOKEN,
+    Mark.FIRST_CLAUSE,
+    Mark.TTS_FIRST_AUDIO,
+    Mark.FIRST_AUDIO_SENT,
+    "barge_in_detected_after",  # seconds of user speech, not a mark
 )
 BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST

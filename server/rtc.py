@@ -15,6 +15,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from fastapi import HTTPException
 
 from models.base import VAD_SAMPLE_RATE
+from pipelines.events import ErrorEvent, to_wire
 from pipelines.session import Session
 
 log = logging.getLogger(__name__)
@@ -224,18 +225,14 @@ async def answer_offer(
         @channel.on("message")
         def on_message(message: str | bytes) -> None:
             if bucket is not None and not bucket.take():
-                send(
-                    {
-                        "type": "error",
-                        "message": "too many messages: slow down",
-                        "retry_after_s": round(bucket.wait_s(), 2),
-                    }
-                )
+                wait = round(bucket.wait_s(), 2)
+                slow_down = ErrorEvent(message="too many messages: slow down", retry_after_s=wait)
+                send(to_wire(slow_down))
                 return
             try:
                 data = parse_message(message, max_bytes)
             except ValueError as exc:
-                send({"type": "error", "message": str(exc)})
+                send(to_wire(ErrorEvent(message=str(exc))))
                 return
             session.handle_message(data)
 

@@ -28,8 +28,9 @@ from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from models.registry import Engines
+from pipelines.events import MAX_TEXT_CHARS, EndedEvent, EndReason
 from pipelines.planner import ReplyPlanner
-from pipelines.session import MAX_TEXT_CHARS, Session, Turn
+from pipelines.session import Session, Turn
 from server.auth import bearer, is_api_key, new_session_token, unauthorized
 from server.avatars_api import sync_with_disk
 from server.config import Config
@@ -43,15 +44,6 @@ ENDED_FLUSH_S = 0.2  # lets the "ended" event leave before the peer closes
 WEBHOOK_TIMEOUT_S = 5.0
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
-EndReason = Literal[
-    "hangup",
-    "deleted",
-    "idle_timeout",
-    "max_duration",
-    "handshake_timeout",
-    "server_shutdown",
-    "connection_failed",
-]
 
 
 class SessionOptions(BaseModel):
@@ -325,8 +317,10 @@ class SessionManager:
             if pc.connectionState == "connected":
                 self._notify(live, "session.started", {})
             elif pc.connectionState in ("failed", "closed"):
-                reason = "hangup" if pc.connectionState == "closed" else "connection_failed"
-                await self.close(session.id, reason)
+                closed = pc.connectionState == "closed"
+                await self.close(
+                    session.id, EndReason.HANGUP if closed else EndReason.CONNECTION_FAILED
+                )
 
         log.info(
             "session %s opened (lang=%s avatar=%s)", session.id, options.lang, session.avatar_name
@@ -344,16 +338,16 @@ class SessionManager:
             reason: EndReason | None = None
             if live.pc.connectionState != "connected" and not live.session.clock.frames_sent:
                 if now - live.opened > server.handshake_timeout_s:
-                    reason = "handshake_timeout"
+                    reason = EndReason.HANDSHAKE_TIMEOUT
             elif max_duration and now - live.opened > max_duration:
-                reason = "max_duration"
+                reason = EndReason.MAX_DURATION
             elif idle_limit and live.session.idle_seconds() > idle_limit:
-                reason = "idle_timeout"
+                reason = EndReason.IDLE_TIMEOUT
             if reason is not None:
                 await self.close(live.session.id, reason)
                 return
 
-    async def close(self, session_id: str, reason: EndReason = "deleted") -> bool:
+    async def close(self, session_id: str, reason: EndReason = EndReason.DELETED) -> bool:
         if self.waiting.pop(session_id, None) is not None:
             log.info("session %s ended before connecting (%s)", session_id, reason)
             return True
@@ -361,7 +355,7 @@ class SessionManager:
         if live is None:
             return False
         session = live.session
-        session.emit({"type": "ended", "reason": reason})
+        session.emit(EndedEvent(reason=reason))
         if live.pc.connectionState == "connected":
             await asyncio.sleep(ENDED_FLUSH_S)
         await session.close()
@@ -373,7 +367,7 @@ class SessionManager:
         self._notify(live, "session.ended", {"reason": reason, "turns": len(session.turns)})
         return True
 
-    async def close_all(self, reason: EndReason = "server_shutdown") -> None:
+    async def close_all(self, reason: EndReason = EndReason.SERVER_SHUTDOWN) -> None:
         await asyncio.gather(*(self.close(sid, reason) for sid in list(self.live)))
         self.waiting.clear()
 
@@ -383,7 +377,7 @@ class SessionManager:
         if self.live:
             log.info("draining %d session(s)", len(self.live))
             for live in self.live.values():
-                live.session.emit({"type": "ended", "reason": "server_shutdown"})
+                live.session.emit(EndedEvent(reason=EndReason.SERVER_SHUTDOWN))
             await asyncio.sleep(self.config.server.drain_s)
         await self.close_all()
         if self._background:
