@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: venv install weights calibrate run test chromium bench lint
+.PHONY: venv install weights calibrate run test chromium bench lint docker-test
 
 venv install: $(INSTALLED)
 
@@ -62,3 +62,9 @@ bench: install calibrate
 
 lint: install
 	$(BIN)/ruff check .
+
+# Builds the Docker image and holds a conversation with it (docker/test.sh, as
+# root where no Docker engine runs: starts dockerd, makes a Debian base with
+# debootstrap). DOCKER_CA= (empty) trusts no extra CA; docs/deploy.md.
+docker-test: install
+	bash docker/test.sh
