@@ -115,7 +115,7 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health(request: Request) -> dict:
-        """"ok", or "degraded" with the failing stages (e.g. the LLM endpoint)."""
+        """ "ok", or "degraded" with the failing stages (e.g. the LLM endpoint)."""
         sessions = manager(request)
         failing = sessions.engines.health.report()
         return {
@@ -136,6 +136,14 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
                 404, "no calibration: this server was started with its models given"
             )
         return machine
+
+    @app.get("/api/rtc")
+    async def rtc_config() -> dict:
+        """The ICE servers the page's peer should use (`server.ice_servers`;
+        none when loopback-only). Credentials here are visible to every visitor."""
+        if config.server.loopback_only:
+            return {"iceServers": []}
+        return {"iceServers": [s.model_dump(exclude_none=True) for s in config.server.ice_servers]}
 
     @app.get("/api/protocol")
     async def protocol() -> dict:

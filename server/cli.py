@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from server.config import load_config
+from server.config import ConfigError, load_config
 
 log = logging.getLogger("videochat")
 
@@ -186,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     lip.set_defaults(func=_eval_lipsync)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 def _eval_lipsync(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,21 @@ AUTO_DEFAULTS: dict[str, int | float] = {
 }
 
 
-class ServerConfig(BaseModel):
+class _Section(BaseModel):
+    # A misspelt key is an error naming it, not a setting silently ignored;
+    # values set later (CLI flags, the machine plan) are validated too.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IceServer(_Section):
+    """A STUN or TURN server (aiortc uses at most one of each)."""
+
+    urls: str  # e.g. "stun:stun.example.com:3478" or "turn:turn.example.com:3478?transport=udp"
+    username: str | None = None
+    credential: str | None = None
+
+
+class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8000
     loopback_only: bool = False
@@ -40,6 +54,11 @@ class ServerConfig(BaseModel):
     # aiortc hands a mic frame on once N later ones have arrived (its default: 4);
     # a missing packet is waited for whatever N is, so 1 only removes delay.
     mic_prefetch_packets: int = 1
+    # STUN/TURN for both peers (the page reads them from GET /api/rtc). The
+    # default is aiortc's own; with loopback_only none is used.
+    ice_servers: list[IceServer] = Field(
+        default_factory=lambda: [IceServer(urls="stun:stun.l.google.com:19302")]
+    )
     # Empty: made at first start and kept in weights/api_key (server/auth.py).
     api_key: str = ""
     # Browser origins (scheme://host:port) that may embed the avatar and call the
@@ -64,7 +83,7 @@ class ServerConfig(BaseModel):
     drain_s: float = 2.0  # on SIGTERM: live sessions are told, then closed after this
 
 
-class VADConfig(BaseModel):
+class VADConfig(_Section):
     backend: Literal["silero", "energy"] = "silero"
     threshold: float = 0.5
     hangover_ms: int = 300
@@ -78,7 +97,7 @@ class VADConfig(BaseModel):
     speculate_ms: int = 150  # start ASR+LLM after this much silence; 0 = wait for hangover
 
 
-class ASRConfig(BaseModel):
+class ASRConfig(_Section):
     backend: Literal["faster-whisper", "funasr"] = "faster-whisper"
     model: str = "whisper-base"
     language: Lang = "auto"
@@ -86,7 +105,7 @@ class ASRConfig(BaseModel):
     beam_size: int = 1
 
 
-class LLMConfig(BaseModel):
+class LLMConfig(_Section):
     backend: Literal["embedded", "openai"] = "embedded"
     model_file: str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
     base_url: str = ""
@@ -139,7 +158,7 @@ class LLMConfig(BaseModel):
     system_prompt: str = "You are a friendly bilingual digital human. Answer briefly."
 
 
-class TTSConfig(BaseModel):
+class TTSConfig(_Section):
     backend: Literal["kokoro", "edge-tts", "cosyvoice"] = "kokoro"
     voice_en: str = "af_heart"
     voice_zh: str = "zf_xiaoxiao"
@@ -148,7 +167,7 @@ class TTSConfig(BaseModel):
     parallel_calls: int | Auto = 1  # TTS calls of one reply running at once
 
 
-class AvatarConfig(BaseModel):
+class AvatarConfig(_Section):
     backend: Literal["photo", "musetalk"] = "photo"
     default: str = "astronaut"
     fps: int = 25
@@ -156,7 +175,7 @@ class AvatarConfig(BaseModel):
     size: int = 512
 
 
-class AvatarsConfig(BaseModel):
+class AvatarsConfig(_Section):
     """Limits for avatars prepared from an uploaded photo or video."""
 
     max_upload_mb: float = 50.0
@@ -165,7 +184,12 @@ class AvatarsConfig(BaseModel):
 
 
 class Config(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VIDEOCHAT_", env_nested_delimiter="__")
+    model_config = SettingsConfigDict(
+        env_prefix="VIDEOCHAT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
 
     weights_dir: Path = Path("weights")
     inference_nice: int = 0  # >0: ASR/LLM/TTS threads run this much below media pacing
@@ -190,16 +214,42 @@ class Config(BaseSettings):
         return path if path.is_absolute() else REPO_ROOT / path
 
 
+class ConfigError(ValueError):
+    """The configuration is wrong: the message says where and what is allowed."""
+
+
+def _explain(error: ValidationError, source: str) -> str:
+    lines = [f"bad configuration ({source}):"]
+    for problem in error.errors():
+        where = ".".join(str(p) for p in problem["loc"])
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            *parent, _ = problem["loc"]
+            model: Any = Config
+            for part in parent:
+                model = model.model_fields[str(part)].annotation
+            known = ", ".join(sorted(model.model_fields))
+            message = f"unknown key (known here: {known})"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
     """Read the YAML file, apply env vars, then non-None `overrides` (dotted keys
-    such as ``server.port``)."""
+    such as ``server.port``). Raises ConfigError naming every wrong key or value."""
     file = Path(path) if path else DEFAULT_CONFIG
     data: dict[str, Any] = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    config = Config(**data)
+    try:
+        config = Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, f"{file} and VIDEOCHAT_* variables")) from None
     for dotted, value in overrides.items():
         if value is None:
             continue
         section, _, key = dotted.partition(".")
         target = getattr(config, section) if key else config
-        setattr(target, key or section, value)
+        try:
+            setattr(target, key or section, value)  # validated (validate_assignment)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, f"--{dotted.replace('.', '-')}")) from None
     return config

@@ -10,13 +10,14 @@ from typing import Any, Protocol
 
 import av
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from fastapi import HTTPException
 
 from models.base import VAD_SAMPLE_RATE
 from pipelines.events import ErrorEvent, to_wire
 from pipelines.session import Session
+from server.config import IceServer
 
 log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "events"
@@ -151,10 +152,25 @@ def encode_vp8_without_denoiser() -> None:
 
 def offer_loopback_only() -> None:
     """Make aioice gather only 127.0.0.1 host candidates (it never offers
-    loopback by default). For tests, benchmarks and sandboxed machines."""
+    loopback by default) and make aiortc use no STUN server by default (it
+    would look up and query stun.l.google.com). For tests, benchmarks and
+    sandboxed machines; every aiortc client in this project calls it."""
     import aioice.ice
+    from aiortc.rtcicetransport import RTCIceGatherer
 
     aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]
+    RTCIceGatherer.getDefaultIceServers = classmethod(lambda cls: [])  # type: ignore[method-assign]
+
+
+def rtc_configuration(servers: list[IceServer], loopback_only: bool) -> RTCConfiguration:
+    """The server peer's ICE servers: none when loopback-only."""
+    if loopback_only:
+        return RTCConfiguration(iceServers=[])
+    return RTCConfiguration(
+        iceServers=[
+            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in servers
+        ]
+    )
 
 
 def parse_message(message: str | bytes, limit: int) -> dict[str, Any]:
@@ -207,9 +223,10 @@ async def answer_offer(
     *,
     loopback_only: bool = False,
     limits: ChannelLimits | None = None,
+    ice_servers: list[IceServer] | None = None,
 ) -> RTCPeerConnection:
     """Create the server's peer for one session and answer the browser's offer."""
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(rtc_configuration(ice_servers or [], loopback_only))
     max_bytes = limits.max_message_bytes if limits else 16_384
     bucket = TokenBucket(limits.messages_per_s, limits.messages_burst) if limits else None
 

@@ -303,6 +303,7 @@ class SessionManager:
                 self.config.server.mic_prefetch_packets,
                 loopback_only=self.config.server.loopback_only,
                 limits=self.config.server,
+                ice_servers=self.config.server.ice_servers,
             )
         except Exception:  # aiortc raises ValueError & co. on SDP it cannot use
             log.warning("session %s: unusable offer", session.id, exc_info=True)

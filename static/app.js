@@ -249,6 +249,15 @@
     });
   }
 
+  // STUN/TURN as the server is configured (server.ice_servers); none if unknown.
+  async function iceServers() {
+    try {
+      const resp = await fetch('/api/rtc');
+      if (resp.ok) return (await resp.json()).iceServers || [];
+    } catch { /* no STUN/TURN: host candidates only */ }
+    return [];
+  }
+
   async function errorText(resp) {
     let body = null;
     try { body = await resp.json(); } catch { /* not JSON */ }
@@ -271,7 +280,7 @@
       mic = await navigator.mediaDevices.getUserMedia({
         audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
       });
-      const pc = new RTCPeerConnection();
+      const pc = new RTCPeerConnection({ iceServers: await iceServers() });
       vc.pc = pc;
       remoteStream = new MediaStream();
 

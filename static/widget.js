@@ -184,7 +184,7 @@
           audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
         });
         this._applyMute();
-        const pc = new RTCPeerConnection();
+        const pc = new RTCPeerConnection({ iceServers: await this._iceServers() });
         this._pc = pc;
         const remote = new MediaStream();
         pc.addTransceiver(this._mic.getAudioTracks()[0], {
@@ -281,6 +281,15 @@
     _emit(name, detail) {
       // composed: the host page can listen on the element or anywhere above it.
       this.dispatchEvent(new CustomEvent(name, { detail, bubbles: true, composed: true }));
+    }
+
+    // STUN/TURN as the server is configured (server.ice_servers); none if unknown.
+    async _iceServers() {
+      try {
+        const resp = await fetch(`${this.server}/api/rtc`, { mode: 'cors', credentials: 'omit' });
+        if (resp.ok) return (await resp.json()).iceServers || [];
+      } catch { /* refused or down: the offer below reports it */ }
+      return [];
     }
 
     _fetch(path, init) {

@@ -423,3 +423,26 @@ def test_loopback_only_drops_other_candidates() -> None:
     candidates = [line for line in kept.splitlines() if line.startswith("a=candidate")]
     assert [c.split()[4] for c in candidates] == ["127.0.0.1", "::1"]
     assert kept.startswith("v=0\r\nm=audio")
+
+
+def test_loopback_only_uses_no_stun_server() -> None:
+    from aiortc.rtcicetransport import RTCIceGatherer
+
+    from server.config import IceServer
+    from server.rtc import rtc_configuration
+
+    # offer_loopback_only() ran (the autouse fixture): aiortc's default STUN
+    # server (stun.l.google.com) is never looked up by any peer here.
+    assert RTCIceGatherer.getDefaultIceServers() == []
+    servers = [IceServer(urls="turn:turn.example.test:3478", username="u", credential="p")]
+    assert rtc_configuration(servers, loopback_only=True).iceServers == []
+    chosen = rtc_configuration(servers, loopback_only=False).iceServers
+    assert [(s.urls, s.username) for s in chosen] == [("turn:turn.example.test:3478", "u")]
+
+
+def test_the_page_gets_the_ice_servers(server: str) -> None:
+    assert httpx.get(f"{server}/api/rtc").json() == {"iceServers": []}  # loopback-only
+    config = make_config(loopback_only=False)
+    with served(create_app(config, fake_engines())) as base:
+        servers = httpx.get(f"{base}/api/rtc").json()["iceServers"]
+    assert servers == [{"urls": "stun:stun.l.google.com:19302"}]
