@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -33,6 +35,23 @@ __all__ = ["SessionManager", "create_app"]
 log = logging.getLogger(__name__)
 STATIC = REPO_ROOT / "static"
 DOCS = REPO_ROOT / "docs"
+
+
+def freeze_startup_objects() -> None:
+    """Move everything loaded at start-up (370k objects: models' Python side,
+    jieba's dictionary) out of the garbage collector's reach. A full
+    collection over them took 0.8-1.6 s on a 2-core machine and blocks the
+    event loop that paces media; Python runs one whenever enough objects have
+    survived, and put off so long, conversations' garbage piled up in between
+    (RSS +14.6 % over 100 connect/disconnect cycles, `make soak`)."""
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info(
+        "%d start-up objects frozen out of garbage collection (%.2f s)",
+        gc.get_freeze_count(),
+        time.perf_counter() - started,
+    )
 
 
 class SayRequest(BaseModel):
@@ -71,6 +90,7 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
                 log.error("%s", exc)
                 raise SystemExit(f"cannot start: {exc}") from None
         warm_up_splitter()  # jieba's dictionary, before the first Chinese turn
+        freeze_startup_objects()
         app.state.manager = SessionManager(loaded, config, metrics, planner)
         host = config.server.host if config.server.host != "0.0.0.0" else "127.0.0.1"
         if key_made:

@@ -16,6 +16,7 @@ The life of a session:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import time
@@ -365,6 +366,10 @@ class SessionManager:
         if live.watcher is not None and live.watcher is not asyncio.current_task():
             live.watcher.cancel()
         log.info("session %s closed (%s) after %d turns", session_id, reason, len(session.turns))
+        if not self.live:
+            # Nobody's media to disturb: free the session's reference cycles now
+            # (cheap, start-up objects are frozen: server/app.py).
+            gc.collect()
         self._notify(live, "session.ended", {"reason": reason, "turns": len(session.turns)})
         return True
 

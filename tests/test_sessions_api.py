@@ -446,3 +446,12 @@ def test_the_page_gets_the_ice_servers(server: str) -> None:
     with served(create_app(config, fake_engines())) as base:
         servers = httpx.get(f"{base}/api/rtc").json()["iceServers"]
     assert servers == [{"urls": "stun:stun.l.google.com:19302"}]
+
+
+def test_start_up_objects_are_frozen_out_of_garbage_collection(server: str) -> None:
+    import gc
+
+    # The served app's lifespan ran in this process: a full collection no
+    # longer walks the start-up objects (it blocked the media loop for ~1 s).
+    assert gc.get_freeze_count() > 0
+    gc.unfreeze()
