@@ -4,6 +4,7 @@
 #   make run ARGS="--port 9000"
 #   make test            unit tests, then browser tests in a loopback-only namespace
 #   make bench | lint
+#   make soak            100 connect/disconnect cycles, a 30-minute conversation, overload (~45 min)
 #
 # Everything installs from PyPI, npm and Debian's archive only.
 
@@ -14,7 +15,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: venv install weights calibrate run test chromium bench lint docker-test
+.PHONY: venv install weights calibrate run test chromium bench lint soak docker-test
 
 venv install: $(INSTALLED)
 
@@ -48,7 +49,7 @@ chromium:
 	command -v chromium || (apt-get update && apt-get install -y chromium)
 
 test: install calibrate chromium
-	$(BIN)/python -m pytest -m "not browser" -q
+	$(BIN)/python -m pytest -m "not browser and not docker" -q
 	@unshare -n true 2>/dev/null || { \
 		echo "error: 'unshare -n' is not permitted here: the browser tests must run in a" >&2; \
 		echo "loopback-only network namespace. Run 'make test' as root (or in a container" >&2; \
@@ -59,6 +60,12 @@ test: install calibrate chromium
 
 bench: install calibrate
 	$(BIN)/python -m bench
+
+# Soak and load (bench/soak.py): writes bench/results/soak.{md,json} and the
+# "Soak and load" section of docs/benchmarks.md.
+soak: install calibrate
+	$(BIN)/python -m bench.soak --cycles 100 --conversation-minutes 30 --turn-every-s 20 \
+		--overload --docs --command "make soak"
 
 lint: install
 	$(BIN)/ruff check .
