@@ -78,6 +78,7 @@ CYCLE_MEDIA_FRAMES = 10  # video frames a cycle waits for before leaving
 OFFER_TIMEOUT_S = 40.0  # an offer not answered by then "hung"
 RETRY_EVERY_S = 2.0  # refused clients offer again this often during the overload
 OBJECTS_SHOWN = 12  # object types listed in the report
+CENSUSES = ("census_fresh", "census_before", "census_after")  # of the cycles
 
 PROBE_ENV = "VIDEOCHAT_SOAK_PROBE"
 # What lives inside the server is visible only from inside its process. This
@@ -545,6 +546,10 @@ async def run_cycles(
     await asyncio.sleep(settle_s)
     result["snapshots"][f"{settle_s:.0f} s after the last cycle"] = process_snapshot(pid)
     result["census_after"] = await probe.census()
+    if result["census_before"] and result["census_after"]:
+        result["census_after"]["grown"] = increases(
+            result["census_before"]["objects"], result["census_after"]["objects"]
+        )
     if await probe.trim():  # after the census's gc.collect(): what is still held
         await asyncio.sleep(1.0)
         result["snapshots"]["then after gc.collect() and malloc_trim(0)"] = process_snapshot(pid)
@@ -927,8 +932,8 @@ def cycles_section(cycles: dict[str, Any], log_counts: dict[str, int]) -> tuple[
             + (", ".join(f"{name} {n}" for name, n in garbage[:OBJECTS_SHOWN]) or "none")
             + ".",
         ]
-    if census_before and census_after:
-        grown = list(increases(census_before["objects"], census_after["objects"]).items())
+    if census_after and "grown" in census_after:
+        grown = list(census_after["grown"].items())
         lines += [
             "",
             "Python objects (tracked by gc, after a collection) that grew from the first "
@@ -1103,6 +1108,18 @@ def _reply_text(row: dict[str, Any]) -> str:
     )
 
 
+def compact_censuses(results: dict[str, Any], keep: int = 50) -> None:
+    """Keep soak.json small: of each census the tasks, the collection's time,
+    and the ``keep`` largest garbage and growth counts, not every type."""
+    found = [results.get("census_end"), *(results.get("cycles", {}).get(k) for k in CENSUSES)]
+    for census in (c for c in found if c):
+        census.pop("objects", None)
+        for key in ("garbage", "grown"):
+            if key in census:
+                top = sorted(census[key].items(), key=lambda item: -item[1])[:keep]
+                census[key] = dict(top)
+
+
 def _end_text(results: dict[str, Any]) -> list[str]:
     """The server at the end of the run, and after it was asked to trim its heap."""
     end, trimmed = results.get("end"), results.get("trimmed")
@@ -1241,6 +1258,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             results["log"] = log_problems(Path(log_path).read_text(errors="replace"))
             results["log_path"] = log_path
     results["wall_s"] = time.perf_counter() - wall0
+    compact_censuses(results)
     return results
 
 
