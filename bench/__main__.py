@@ -444,6 +444,7 @@ def machine() -> str:
 
 STAGES = ["asr_final", "llm_first_token", "first_clause", "tts_first_audio", "first_audio_sent"]
 LEVERS = "## What each lever gained"
+SOAK_SECTION = "## Soak and load"
 LEVERS_SKELETON = f"""{LEVERS}
 
 Each lever measured on its own against the run before it (same machine, same
@@ -513,17 +514,23 @@ def machine_section(info: dict, skipped: list[int], admission: dict | None) -> l
     return lines + [""]
 
 
-def kept_levers(out: Path) -> str:
-    """The hand-written "what each lever gained" section of the previous report."""
+def kept_section(out: Path, heading: str) -> str | None:
+    """A section of the previous report that this run does not write (``heading``
+    to the next ``## ``), or None."""
     try:
         old = out.read_text(encoding="utf-8")
     except OSError:
-        return LEVERS_SKELETON
-    if LEVERS not in old:
-        return LEVERS_SKELETON
-    section = old[old.index(LEVERS) :]
-    following = section.find("\n## ", len(LEVERS))
+        return None
+    if heading not in old:
+        return None
+    section = old[old.index(heading) :]
+    following = section.find("\n## ", len(heading))
     return (section if following < 0 else section[: following + 1]).rstrip() + "\n"
+
+
+def kept_levers(out: Path) -> str:
+    """The hand-written "what each lever gained" section of the previous report."""
+    return kept_section(out, LEVERS) or LEVERS_SKELETON
 
 
 def report(
@@ -540,6 +547,7 @@ def report(
     skipped: list[int] | None = None,
 ) -> str:
     levers = kept_levers(out)
+    soak = kept_section(out, SOAK_SECTION)  # written by `make soak` (bench/soak.py)
     info = machine_info or {}
     kind = info.get("kind")
     capacity = info.get("capacity")
@@ -755,6 +763,8 @@ def report(
             f"| {r['fps']:.1f} | {_f(1000 * r['max_gap'], 0)} | {r['bot'][:80]} |"
         )
     lines += ["", levers.rstrip()]
+    if soak:
+        lines += ["", soak.rstrip()]
     text = "\n".join(lines) + "\n"
     out.write_text(text, encoding="utf-8")
     return text

@@ -16,6 +16,7 @@ The life of a session:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import re
@@ -109,6 +110,15 @@ class _Live:
     token: str
     opened: float = field(default_factory=time.monotonic)
     watcher: asyncio.Task[None] | None = None
+
+
+def release_free_heap() -> None:
+    """glibc's malloc_trim(0): return freed heap pages to the system (a no-op
+    where the C library has no such call)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def same_origin(origin: str, request: Request) -> bool:
@@ -368,8 +378,12 @@ class SessionManager:
         log.info("session %s closed (%s) after %d turns", session_id, reason, len(session.turns))
         if not self.live:
             # Nobody's media to disturb: free the session's reference cycles now
-            # (cheap, start-up objects are frozen: server/app.py).
+            # (cheap, start-up objects are frozen: server/app.py) and hand the
+            # heap they held back to the system. Measured by `make soak`: both
+            # after every cycle kept RSS flat (+0.9 % over 30 cycles), the trim
+            # alone did not (+4.9 MiB a cycle).
             gc.collect()
+            release_free_heap()
         self._notify(live, "session.ended", {"reason": reason, "turns": len(session.turns)})
         return True
 

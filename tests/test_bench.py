@@ -427,3 +427,16 @@ def test_splice_replaces_only_the_answers_section():
     assert "Wall time: **99 s**" in spliced and "Wall time: **10 s**" not in spliced
     assert spliced.endswith("\n## Lip-sync\n\nfigures\n")
     assert answers.splice("", section) == section
+
+
+def test_a_new_report_keeps_the_sections_other_commands_wrote(tmp_path):
+    from bench.__main__ import LEVERS, SOAK_SECTION, kept_levers, kept_section
+
+    old = tmp_path / "benchmarks.md"
+    old.write_text(
+        f"# Benchmarks\n\nfigures\n\n{LEVERS}\n\nlever table\n\n{SOAK_SECTION}\n\nsoak table\n",
+        encoding="utf-8",
+    )
+    assert kept_levers(old).strip() == f"{LEVERS}\n\nlever table"
+    assert kept_section(old, SOAK_SECTION).strip() == f"{SOAK_SECTION}\n\nsoak table"
+    assert kept_section(tmp_path / "missing.md", SOAK_SECTION) is None
