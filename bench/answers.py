@@ -378,15 +378,21 @@ def report_section(rows: Sequence[dict[str, Any]], wall_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def splice(document: str, section: str) -> str:
-    """``document`` with its answers section replaced by ``section`` (added at
-    the end when it has none): `--answers-only` updates only this part."""
-    if SECTION not in document:
+def splice_heading(document: str, heading: str, section: str) -> str:
+    """``document`` with its ``heading`` section (to the next ``## ``) replaced
+    by ``section``, added at the end when it has none; the rest left as is."""
+    if heading not in document:
         return (document.rstrip() + "\n\n" if document.strip() else "") + section
-    start = document.index(SECTION)
-    following = document.find("\n## ", start + len(SECTION))
+    start = document.index(heading)
+    following = document.find("\n## ", start + len(heading))
     rest = "" if following < 0 else "\n" + document[following + 1 :]
     return document[:start] + section + rest
+
+
+def splice(document: str, section: str) -> str:
+    """``document`` with its answers section replaced by ``section``:
+    `--answers-only` updates only this part."""
+    return splice_heading(document, SECTION, section)
 
 
 # -------------------------------------------------------------------- CLI

@@ -48,6 +48,7 @@ from aiortc.rtp import RtcpSrPacket
 
 from bench.__main__ import ask, machine, proc_stats, server_machine, server_pacing
 from bench.analysis import FIRST_AUDIO_P50, LOUD_RMS, MAX_FRAME_GAP, MIN_FPS, pct
+from bench.answers import splice_heading
 from bench.client import Busy, Client, read_wav, to_48k
 from bench.launch import REPO, running_server
 from server.rtc import offer_loopback_only
@@ -280,13 +281,7 @@ def drift(series: Sequence[dict[str, float]], window_s: float = DRIFT_WINDOW_S) 
 def splice_section(document: str, heading: str, section: str) -> str:
     """``document`` with its ``heading`` section replaced by ``section``
     (appended when it has none); the other sections are left as they are."""
-    section = section.strip() + "\n"
-    if heading not in document:
-        return (document.rstrip() + "\n\n" if document.strip() else "") + section
-    start = document.index(heading)
-    following = document.find("\n## ", start + len(heading))
-    rest = "" if following < 0 else "\n" + document[following + 1 :]
-    return document[:start] + section + rest
+    return splice_heading(document, heading, section.strip() + "\n")
 
 
 # ------------------------------------------------------------ the server side
