@@ -43,7 +43,7 @@ from bench.analysis import (
 from bench.client import Client, to_48k
 from bench.launch import REPO, running_server
 from bench.plots import write_plots
-from server.config import load_config
+from core.config import load_config
 from server.rtc import offer_loopback_only
 
 PROMPTS = {

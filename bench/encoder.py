@@ -35,10 +35,10 @@ SENTENCE = (
 
 
 def render_frames(weights: Path, seconds: float = SECONDS) -> list[np.ndarray]:
+    from core.config import Config
     from models.avatar_photo import PhotoAvatarModel
     from models.base import to_media_rate
     from models.tts import load_synthesizer
-    from server.config import Config
 
     speech = load_synthesizer(Config().tts, weights).synthesize(SENTENCE, "en")
     stream = PhotoAvatarModel(weights).new_stream("astronaut")

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.lang import detect_lang
 from models.base import VAD_SAMPLE_RATE, BackendUnavailable, SpeechRecognizer, Transcript
 
 if TYPE_CHECKING:
-    from server.config import ASRConfig
+    from core.config import ASRConfig
 
 log = logging.getLogger(__name__)
 
@@ -377,8 +378,6 @@ class FunASRRecognizer(SpeechRecognizer):
         self._lock = threading.Lock()
 
     def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        from models.tts import detect_lang
-
         audio = _as_audio(audio)
         lang = _forced(language) or self.language
         if audio.size == 0:

@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.config import LLMConfig
 from models.base import BackendUnavailable, ChatMessage, ChatModel
 from models.threads import run_in_low_priority_thread
-from server.config import LLMConfig
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.config import Config
 from models.base import (
     MEDIA_SAMPLE_RATE,
     AvatarModel,
@@ -22,7 +23,6 @@ from models.base import (
     to_media_rate,
 )
 from models.threads import lower_this_thread, run_in_low_priority_thread
-from server.config import Config
 
 log = logging.getLogger(__name__)
 

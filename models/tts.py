@@ -13,8 +13,7 @@
   ``weights/cosyvoice/CosyVoice2-0.5B``), SFT speakers or zero-shot from a
   prompt clip.
 
-Heavy imports happen inside the classes, so ``detect_lang`` and the factory
-are cheap to import.
+Heavy imports happen inside the classes, so the factory is cheap to import.
 """
 
 from __future__ import annotations
@@ -31,10 +30,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.lang import CJK_CHARS, detect_lang
 from models.base import BackendUnavailable, Speech, SpeechSynthesizer
 
 if TYPE_CHECKING:
-    from server.config import TTSConfig
+    from core.config import TTSConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +43,9 @@ KOKORO_MODEL_FILE = "kokoro-v1.0.int8.onnx"
 KOKORO_VOICES_FILE = "voices.npz"
 COSYVOICE_DIR = Path("cosyvoice") / "CosyVoice2-0.5B"
 
-# CJK Unified Ideographs (+ extension A and compatibility ideographs).
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_CJK_CHAR = re.compile(f"[{_CJK}]")
-_CJK_RUN = re.compile(f"([{_CJK}]+)")
-_LATIN_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+_CJK_RUN = re.compile(f"([{CJK_CHARS}]+)")
 # A run of Latin words inside Chinese text ("用 ChatGPT 写", "Hello World").
 _LATIN_RUN = re.compile(r"([A-Za-z][A-Za-z'\-]*(?:\s+[A-Za-z][A-Za-z'\-]*)*)")
-
-
-def detect_lang(text: str) -> str:
-    """ "zh" when CJK characters make up at least half of the text's words,
-    counting each CJK character as a word and each Latin word as one; "en"
-    otherwise (also for text with neither, e.g. "123")."""
-    cjk = len(_CJK_CHAR.findall(text))
-    if cjk == 0:
-        return "en"
-    latin = len(_LATIN_WORD.findall(text))
-    return "zh" if cjk >= latin else "en"
 
 
 def _normalize_lang(lang: str | None, text: str) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from models.base import VAD_SAMPLE_RATE, BackendUnavailable, VADModel, VoiceActivityDetector
 
 if TYPE_CHECKING:
-    from server.config import VADConfig
+    from core.config import VADConfig
 
 
 # ---------------------------------------------------------------------- Silero

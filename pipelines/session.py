@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from core.config import Config
+from core.lang import detect_lang
 from models.base import (
     MEDIA_SAMPLE_RATE,
     SAMPLES_PER_VIDEO_FRAME,
@@ -28,7 +30,6 @@ from models.base import (
     to_media_rate,
 )
 from models.registry import Engines, Opener
-from models.tts import detect_lang
 from models.vad import EndOfTurn, SpeechStart, TurnDetector
 from pipelines.clock import MediaClock
 from pipelines.events import (
@@ -47,7 +48,6 @@ from pipelines.events import (
 from pipelines.history import ChatHistory
 from pipelines.planner import ReplyPlanner, ReplyProgress
 from pipelines.splitter import SentenceSplitter
-from server.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from core.config import REPO_ROOT, Config
 from models.base import BackendUnavailable
 from models.registry import Engines, load_engines
 from pipelines.events import MAX_TEXT_CHARS, EndReason, protocol_schema
@@ -22,7 +23,6 @@ from pipelines.planner import ReplyCosts, ReplyPlanner
 from pipelines.splitter import warm_up as warm_up_splitter
 from server.auth import load_or_create_api_key, require_api_key
 from server.avatars_api import router as avatars_router
-from server.config import REPO_ROOT, Config
 from server.guards import BodyLimit, ClientRateLimit, SessionCORS
 from server.machine import apply_plan, plan_machine
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from core.config import Config
 from models.avatar_prepare import (
     DEFAULT_AVATAR,
     AvatarError,
@@ -34,7 +35,6 @@ from models.avatar_prepare import (
 )
 from models.base import AvatarModel
 from server.auth import require_api_key
-from server.config import Config
 
 log = logging.getLogger(__name__)
 router = APIRouter()

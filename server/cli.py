@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from server.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 
 log = logging.getLogger("videochat")
 
@@ -49,7 +49,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from server.weights import WeightsError, assemble_all
+    from tools.weights import WeightsError, assemble_all
 
     config = load_config(args.config)
     try:

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config import AUTO, Config
 from models.calibration import Calibration, CPUFacts, cpu_facts
 from pipelines.planner import PIECE_AUDIO_S, STALL_TOLERANCE_S
-from server.config import AUTO, Config
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def plan_for(cal: Calibration, config: Config) -> MachinePlan:
 def apply_plan(config: Config, plan: MachinePlan | None) -> Config:
     """Replace every ``auto`` in the config by the plan's value (or, without a
     plan, by the built-in default), in place."""
-    from server.config import AUTO_DEFAULTS
+    from core.config import AUTO_DEFAULTS
 
     for dotted, default in AUTO_DEFAULTS.items():
         section, _, key = dotted.partition(".")

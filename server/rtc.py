@@ -14,10 +14,10 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from fastapi import HTTPException
 
+from core.config import IceServer
 from models.base import VAD_SAMPLE_RATE
 from pipelines.events import ErrorEvent, to_wire
 from pipelines.session import Session
-from server.config import IceServer
 
 log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "events"

@@ -29,13 +29,13 @@ from aiortc import RTCPeerConnection
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
+from core.config import Config
 from models.registry import Engines
 from pipelines.events import MAX_TEXT_CHARS, EndedEvent, EndReason
 from pipelines.planner import ReplyPlanner
 from pipelines.session import Session, Turn
 from server.auth import bearer, is_api_key, new_session_token, unauthorized
 from server.avatars_api import sync_with_disk
-from server.config import Config
 from server.metrics import Metrics
 from server.rtc import answer_offer, check_offer
 

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from skimage import data
 
+from core.config import load_config
 from models.avatar_prepare import (
     AvatarError,
     AvatarLimits,
@@ -32,7 +33,6 @@ from models.avatar_prepare import (
 from server import avatars_api, cli
 from server.avatars_api import JobTable
 from server.avatars_api import router as avatars_router
-from server.config import load_config
 from tests.fakes import BlankAvatarModel, fake_engines
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.config import ConfigError, load_config
 from server.cli import main
-from server.config import ConfigError, load_config
 
 
 def test_the_shipped_config_loads():

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 from fastapi.testclient import TestClient
 
+from core.config import Config
 from pipelines.session import Session, Turn
 from server.app import SessionManager, create_app
-from server.config import Config
 from server.metrics import STAGES, Metrics
 from tests.fakes import fake_engines
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.config import ASRConfig, TTSConfig, load_config
 from models.base import BackendUnavailable, VoiceActivityDetector
 from models.vad import (
     EndOfTurn,
@@ -23,7 +24,6 @@ from models.vad import (
     SpeechStart,
     TurnDetector,
 )
-from server.config import ASRConfig, TTSConfig, load_config
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WEIGHTS = load_config().weights_path
@@ -579,7 +579,7 @@ def test_kokoro_round_trip_through_whisper(kokoro, whisper, text, lang, expect):
 
 
 def test_detect_lang():
-    from models.tts import detect_lang
+    from core.lang import detect_lang
 
     assert detect_lang("What is the capital of France?") == "en"
     assert detect_lang("今天天气怎么样？") == "zh"

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
+from core.config import AUTO, Config, load_config
 from models.base import MEDIA_SAMPLE_RATE, Speech
 from models.calibration import Calibration, CPUFacts, LLMRates, TTSCost
 from pipelines.planner import ReplyCosts, ReplyPlanner, ReplyProgress
-from server.config import AUTO, Config, load_config
 from server.machine import apply_plan, cache_key, load_cached, plan_for
 from tests.fakes import ScriptedLLM, ToneTTS, fake_engines
 from tests.test_session import QUESTION_EN, make_session, speak, wait_until

@@ -11,7 +11,7 @@ import pytest
 
 from bench.client import Client, read_wav, to_48k
 from bench.launch import running_server
-from server.config import load_config
+from core.config import load_config
 from server.rtc import offer_loopback_only
 
 pytestmark = pytest.mark.models

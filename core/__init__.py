@@ -1,0 +1,2 @@
+"""The bottom layer: configuration models and small helpers every other layer
+may import (it imports none of them)."""
