@@ -36,7 +36,7 @@ SENTENCE = (
 
 def render_frames(weights: Path, seconds: float = SECONDS) -> list[np.ndarray]:
     from core.config import Config
-    from models.avatar_photo import PhotoAvatarModel
+    from models.avatar.model import PhotoAvatarModel
     from models.base import to_media_rate
     from models.tts import load_synthesizer
 

@@ -12,11 +12,11 @@ would send), runs mediapipe FaceMesh on the rendered frames and reports:
 * **bilabial closure**: the share of p/b/m phonemes during which some frame
   shows closed lips (inner-lip gap below ``CLOSED_GAP`` of the mouth width);
   target >= 80 %. The p/b/m spans are Kokoro's own predicted durations (the
-  timed graph, models/kokoro_timing.py), i.e. where the TTS put them in the
+  timed graph, models/tts/kokoro_timing.py), i.e. where the TTS put them in the
   audio, not an estimate of ours. Without the timed graph they fall back to our
   aligner's spans (and the doc says so).
 * **fallback**: the same sentences driven by our phoneme aligner
-  (models/mouth.py ``align_phonemes``, what runs when the timed graph is
+  (models/avatar/mouth.py ``align_phonemes``, what runs when the timed graph is
   missing) instead of Kokoro's durations, measured the same way against
   Kokoro's spans, plus the aligner's p/b/m start error against them.
 
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.avatar.mouth import BILABIALS, align_phonemes
 from models.base import MEDIA_FPS, MEDIA_SAMPLE_RATE, Speech
-from models.mouth import BILABIALS, align_phonemes
 
 SENTENCES: list[tuple[str, str]] = [
     ("en", "Maybe my mom will bring apple pie to the picnic."),
@@ -267,14 +267,14 @@ def make_talking_clip(path: Path, weights: Path | None, seconds: float = 6.0) ->
     syllable rhythm stands in for the speech."""
     import av
 
-    from models.avatar_photo import PhotoAvatarModel
+    from models.avatar.model import PhotoAvatarModel
 
     n_frames = int(round(seconds * MEDIA_FPS))
     lead = int(0.6 * MEDIA_SAMPLE_RATE)
     speech = None
     kokoro = None if weights is None else weights / "kokoro"
     if kokoro is not None and kokoro.is_dir():
-        from models.tts import KOKORO_MODEL_FILE, KOKORO_VOICES_FILE, KokoroSynthesizer
+        from models.tts.kokoro import KOKORO_MODEL_FILE, KOKORO_VOICES_FILE, KokoroSynthesizer
 
         if (kokoro / KOKORO_MODEL_FILE).is_file():
             tts = KokoroSynthesizer(kokoro / KOKORO_MODEL_FILE, kokoro / KOKORO_VOICES_FILE)
@@ -309,7 +309,7 @@ def make_video_avatar(
     """``make_talking_clip`` prepared as a video avatar ``avatars_dir/<name>``."""
     import tempfile
 
-    from models.avatar_prepare import prepare_avatar
+    from tools.avatar_prepare import prepare_avatar
 
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_talking_clip(Path(tmp) / f"{name}.mp4", weights, seconds)
@@ -318,8 +318,8 @@ def make_video_avatar(
 
 
 def evaluate(weights: Path, avatar: str | None = None) -> tuple[dict, list[Rendered]]:
-    from models.avatar_photo import PhotoAvatarModel
-    from models.tts import KOKORO_MODEL_FILE, KOKORO_VOICES_FILE, KokoroSynthesizer
+    from models.avatar.model import PhotoAvatarModel
+    from models.tts.kokoro import KOKORO_MODEL_FILE, KOKORO_VOICES_FILE, KokoroSynthesizer
 
     tts = KokoroSynthesizer(
         weights / "kokoro" / KOKORO_MODEL_FILE, weights / "kokoro" / KOKORO_VOICES_FILE
@@ -423,7 +423,7 @@ VIDEO_NOTE = (
     "{closed_gap:.2f}, its widest {open_gap:.2f}). The selection treats it as the "
     "clip's rest: a target's opening is measured up from that resting gap and its "
     "closure down from it to the clip's most closed mouth "
-    "(models/avatar_video.py `target_gap`), so quiet stretches and p/b/m pick closed "
+    "(models/avatar/video.py `target_gap`), so quiet stretches and p/b/m pick closed "
     "frames; after a reply the idle clip shows the smile again, which still reads as "
     '"open" during the silent tail frames.'
 )
@@ -472,17 +472,17 @@ def write_doc(results: dict, items: list[Rendered], docs: Path, command: str) ->
     spans = (
         "The bilabial spans are Kokoro's own predicted durations (its int8 graph with the "
         "duration tensor exposed as a second output, `kokoro-v1.0.int8.timed.onnx`, "
-        "models/kokoro_timing.py; the audio is sample-equal to the plain graph's), i.e. "
+        "models/tts/kokoro_timing.py; the audio is sample-equal to the plain graph's), i.e. "
         "where the TTS itself put each p/b/m, at 25 ms resolution, moved 50 ms earlier "
-        "(models/mouth.py KOKORO_SHIFT_S: the audio's loudness matches the vowel spans "
+        "(models/avatar/mouth.py KOKORO_SHIFT_S: the audio's loudness matches the vowel spans "
         "best 50-70 ms before them). They also drive the "
         "mouth in the rows en/zh/all, so those rows check the renderer and FaceMesh "
         "against the TTS's timing. The fallback row drives the mouth with our phoneme "
-        "aligner (models/mouth.py, used when the timed graph is missing) and scores it "
+        "aligner (models/avatar/mouth.py, used when the timed graph is missing) and scores it "
         "against Kokoro's spans; the aligner's p/b/m starts are off by "
         f"{fb['bilabial_start_err_ms']:.0f} ms (median) from Kokoro's."
         if fb
-        else "The bilabial spans come from our own phoneme aligner (models/mouth.py; the "
+        else "The bilabial spans come from our own phoneme aligner (models/avatar/mouth.py; the "
         "timed Kokoro graph was not found), the same timings that drive the mouth, so "
         "this checks that the renderer closes the lips when asked and that FaceMesh sees "
         "it; it does not check the aligner against the audio."

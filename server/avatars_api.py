@@ -22,7 +22,9 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from core.config import Config
-from models.avatar_prepare import (
+from models.base import AvatarModel
+from server.auth import require_api_key
+from tools.avatar_library import (
     DEFAULT_AVATAR,
     AvatarError,
     AvatarInfo,
@@ -30,11 +32,9 @@ from models.avatar_prepare import (
     AvatarTooLarge,
     check_name,
     list_avatars,
-    prepare_avatar,
     remove_avatar,
 )
-from models.base import AvatarModel
-from server.auth import require_api_key
+from tools.avatar_prepare import prepare_avatar
 
 log = logging.getLogger(__name__)
 router = APIRouter()

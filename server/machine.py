@@ -140,7 +140,7 @@ async def _calibrate(config: Config, progress: Progress) -> Calibration:
 
 def _measure_avatar(config: Config, tts: Any) -> tuple[float, float]:
     from models import calibration as measure
-    from models.avatar_photo import PhotoAvatarModel
+    from models.avatar.model import PhotoAvatarModel
 
     model = PhotoAvatarModel(config.weights_path, size=config.avatar.size)
     stream = model.new_stream(model.avatars()[0] if model.avatars() else None)

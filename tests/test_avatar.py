@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import threading
 import time
 
@@ -12,16 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-import models.avatar_photo as avatar_photo
-from models.avatar_photo import (
-    ASTRONAUT_META,
-    AvatarAssets,
-    BufferedAvatarStream,
-    PhotoAvatarModel,
-    PhotoAvatarStream,
-    astronaut_image,
-)
-from models.avatar_prepare import FaceMesher
+import models.avatar.assets as avatar_assets
+from models.avatar.assets import ASTRONAUT_META, AvatarAssets, astronaut_image
+from models.avatar.buffered import BufferedAvatarStream
+from models.avatar.faces import FaceMesher, detect_landmarks
+from models.avatar.model import PhotoAvatarModel
+from models.avatar.photo import PhotoAvatarStream
 from models.base import MEDIA_FPS, MEDIA_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, Speech
 
 N = SAMPLES_PER_VIDEO_FRAME
@@ -291,18 +286,41 @@ def test_prepared_avatar_from_weights_dir(tmp_path) -> None:
     assert all(abs(a - b) <= 1 for a, b in zip(ours, reference, strict=True)), (ours, reference)
 
 
-def test_render_time(model: PhotoAvatarModel) -> None:
+def test_long_reply_renders_in_sync(model: PhotoAvatarModel) -> None:
+    """Six seconds of syllables (4 a second), then idle: every frame carries
+    exactly its share of the reply's audio, and the mouth opens once per
+    syllable, a frame ahead of its sound, and is closed soon after the end.
+    (Render time is measured by the benchmark and the calibration.)"""
     stream = model.new_stream(seed=0)
-    stream.push_audio(speech_like(6.0), tag=0)
-    times = []
+    audio = speech_like(6.0)
+    stream.push_audio(audio, tag="reply")
+    stream.end_of_segment()
+    frames, openings = [], []
     for _ in range(250):
-        start = time.perf_counter()
-        stream.next_frame()
-        times.append((time.perf_counter() - start) * 1000)
-    print(
-        f"\nphoto avatar: median {statistics.median(times):.2f} ms/frame, "
-        f"mean {statistics.mean(times):.2f}, max {max(times):.2f} (250 frames, speaking)"
-    )
+        frame = stream.next_frame()
+        assert frame.image.shape == (512, 512, 3) and frame.image.dtype == np.uint8
+        assert frame.audio.shape == (N,) and frame.audio.dtype == np.int16
+        frames.append(frame)
+        openings.append(stream.opening)
+    n_speech = audio.size // N
+    assert n_speech == 150
+    assert [f.speaking for f in frames] == [True] * n_speech + [False] * (250 - n_speech)
+    assert sum(n for f in frames for _, n in f.played) == audio.size
+    sent = np.concatenate([f.audio for f in frames])
+    expected = np.rint(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+    assert np.array_equal(sent[: audio.size], expected) and not sent[audio.size :].any()
+
+    opening = np.array(openings)
+    loudness = np.array([np.sqrt(np.mean((f.audio / 32768.0) ** 2)) for f in frames])
+    rises = np.diff(opening[:n_speech])
+    peaks = int(((rises[:-1] > 0) & (rises[1:] <= 0)).sum())
+    assert 20 <= peaks <= 28, peaks  # one opening per syllable
+    lead = {
+        lag: float(np.corrcoef(opening[10:140], loudness[10 + lag : 140 + lag])[0, 1])
+        for lag in range(-2, 3)
+    }
+    assert max(lead, key=lead.__getitem__) == 1 and lead[1] > 0.9, lead  # 40 ms ahead
+    assert np.all(opening[n_speech + 5 :] == 0.0)  # closed 0.2 s after the reply
 
 
 # ------------------------------------------------------------------ mouth mesh
@@ -444,7 +462,7 @@ def test_avatar_without_stored_landmarks(tmp_path, monkeypatch, mesher: FaceMesh
     bare = model.assets("bare").meta["mouth"]
     assert abs(bare["chin"] - ASTRONAUT_META["mouth"]["chin"]) < 12
 
-    monkeypatch.setattr(avatar_photo, "detect_landmarks", lambda image: None)
+    monkeypatch.setattr(avatar_assets, "detect_landmarks", lambda image: None)
     model = PhotoAvatarModel(tmp_path)
     assets = model.assets("old")
     assert assets.landmarks is None and assets.mouth.source == "meta"
@@ -458,13 +476,13 @@ def test_avatar_without_stored_landmarks(tmp_path, monkeypatch, mesher: FaceMesh
 def test_stored_landmarks_are_used_without_facemesh(tmp_path, monkeypatch) -> None:
     folder = tmp_path / "avatars" / "astronaut"  # a prepared one replaces the built-in
     image = write_avatar(folder, ASTRONAUT_META)
-    lm = avatar_photo.detect_landmarks(image)
+    lm = detect_landmarks(image)
     np.save(folder / "landmarks.npy", lm.astype(np.float32))
 
     def no_facemesh(image: np.ndarray) -> None:
         raise AssertionError("FaceMesh ran although landmarks.npy is there")
 
-    monkeypatch.setattr(avatar_photo, "detect_landmarks", no_facemesh)
+    monkeypatch.setattr(avatar_assets, "detect_landmarks", no_facemesh)
     model = PhotoAvatarModel(tmp_path, size=256)
     assert model.avatars() == ["astronaut"]
     assets = model.assets("astronaut")

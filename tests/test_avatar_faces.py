@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 from skimage import data
 
-from models.avatar_prepare import AvatarError, AvatarLimits, FaceDetector, find_face
+from models.avatar.faces import FaceDetector
 from server import cli
+from tools.avatar_library import AvatarError, AvatarLimits
+from tools.avatar_prepare import find_face
 
 NOSE = (223.0, 130.0)  # the astronaut's nose tip, in data.astronaut() pixels
 # Windows (y0, y1, x0, x1) of data.astronaut() that hold the whole head. The

@@ -21,19 +21,13 @@ from fastapi.testclient import TestClient
 from skimage import data
 
 from core.config import load_config
-from models.avatar_prepare import (
-    AvatarError,
-    AvatarLimits,
-    ensure_default_avatar,
-    face_landmarks,
-    list_avatars,
-    prepare_avatar,
-    remove_avatar,
-)
+from models.avatar.faces import face_landmarks
 from server import avatars_api, cli
 from server.avatars_api import JobTable
 from server.avatars_api import router as avatars_router
 from tests.fakes import BlankAvatarModel, fake_engines
+from tools.avatar_library import AvatarError, AvatarLimits, list_avatars, remove_avatar
+from tools.avatar_prepare import ensure_default_avatar, prepare_avatar
 
 
 def write_png(path: Path, rgb: np.ndarray) -> Path:
@@ -118,7 +112,7 @@ def test_prepare_photo(sources: dict[str, Path], tmp_path: Path) -> None:
     assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
     assert leftovers(root) == ["anne", "anne/image.png", "anne/landmarks.npy", "anne/meta.json"]
     # The renderer reads it and builds its mouth mesh on the stored landmarks.
-    from models.avatar_photo import PhotoAvatarModel
+    from models.avatar.model import PhotoAvatarModel
 
     assets = PhotoAvatarModel(tmp_path).assets("anne")
     assert assets.mouth.source == "landmarks" and np.allclose(assets.landmarks, lm)

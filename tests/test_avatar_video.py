@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from evals.lipsync import make_video_avatar
-from models import mouth
-from models.avatar_photo import PhotoAvatarModel
-from models.avatar_video import CLOSED_GAP, VideoAvatarAssets, VideoAvatarStream, mouth_shapes
+from models.avatar import mouth
+from models.avatar.model import PhotoAvatarModel
+from models.avatar.video import CLOSED_GAP, VideoAvatarAssets, VideoAvatarStream, mouth_shapes
 from models.base import MEDIA_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, Speech
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"

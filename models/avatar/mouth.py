@@ -33,6 +33,8 @@ close the lips, and quiet stretches inside speech bring them together
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -178,14 +180,16 @@ _STRESS = set("ˈˌ")
 KOKORO_SHIFT_S = -0.05
 
 
-def spans_from_tokens(spoken, shift_s: float = KOKORO_SHIFT_S) -> list[tuple[str, float, float]]:
+def spans_from_tokens(
+    spoken: Iterable[Any], shift_s: float = KOKORO_SHIFT_S
+) -> list[tuple[str, float, float]]:
     """(phoneme, start_s, end_s) from per-token spans the TTS itself reports
     (Kokoro's predicted durations: ``(char, start, end)`` or objects with
     ``phoneme``/``start``/``end``, one per input character). Stress marks give
     their time to the phoneme after them (espeak puts them before the stressed
     syllable's nucleus), length and tone marks to the one before; word breaks
     and punctuation stay gaps. All spans move by ``shift_s`` (clipped at 0)."""
-    out: list[list] = []
+    out: list[list[Any]] = []
     pending: float | None = None  # start of a stress mark waiting for its phoneme
     for item in spoken:
         if isinstance(item, tuple):
@@ -259,9 +263,9 @@ def align_phonemes(phonemes: str, audio: np.ndarray, sr: int) -> list[tuple[str,
         if o < 0 and not sk and 0 < i < s_n - 1:
             typical[i] = 12.0  # a pause at punctuation
         elif o >= 0:
-            cls = _CHAR_CLASS[phones[o]]
-            dmin = _CLASSES[cls][2]
-            typical[i] = (8.0 if cls.endswith("_v") else 5.5) / dmin
+            cls_name = _CHAR_CLASS[phones[o]]
+            dmin = _CLASSES[cls_name][2]
+            typical[i] = (8.0 if cls_name.endswith("_v") else 5.5) / dmin
     cum = np.cumsum(typical) - 0.5 * typical
     total = max(1e-6, float(typical.sum()))
     centre = first + cum / total * max(1, last - first)

@@ -1,13 +1,13 @@
 """Video avatar: a recorded clip brought to life, its mouth re-synthesized from
 the clip's own frames (photoreal, like the original demo's recorded avatars).
 
-A video avatar is prepared by models/avatar_prepare.py (``meta.json`` with mode
+A video avatar is prepared by tools/avatar_prepare.py (``meta.json`` with mode
 "video", ``frames/000000.jpg ...`` 512x512 at 25 fps, ``landmarks.npy`` (N, 478,
 2)). ``VideoAvatarAssets`` indexes it once per process (read-only, shared by all
 streams):
 
 * every frame's **mouth shape** from its landmarks, in the four numbers of
-  models/mouth.py (open, width, round, closure) so the driving track's targets
+  models/avatar/mouth.py (open, width, round, closure) so the driving track's targets
   compare directly: open = inner-lip gap / mouth width, scaled between the
   clip's own closed and widest mouths; width = mouth width / face width around
   the clip's median (0.5); round = narrowing below that median; closure = the
@@ -28,7 +28,7 @@ once decoded (a few tens of KB a frame).
   mouth from the clip's quiet frames by the same re-synthesis; quiet frames are
   passed through untouched;
 * **speaking**: the target shape of the frame (the pushed chunk's mouth track,
-  models/mouth.py: phonemes with timings or audio) picks the source frame whose
+  models/avatar/mouth.py: phonemes with timings or audio) picks the source frame whose
   mouth matches best, with temporal smoothness. The target's opening and
   closure become a lip gap on the clip's own scale (``target_gap``): opening 0
   is the clip's resting gap (which may be a smile with parted lips), opening 1
@@ -61,19 +61,22 @@ from typing import Any
 import cv2
 import numpy as np
 
-from models import mouth as mouth_track
-from models.avatar_photo import BufferedAvatarStream
+from models.avatar.buffered import BufferedAvatarStream
+from models.avatar.faces import (
+    FACE_LEFT,
+    FACE_RIGHT,
+    LIP_LOWER_INNER,
+    LIP_UPPER_INNER,
+    MOUTH_LEFT,
+    MOUTH_RIGHT,
+    NOSE_BASE,
+)
+from models.avatar.mouth import SILENT, mouth_track
 from models.base import MEDIA_SAMPLE_RATE, Speech
 
 log = logging.getLogger(__name__)
 
 # FaceMesh indices (mediapipe's canonical face model).
-MOUTH_LEFT, MOUTH_RIGHT = 61, 291
-LIP_UPPER_INNER, LIP_LOWER_INNER = 13, 14
-LIP_UPPER_OUTER, LIP_LOWER_OUTER = 0, 17
-FACE_LEFT, FACE_RIGHT = 234, 454
-NOSE_BASE = 2
-CHIN = 152
 # Points that do not move with the mouth: eye corners, nose bridge and tip,
 # cheeks at the ears.
 STABLE = (33, 133, 362, 263, 6, 168, 197, 195, 5, 4, 234, 454, 93, 323, 127, 356)
@@ -98,7 +101,7 @@ def lip_gaps(landmarks: np.ndarray) -> np.ndarray:
 
 
 def mouth_shapes(landmarks: np.ndarray) -> np.ndarray:
-    """(N, 4) mouth shapes (models/mouth.py's fields) of a clip's (N, 478, 2)
+    """(N, 4) mouth shapes (models/avatar/mouth.py's fields) of a clip's (N, 478, 2)
     landmarks, normalized on the clip itself."""
     lm = np.asarray(landmarks, np.float32)
     mw = np.linalg.norm(lm[:, MOUTH_RIGHT] - lm[:, MOUTH_LEFT], axis=1) + 1e-6
@@ -298,7 +301,7 @@ class VideoAvatarStream(BufferedAvatarStream):
         if float(np.abs(samples).max()) < 1e-4:
             return None  # pure silence: the idle clip, untouched
         timings = speech.phonemes if speech is not None and speech.phonemes else None
-        return mouth_track.mouth_track(samples, MEDIA_SAMPLE_RATE, timings)
+        return mouth_track(samples, MEDIA_SAMPLE_RATE, timings)
 
     # ----------------------------------------------------------- selection
     def select(self, target: np.ndarray, base: int) -> int:
@@ -346,7 +349,7 @@ class VideoAvatarStream(BufferedAvatarStream):
         if self.frame_shape is not None:
             target = np.asarray(self.frame_shape, np.float32)
         elif speaking:
-            target = mouth_track.SILENT  # inside a reply, no audio yet: lips together
+            target = SILENT  # inside a reply, no audio yet: lips together
         elif self.close_idle_mouth and a.rest is not None and not a.quiet[b]:
             target = a.rest  # the clip talks here: a resting mouth from its quiet frames
         else:
