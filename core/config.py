@@ -1,5 +1,10 @@
 """Configuration: a YAML file (configs/cpu.yaml by default), overridden by
-VIDEOCHAT_<SECTION>__<KEY> environment variables, then by CLI flags."""
+VIDEOCHAT_<SECTION>__<KEY> environment variables, then by CLI flags.
+
+Backend names are plain strings here: the backends register themselves in
+models/ (which core must not import), and ``models.backends.check_backends``
+refuses an unknown name with a ConfigError that lists the registered ones,
+before any model loads."""
 
 from __future__ import annotations
 
@@ -84,7 +89,7 @@ class ServerConfig(_Section):
 
 
 class VADConfig(_Section):
-    backend: Literal["silero", "energy"] = "silero"
+    backend: str = "silero"  # a registered VAD backend (models/vad/)
     threshold: float = 0.5
     hangover_ms: int = 300
     min_speech_ms: int = 200
@@ -98,7 +103,7 @@ class VADConfig(_Section):
 
 
 class ASRConfig(_Section):
-    backend: Literal["faster-whisper", "funasr"] = "faster-whisper"
+    backend: str = "faster-whisper"  # a registered ASR backend (models/asr/)
     model: str = "whisper-base"
     language: Lang = "auto"
     threads: int = 2
@@ -106,7 +111,7 @@ class ASRConfig(_Section):
 
 
 class LLMConfig(_Section):
-    backend: Literal["embedded", "openai"] = "embedded"
+    backend: str = "embedded"  # a registered LLM backend (models/llm/)
     model_file: str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
     base_url: str = ""
     model: str = "qwen2.5-1.5b"
@@ -159,12 +164,20 @@ class LLMConfig(_Section):
 
 
 class TTSConfig(_Section):
-    backend: Literal["kokoro", "edge-tts", "cosyvoice"] = "kokoro"
+    backend: str = "kokoro"  # a registered TTS backend (models/tts/)
     voice_en: str = "af_heart"
     voice_zh: str = "zf_xiaoxiao"
     speed: float = 1.0
     threads: int | Auto = 1  # onnxruntime threads per call
     parallel_calls: int | Auto = 1  # TTS calls of one reply running at once
+
+
+class S2SConfig(_Section):
+    """An end-to-end speech-to-speech model in place of ASR + LLM + TTS."""
+
+    backend: str = ""  # "": off; else a registered speech-to-speech backend (models/s2s/)
+    model: str = ""  # its model folder under weights/
+    voice: str = ""  # "": the backend's default
 
 
 class AvatarConfig(_Section):
@@ -198,6 +211,7 @@ class Config(BaseSettings):
     asr: ASRConfig = Field(default_factory=ASRConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     tts: TTSConfig = Field(default_factory=TTSConfig)
+    s2s: S2SConfig = Field(default_factory=S2SConfig)
     avatar: AvatarConfig = Field(default_factory=AvatarConfig)
     avatars: AvatarsConfig = Field(default_factory=AvatarsConfig)
 

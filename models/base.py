@@ -1,19 +1,29 @@
-"""The small typed interfaces of each pipeline stage.
+"""The small typed contracts of each pipeline stage.
 
-Data flows one way: mic -> VAD -> ASR -> LLM -> TTS -> avatar -> clock -> tracks.
-A backend implements one of these and is chosen by name in the config
-(see models/registry.py). Models load once per process; anything that holds
-per-conversation state is created per session through a ``new_*`` method.
+Data flows one way: mic -> VAD -> ASR -> LLM -> TTS -> avatar -> clock -> tracks,
+or mic -> speech-to-speech -> avatar where one end-to-end model replaces ASR,
+LLM and TTS. A backend implements one of these, registers under its name in
+its own file (``models.backends.backend``) and is chosen by name in the config.
+Models load once per process (``from_config``); anything that holds
+per-conversation or per-utterance state is made through a ``new_*`` method.
+
+What a backend can do beyond the contract is said by class attributes with a
+default here (``streams_partials``, ``supports_prefill``, ``has_timings``,
+``streams_audio``), so callers branch on flags, not on backend names.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from core.config import ASRConfig, LLMConfig, S2SConfig, TTSConfig, VADConfig
 
 # Sample rates at the stage boundaries.
 VAD_SAMPLE_RATE = 16_000  # VAD and ASR take 16 kHz mono float32 in [-1, 1]
@@ -25,6 +35,14 @@ SAMPLES_PER_VIDEO_FRAME = MEDIA_SAMPLE_RATE // MEDIA_FPS  # 1920 = two 20 ms aud
 class BackendUnavailable(RuntimeError):
     """A backend chosen in the config cannot run here: the message names what to
     install or download."""
+
+
+def mono_float32(audio: np.ndarray) -> np.ndarray:
+    """Audio as contiguous 1-D float32 in [-1, 1] (int16 PCM is scaled)."""
+    audio = np.asarray(audio)
+    if audio.dtype == np.int16:
+        audio = audio.astype(np.float32) / 32768.0
+    return np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
 
 
 # --------------------------------------------------------------------------- VAD
@@ -42,6 +60,11 @@ class VoiceActivityDetector(ABC):
 
 
 class VADModel(ABC):
+    @classmethod
+    def from_config(cls, config: VADConfig) -> VADModel:
+        """Build the backend from its config section (what the registry calls)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from the config")
+
     @abstractmethod
     def new_detector(self) -> VoiceActivityDetector: ...
 
@@ -53,13 +76,65 @@ class Transcript:
     language: str  # "en" | "zh" (what was forced or detected)
 
 
+class RecognizerStream(ABC):
+    """One utterance, fed while the user speaks. Blocking (call it from a worker
+    thread), one caller at a time; ``finish`` ends it."""
+
+    @abstractmethod
+    def feed(self, audio: np.ndarray) -> str | None:
+        """Add 16 kHz mono audio (float32 or int16, any chunk size). Returns the
+        transcript so far when it changed, else None."""
+
+    @abstractmethod
+    def finish(self) -> Transcript:
+        """The end of the utterance: its final transcript."""
+
+
+class BufferedRecognizerStream(RecognizerStream):
+    """A batch recognizer as a stream: keeps the audio and transcribes it all at
+    ``finish`` (no partials)."""
+
+    def __init__(self, recognizer: SpeechRecognizer, language: str | None) -> None:
+        self._recognizer = recognizer
+        self._language = language
+        self._chunks: list[np.ndarray] = []
+        self._finished = False
+
+    def feed(self, audio: np.ndarray) -> str | None:
+        if self._finished:
+            raise RuntimeError("this utterance is finished")
+        self._chunks.append(mono_float32(audio).copy())  # the caller may reuse its buffer
+        return None
+
+    def finish(self) -> Transcript:
+        if self._finished:
+            raise RuntimeError("this utterance is finished")
+        self._finished = True
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        self._chunks = []
+        return self._recognizer.transcribe(audio, self._language)
+
+
 class SpeechRecognizer(ABC):
-    """Loaded once, shared by sessions; ``transcribe`` is blocking and thread-safe
-    enough to be called from a worker thread."""
+    """Loaded once, shared by sessions; ``transcribe`` and streams are blocking
+    and safe to use from worker threads."""
+
+    # True when a stream's ``feed`` gives partial transcripts while the user speaks.
+    streams_partials: bool = False
+
+    @classmethod
+    def from_config(cls, config: ASRConfig, weights_dir: Path) -> SpeechRecognizer:
+        """Build the backend from its config section (what the registry calls)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from the config")
 
     @abstractmethod
     def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
         """``audio``: 16 kHz mono float32. ``language``: "en", "zh" or None (detect)."""
+
+    def new_stream(self, language: str | None = None) -> RecognizerStream:
+        """A stream for one utterance. Batch backends keep this default, which
+        transcribes at ``finish``; streaming ones decode as audio arrives."""
+        return BufferedRecognizerStream(self, language)
 
 
 # --------------------------------------------------------------------------- LLM
@@ -70,6 +145,12 @@ class ChatModel(ABC):
     # True when a trailing assistant message is continued rather than answered
     # (llama.cpp's server does this); lets the pipeline speak an opener first.
     supports_prefill: bool = False
+
+    @classmethod
+    def from_config(cls, config: LLMConfig, weights_dir: Path, *, nice: int = 0) -> ChatModel:
+        """Build the backend from its config section (what the registry calls);
+        ``nice``: the priority its own threads run at (models/threads.py)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from the config")
 
     @abstractmethod
     def stream_chat(
@@ -98,7 +179,8 @@ class ChatModel(ABC):
 class Speech:
     audio: np.ndarray  # mono float32 in [-1, 1]
     sample_rate: int
-    # Optional (phoneme, start_s, end_s) timings for lip-sync; empty if unknown.
+    # Optional (phoneme, start_s, end_s) timings for lip-sync, from the start of
+    # this audio; empty if unknown.
     phonemes: list[tuple[str, float, float]] = field(default_factory=list)
 
 
@@ -117,14 +199,85 @@ def to_media_rate(speech: Speech) -> np.ndarray:
 
 
 class SpeechSynthesizer(ABC):
-    """Loaded once; ``synthesize`` is blocking (run it in a worker thread)."""
+    """Loaded once; ``synthesize`` and ``stream`` are blocking (run them in a
+    worker thread)."""
+
+    # True when Speech.phonemes carries timings (for the avatar's mouth).
+    has_timings: bool = False
+    # True when ``stream`` yields audio while the rest is still being made.
+    streams_audio: bool = False
+
+    @classmethod
+    def from_config(cls, config: TTSConfig, weights_dir: Path) -> SpeechSynthesizer:
+        """Build the backend from its config section (what the registry calls)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from the config")
 
     @abstractmethod
     def synthesize(self, text: str, lang: str, voice: str | None = None) -> Speech:
         """``lang``: "en" or "zh". ``voice`` overrides the configured voice."""
 
+    def stream(self, text: str, lang: str, voice: str | None = None) -> Iterator[Speech]:
+        """The same speech in chunks, each as soon as it is made (timings from
+        the chunk's own start); concatenated they are the whole. Exhaust or
+        close the iterator: a backend may hold a lock while it runs. The
+        default yields ``synthesize``'s result as one chunk."""
+        yield self.synthesize(text, lang, voice)
+
     @abstractmethod
     def voices(self) -> list[str]: ...
+
+
+# ------------------------------------------------------------- Speech to speech
+@dataclass(frozen=True)
+class TextDelta:
+    """Text from an end-to-end model: what it heard the user say (``role``
+    "user") or the next piece of its reply ("assistant")."""
+
+    text: str
+    role: Literal["user", "assistant"] = "assistant"
+
+
+class SpeechConversation(ABC):
+    """One conversation with an end-to-end model; it keeps the dialogue."""
+
+    @abstractmethod
+    def respond(self, user: np.ndarray | str) -> AsyncIterator[TextDelta | Speech]:
+        """The user's turn, as 16 kHz mono float32 audio or typed text, answered
+        as it is made: TextDelta and Speech items, interleaved. Cancelling the
+        iterating task stops generation."""
+
+    @abstractmethod
+    async def cancel(self, heard: str | None = None) -> None:
+        """Stop the reply in flight (barge-in): its ``respond`` iterator ends.
+        ``heard``: the part of the reply the user heard, which is all the
+        conversation keeps of it (None: keep what was made)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """The conversation has ended: free what the model kept for it."""
+
+
+class SpeechToSpeech(ABC):
+    """An end-to-end model (GLM-4-Voice, ...) that takes the place of ASR, LLM
+    and TTS: audio or text in, text and speech out."""
+
+    @classmethod
+    def from_config(cls, config: S2SConfig, weights_dir: Path) -> SpeechToSpeech:
+        """Build the backend from its config section (what the registry calls)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from the config")
+
+    @abstractmethod
+    def new_conversation(
+        self, *, system_prompt: str, voice: str | None = None, language: str | None = None
+    ) -> SpeechConversation: ...
+
+    @abstractmethod
+    def voices(self) -> list[str]: ...
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Bring up whatever the model needs (a server, a warm cache)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        ...
 
 
 # ------------------------------------------------------------------------ Avatar

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,8 @@ class CPUFacts:
 
 
 def cpu_facts() -> CPUFacts:
-    model, mhz, flags = platform.processor() or platform.machine(), None, set()
+    model, mhz = platform.processor() or platform.machine(), None
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
@@ -163,7 +165,7 @@ def measure_tts(
         tts.synthesize(SHORT[lang], lang)
         points = []
         for text in (SHORT[lang], MID[lang], LONG[lang]):
-            seconds, speech = _median_time(lambda t=text, lg=lang: tts.synthesize(t, lg), runs)
+            seconds, speech = _median_time(partial(tts.synthesize, text, lang), runs)
             points.append((speech.audio.size / speech.sample_rate, seconds))
         audio, seconds = np.array(points).T
         per_audio, fixed = np.polyfit(audio, seconds, 1)

@@ -1,4 +1,6 @@
-"""Backends chosen by name in the config, loaded once per process."""
+"""The models of every stage, loaded once per process from the backends the
+config names (models/backends.py knows the names), and the lines said at
+start-up (openers, fillers, fault lines)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from models.base import (
     Speech,
     SpeechRecognizer,
     SpeechSynthesizer,
+    SpeechToSpeech,
     VADModel,
     to_media_rate,
 )
@@ -72,6 +75,8 @@ class Engines:
     llm: ChatModel
     tts: SpeechSynthesizer
     avatar: AvatarModel
+    # An end-to-end model in place of ASR + LLM + TTS, when the config names one.
+    s2s: SpeechToSpeech | None = None
     openers: dict[str, list[Opener]] = field(default_factory=dict)  # by language
     fillers: dict[str, list[Opener]] = field(default_factory=dict)  # by language
     fault_lines: dict[str, Opener] = field(default_factory=dict)  # "the LLM is down", by language
@@ -94,6 +99,8 @@ class Engines:
 
     async def close(self) -> None:
         await self.llm.close()
+        if self.s2s is not None:
+            await self.s2s.close()
         self.inference.shutdown(wait=False, cancel_futures=True)
 
 
@@ -103,7 +110,7 @@ def _load_avatar(config: Config) -> AvatarModel:
             "avatar.backend 'musetalk' needs a GPU, `pip install -e .[gpu]` and the MuseTalk 1.5 "
             "weights under weights/musetalk/ (see weights/README.md)"
         )
-    from models.avatar_photo import PhotoAvatarModel
+    from models.avatar.model import PhotoAvatarModel
 
     return PhotoAvatarModel(
         config.weights_path, size=config.avatar.size, default=config.avatar.default
@@ -111,16 +118,21 @@ def _load_avatar(config: Config) -> AvatarModel:
 
 
 async def load_engines(config: Config) -> Engines:
-    """Load every model once. Raises BackendUnavailable with a readable message."""
+    """Load every model once. Raises ConfigError for a backend name nobody
+    registered (before any model loads) and BackendUnavailable with a readable
+    message for one that cannot run here."""
     from models.asr import load_recognizer
+    from models.backends import check_backends
     from models.llm import load_chat_model
+    from models.s2s import load_speech_to_speech
     from models.tts import load_synthesizer
     from models.vad import load_vad
 
+    check_backends(config)
     weights = config.weights_path
     started = time.perf_counter()
     nice = config.inference_nice
-    llm = load_chat_model(config.llm, weights, nice=max(nice, config.llm.nice))
+    llm = load_chat_model(config.llm, weights, nice=max(nice, int(config.llm.nice)))
     # The LLM loads in llama.cpp's threads while Python loads the rest.
     llm_start = asyncio.create_task(llm.start())
     vad = load_vad(config.vad)
@@ -132,6 +144,13 @@ async def load_engines(config: Config) -> Engines:
     tts = await run_in_low_priority_thread(lambda: load_synthesizer(config.tts, weights), nice)
     log.info("loading avatar renderer (%s)", config.avatar.backend)
     avatar = await asyncio.to_thread(_load_avatar, config)
+    if config.s2s.backend:
+        log.info("loading speech-to-speech (%s)", config.s2s.backend)
+    s2s = await run_in_low_priority_thread(
+        lambda: load_speech_to_speech(config.s2s, weights), nice
+    )
+    if s2s is not None:
+        await s2s.start()
     openers: dict[str, list[Opener]] = {}
     fillers: dict[str, list[Opener]] = {}
     if config.llm.use_openers and config.llm.openers and llm.supports_prefill:
@@ -158,6 +177,7 @@ async def load_engines(config: Config) -> Engines:
         llm=llm,
         tts=tts,
         avatar=avatar,
+        s2s=s2s,
         openers=openers,
         fillers=fillers,
         fault_lines={lang: lines[0] for lang, lines in fault_lines.items() if lines},

@@ -1,7 +1,7 @@
 """The OpenAI-compatible client's KV-cache slot pinning (no server needed)."""
 
 from core.config import LLMConfig
-from models.llm import OpenAICompatibleChat
+from models.llm.openai_compatible import OpenAICompatibleChat
 
 
 def chat(slots: int) -> OpenAICompatibleChat:

@@ -1,5 +1,6 @@
 """Model stages: turn detection (pure logic and Silero), Whisper, Kokoro, and
-the optional backends' error messages.
+the optional backends' error messages (tests/test_contracts.py checks every
+backend against its stage's contract).
 
 Tests marked ``models`` load the real weights from weights/ (``videochat
 weights`` assembles them); each model loads once per module.
@@ -7,8 +8,8 @@ weights`` assembles them); each model loads once per module.
 
 from __future__ import annotations
 
-import importlib.util
 import io
+import sys
 import wave
 from pathlib import Path
 
@@ -17,13 +18,9 @@ import pytest
 
 from core.config import ASRConfig, TTSConfig, load_config
 from models.base import BackendUnavailable, VoiceActivityDetector
-from models.vad import (
-    EndOfTurn,
-    EnergyVADModel,
-    SileroVADModel,
-    SpeechStart,
-    TurnDetector,
-)
+from models.vad.energy import EnergyVADModel
+from models.vad.silero import SileroVADModel
+from models.vad.turn import EndOfTurn, SpeechStart, TurnDetector
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WEIGHTS = load_config().weights_path
@@ -390,7 +387,7 @@ def test_whisper_quiet_input_is_not_decoded(whisper, monkeypatch, caplog, name):
         raise AssertionError("Whisper decoded audio under the energy floor")
 
     monkeypatch.setattr(whisper._model, "generate_segments", no_decoding)
-    with caplog.at_level("DEBUG", logger="models.asr"):
+    with caplog.at_level("DEBUG", logger="models.asr.whisper"):
         assert _texts(whisper, audio) == {}
         assert _texts(whisper, (audio * 32768).astype(np.int16)) == {}
     assert "not decoding: level" in caplog.text
@@ -417,9 +414,9 @@ def test_whisper_noise_gives_no_text(whisper, name):
 def test_whisper_silence_past_the_energy_gate_gives_no_text(whisper, monkeypatch):
     # Whisper's own signals must reject silence too (here: " you" on AVX2,
     # skipped by faster-whisper on AVX-512; the prompt echo in Chinese).
-    import models.asr
+    import models.asr.whisper
 
-    monkeypatch.setattr(models.asr, "ENERGY_FLOOR_DBFS", float("-inf"))
+    monkeypatch.setattr(models.asr.whisper, "ENERGY_FLOOR_DBFS", float("-inf"))
     assert _texts(whisper, np.zeros(2 * SR, np.float32)) == {}
 
 
@@ -452,7 +449,7 @@ def test_whisper_keeps_a_real_thank_you(whisper, name, expect):
 def test_whisper_segment_gates():
     from types import SimpleNamespace
 
-    from models.asr import _rejection
+    from models.asr.whisper import _rejection
 
     def seg(text, nsp, logprob, ratio=0.5, temperature=0.0):
         return SimpleNamespace(
@@ -486,7 +483,7 @@ def test_whisper_segment_gates():
 
 
 def test_whisper_energy_level():
-    from models.asr import ENERGY_FLOOR_DBFS, loud_level_dbfs
+    from models.asr.whisper import ENERGY_FLOOR_DBFS, loud_level_dbfs
 
     t = np.arange(SR) / SR
     tone = (np.sqrt(2) * _db(-30) * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
@@ -597,14 +594,17 @@ def test_missing_kokoro_weights(tmp_path):
 
 
 # ----------------------------------------------------------- optional backends
-def _absent(package: str) -> bool:
-    return importlib.util.find_spec(package) is None
+# Each runs whether or not the package is installed here: the package is made
+# unimportable (a None entry in sys.modules makes ``import`` raise ImportError).
+def _without(monkeypatch: pytest.MonkeyPatch, *packages: str) -> None:
+    for package in packages:
+        monkeypatch.setitem(sys.modules, package, None)
 
 
-@pytest.mark.skipif(not _absent("funasr"), reason="funasr is installed")
-def test_funasr_unavailable(tmp_path):
+def test_funasr_unavailable(tmp_path, monkeypatch):
     from models.asr import load_recognizer
 
+    _without(monkeypatch, "funasr")
     with pytest.raises(BackendUnavailable) as err:
         load_recognizer(ASRConfig(backend="funasr", model="paraformer-zh-streaming"), tmp_path)
     message = str(err.value)
@@ -612,46 +612,58 @@ def test_funasr_unavailable(tmp_path):
     assert str(tmp_path / "funasr" / "paraformer-zh-streaming") in message
 
 
-@pytest.mark.skipif(not _absent("cosyvoice"), reason="cosyvoice is installed")
-def test_cosyvoice_unavailable(tmp_path):
+def test_cosyvoice_unavailable(tmp_path, monkeypatch):
     from models.tts import load_synthesizer
 
+    _without(monkeypatch, "cosyvoice", "cosyvoice.cli", "cosyvoice.cli.cosyvoice")
     with pytest.raises(BackendUnavailable) as err:
         load_synthesizer(TTSConfig(backend="cosyvoice"), tmp_path)
     message = str(err.value)
     assert "CosyVoice" in message and "weights/cosyvoice/CosyVoice2-0.5B" in message
 
 
-@pytest.mark.skipif(not _absent("edge_tts"), reason="edge-tts is installed")
-def test_edge_tts_unavailable(tmp_path):
+def test_edge_tts_unavailable(tmp_path, monkeypatch):
     from models.tts import load_synthesizer
 
+    _without(monkeypatch, "edge_tts")
     with pytest.raises(BackendUnavailable) as err:
         load_synthesizer(TTSConfig(backend="edge-tts"), tmp_path)
     message = str(err.value)
     assert "pip install edge-tts" in message and "internet" in message
 
 
-def test_mp3_decoding_for_edge_tts():
-    """The PyAV path edge-tts audio goes through (MP3 -> float32 24 kHz)."""
+def _mp3(audio: np.ndarray, sr: int) -> bytes:
+    """``audio`` encoded as an MP3 file by PyAV (an ID3 tag, then frames)."""
     import av
 
-    from models.tts import decode_audio
-
-    sr = 24_000
-    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr)).astype(np.float32)
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp3") as out:
         stream = out.add_stream("libmp3lame" if "libmp3lame" in av.codecs_available else "mp3")
         stream.rate = sr
         stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(tone[None, :], format="flt", layout="mono")
+        frame = av.AudioFrame.from_ndarray(audio[None, :], format="flt", layout="mono")
         frame.sample_rate = sr
         for packet in stream.encode(frame):
             out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
-    audio = decode_audio(buf.getvalue(), sr)
+    return buf.getvalue()
+
+
+def test_mp3_decoding_for_edge_tts():
+    """The PyAV path edge-tts audio goes through (MP3 -> float32 24 kHz), fed
+    whole or in the pieces the service sends."""
+    from models.tts.edge import MP3StreamDecoder, decode_mp3
+
+    sr = 24_000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr)).astype(np.float32)
+    data = _mp3(tone, sr)
+    audio = decode_mp3(data, sr)
     assert audio.dtype == np.float32
     assert abs(len(audio) - sr) < 0.1 * sr
     assert 0.2 < np.abs(audio).max() < 0.4
+    decoder = MP3StreamDecoder(sr)
+    pieces = [decoder.decode(data[i : i + 700]) for i in range(0, len(data), 700)]
+    pieces.append(decoder.flush())
+    assert sum(1 for p in pieces if p.size) > 3  # audio came out before the end
+    np.testing.assert_allclose(np.concatenate(pieces), audio, atol=1e-6)

@@ -1,11 +1,12 @@
-"""The mouth-shape track (models/mouth.py) and lips closing in rendered frames."""
+"""The mouth-shape track (models/avatar/mouth.py) and lips closing in rendered frames."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from models import mouth
-from models.avatar_photo import ASTRONAUT_META, AvatarAssets, PhotoAvatarStream, astronaut_image
+from models.avatar import mouth
+from models.avatar.assets import ASTRONAUT_META, AvatarAssets, astronaut_image
+from models.avatar.photo import PhotoAvatarStream
 from models.base import MEDIA_SAMPLE_RATE, Speech
 
 SR = 24_000
@@ -159,7 +160,7 @@ def test_kokoro_timed_graph(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    from models import kokoro_timing
+    from models.tts import kokoro_timing
 
     nodes = [
         helper.make_node("Round", ["x"], ["r"]),

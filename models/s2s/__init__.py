@@ -1,0 +1,22 @@
+"""Speech to speech: end-to-end models that take the place of ASR + LLM + TTS
+(the ``SpeechToSpeech`` contract in models/base.py), one backend per module,
+registered by name. None is built yet (GLM-4-Voice is planned); the config's
+``s2s.backend`` stays empty until one is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.config import S2SConfig
+from models.backends import backend_class
+from models.base import SpeechToSpeech
+
+
+def load_speech_to_speech(config: S2SConfig, weights_dir: str | Path) -> SpeechToSpeech | None:
+    """The end-to-end model named by ``config.backend``, or None when it is off
+    (ConfigError for a name nobody registered)."""
+    if not config.backend:
+        return None
+    cls = backend_class("s2s", config.backend)
+    return cls.from_config(config, Path(weights_dir))
