@@ -33,7 +33,8 @@ from core.config import Config
 from models.registry import Engines
 from pipelines.events import MAX_TEXT_CHARS, EndedEvent, EndReason
 from pipelines.planner import ReplyPlanner
-from pipelines.session import Session, Turn
+from pipelines.session import Session
+from pipelines.turn import Turn
 from server.auth import bearer, is_api_key, new_session_token, unauthorized
 from server.avatars_api import sync_with_disk
 from server.metrics import Metrics

@@ -1,5 +1,7 @@
 """Scripted backends with set delays: they drive the real session pipeline
-deterministically (the pattern of livekit agents' fake_session)."""
+deterministically (the pattern of livekit agents' fake_session). Their delays
+run on the time source they are given (``use_time``): the wall clock by
+default, pipelines.timebase.VirtualTime in the session tests."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +26,15 @@ from models.base import (
     VoiceActivityDetector,
 )
 from models.registry import Engines
+from pipelines.timebase import REAL_TIME
+
+
+class FakeClock(Protocol):
+    """What the fakes take time on: RealTime or VirtualTime."""
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    def block(self, seconds: float) -> None: ...
 
 
 class LoudnessDetector(VoiceActivityDetector):
@@ -49,9 +60,10 @@ class ScriptedASR(SpeechRecognizer):
     def __init__(self, texts: dict[int, str], delay: float = 0.05) -> None:
         self.texts = texts  # tone frequency (Hz) -> transcript
         self.delay = delay
+        self.time: FakeClock = REAL_TIME
 
     def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        time.sleep(self.delay)
+        self.time.block(self.delay)
         spectrum = np.abs(np.fft.rfft(audio))
         peak = np.fft.rfftfreq(audio.size, 1 / 16000)[int(np.argmax(spectrum))]
         freq = min(self.texts, key=lambda f: abs(f - peak))
@@ -69,6 +81,7 @@ class ScriptedLLM(ChatModel):
         self.requests: list[tuple[str | None, list[ChatMessage]]] = []
         self.cancelled = 0
         self.released: list[str] = []
+        self.time: FakeClock = REAL_TIME
 
     def release(self, conversation: str) -> None:
         self.released.append(conversation)
@@ -81,7 +94,7 @@ class ScriptedLLM(ChatModel):
         reply = next((r for q, r in self.replies.items() if q in question), "I see.")
         try:
             for word in reply.split(" "):
-                await asyncio.sleep(self.token_delay)
+                await self.time.sleep(self.token_delay)
                 yield word + " "
         except (asyncio.CancelledError, GeneratorExit):
             self.cancelled += 1
@@ -94,11 +107,12 @@ class ToneTTS(SpeechSynthesizer):
     def __init__(self, delay: float = 0.02, seconds_per_char: float = 0.06) -> None:
         self.delay = delay
         self.seconds_per_char = seconds_per_char
-        self.calls: list[str] = []
+        self.calls: list[str] = []  # as each call starts
+        self.time: FakeClock = REAL_TIME
 
     def synthesize(self, text: str, lang: str, voice: str | None = None) -> Speech:
-        time.sleep(self.delay)
         self.calls.append(text)
+        self.time.block(self.delay)
         n = int(24000 * self.seconds_per_char * len(text))
         t = np.arange(n) / 24000
         return Speech(
@@ -119,7 +133,7 @@ class BlankAvatarModel(AvatarModel):
         return ["blank"]
 
     def new_stream(self, avatar: str | None = None) -> AvatarStream:
-        from models.avatar_photo import BufferedAvatarStream
+        from models.avatar.buffered import BufferedAvatarStream
 
         size = self.size
 
@@ -141,15 +155,28 @@ def silence(seconds: float, rate: int = 16000) -> np.ndarray:
 
 
 def fake_engines(
-    llm: ScriptedLLM | None = None, asr: ScriptedASR | None = None, tts: ToneTTS | None = None
+    llm: ScriptedLLM | None = None,
+    asr: ScriptedASR | None = None,
+    tts: ToneTTS | None = None,
+    clock: FakeClock | None = None,
 ) -> Engines:
-    return Engines(
+    engines = Engines(
         vad=LoudnessVAD(),
         asr=asr or ScriptedASR({440: "What is the capital of France?", 880: "你好"}),
         llm=llm or ScriptedLLM({"France": "Sure, the capital of France is Paris. It is lovely."}),
         tts=tts or ToneTTS(),
         avatar=BlankAvatarModel(),
     )
+    if clock is not None:
+        use_time(engines, clock)
+    return engines
+
+
+def use_time(engines: Engines, clock: FakeClock) -> None:
+    """Let the scripted models among ``engines`` take their delays on ``clock``."""
+    for model in (engines.asr, engines.llm, engines.tts):
+        if isinstance(model, ScriptedASR | ScriptedLLM | ToneTTS):
+            model.time = clock
 
 
 class FailingLLM(ScriptedLLM):

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
+import httpx
 from fastapi.testclient import TestClient
 
+from bench.client import Client
 from core.config import Config
-from pipelines.session import Session, Turn
-from server.app import SessionManager, create_app
+from pipelines.session import Session
+from pipelines.timebase import VirtualTime
+from pipelines.turn import Turn
+from server.app import create_app
 from server.metrics import STAGES, Metrics
-from tests.fakes import fake_engines
+from server.rtc import offer_loopback_only
+from tests.fakes import fake_engines, served
 
 
 def fake_turn(interrupted: bool = False, barge_in: float | None = None) -> Turn:
@@ -81,47 +85,77 @@ def test_observe_turn_updates_histograms_and_counters():
     assert b"videochat_turn_stage_seconds_bucket" in metrics.render()
 
 
-def test_frame_counters_are_read_from_the_clocks_and_kept_after_close():
+async def test_frame_counters_are_read_from_the_clocks_and_kept_after_close():
+    clock = VirtualTime()
     metrics = Metrics()
-    clock = SimpleNamespace(
-        frames_sent=250,
-        dropped=3,
-        late_frames=2,
-        max_gap=0.09,
-        video_track=SimpleNamespace(max_take_gap=0.12),
-    )
-    session = SimpleNamespace(clock=clock)
+    session = Session(fake_engines(), Config(), time_source=clock)
     live = [session]
     metrics.track_sessions(lambda: live)
     metrics.session_opened(1)
-    assert sample(metrics, "videochat_active_sessions") == 1
-    assert sample(metrics, "videochat_frames_dropped_total") == 3
-    assert sample(metrics, "videochat_frames_late_total") == 2
-    assert sample(metrics, "videochat_frame_max_gap_seconds") == 0.09
-    assert sample(metrics, "videochat_frame_max_send_gap_seconds") == 0.12
+    session.start()
+    try:
+        await clock.sleep(1.0)  # a second of media: 25 frames
+        media = session.clock
+        sent = media.frames_sent
+        assert 24 <= sent <= 26
+        assert sample(metrics, "videochat_active_sessions") == 1
+        assert sample(metrics, "videochat_frames_sent_total") == sent
+        # Nobody reads the tracks here: past their queue limit, frames are dropped.
+        assert sample(metrics, "videochat_frames_dropped_total") == media.dropped > 0
+        assert sample(metrics, "videochat_frames_late_total") == media.late_frames == 0
+        assert sample(metrics, "videochat_frame_max_gap_seconds") == media.max_gap
+    finally:
+        await session.close()
+        await clock.aclose()
     live.clear()
     metrics.session_closed(session, 0)
     assert sample(metrics, "videochat_active_sessions") == 0
-    assert sample(metrics, "videochat_frames_sent_total") == 250
-    assert sample(metrics, "videochat_frames_dropped_total") == 3
-    assert sample(metrics, "videochat_frame_max_send_gap_seconds") == 0.12
+    assert sample(metrics, "videochat_frames_sent_total") == sent
+    assert sample(metrics, "videochat_frames_dropped_total") == session.clock.dropped
 
 
-async def test_sessions_report_their_turns_through_the_hook():
-    metrics = Metrics()
-    manager = SessionManager(fake_engines(), Config(), metrics)
-    # What SessionManager.open does for every session it creates.
-    session = Session(manager.engines, manager.config, on_turn_end=manager.metrics.observe_turn)
-    try:
-        session.attach(lambda event: None)
-        session.start()
-        session.handle_message({"type": "text", "text": "Tell me about France"})
-        for _ in range(200):
-            if session.turns:
+def scrape(base: str, name: str, **labels: str) -> float | None:
+    """One sample of the server's GET /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return found.value
+    return None
+
+
+async def test_a_served_session_reports_its_turns_and_frames():
+    """The real wiring: a session opened through /offer by an aiortc client,
+    a typed question, then GET /metrics (the session manager's turn-end hook
+    and the clocks' counters, live and after the session closed)."""
+    offer_loopback_only()  # the test client offers only 127.0.0.1
+    config = Config()
+    config.server.loopback_only = True
+    with served(create_app(config, fake_engines())) as base:
+        assert scrape(base, "videochat_turns_total", interrupted="no") == 0
+        client = Client(base)
+        try:
+            await client.connect()
+            client.send({"type": "text", "text": "What is the capital of France?"})
+            turn = await client.wait_for(lambda e: e["type"] == "turn", 20)
+            assert "first_audio_sent" in turn["latency"]
+            assert scrape(base, "videochat_active_sessions") == 1
+            assert scrape(base, "videochat_turns_total", interrupted="no") == 1
+            assert scrape(base, "videochat_turn_first_audio_seconds_count") == 1
+            asr = scrape(base, "videochat_turn_stage_seconds_count", stage="asr_final")
+            assert asr in (None, 0)  # a typed question: no speech recognised
+            count = scrape(base, "videochat_turn_stage_seconds_count", stage="first_audio_sent")
+            assert count == 1
+            live_frames = scrape(base, "videochat_frames_sent_total")
+            assert live_frames is not None and live_frames > 0
+        finally:
+            await client.close()
+        for _ in range(100):  # the server notices the hang-up
+            if scrape(base, "videochat_active_sessions") == 0:
                 break
             await asyncio.sleep(0.05)
-    finally:
-        await session.close()
-    assert session.turns
-    assert sample(metrics, "videochat_turns_total", interrupted="no") == 1
-    assert sample(metrics, "videochat_turn_first_audio_seconds_count") == 1
+        assert scrape(base, "videochat_active_sessions") == 0
+        retained = scrape(base, "videochat_frames_sent_total")
+        assert retained is not None and retained >= live_frames  # kept after close

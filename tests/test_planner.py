@@ -7,7 +7,7 @@ scripted models, so the results do not depend on this machine's speed.
 
 from __future__ import annotations
 
-import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -15,7 +15,9 @@ import pytest
 from core.config import AUTO, Config, load_config
 from models.base import MEDIA_SAMPLE_RATE, Speech
 from models.calibration import Calibration, CPUFacts, LLMRates, TTSCost
+from pipelines.clock import SentFrame
 from pipelines.planner import ReplyCosts, ReplyPlanner, ReplyProgress
+from pipelines.timebase import VirtualTime
 from server.machine import apply_plan, cache_key, load_cached, plan_for
 from tests.fakes import ScriptedLLM, ToneTTS, fake_engines
 from tests.test_session import QUESTION_EN, make_session, speak, wait_until
@@ -157,7 +159,7 @@ class SlowTTS(ToneTTS):
 
     def synthesize(self, text: str, lang: str, voice: str | None = None) -> Speech:
         speech = super().synthesize(text, lang, voice)
-        time.sleep(0.1 + 3.0 * speech.audio.size / speech.sample_rate)
+        self.time.block(0.1 + 3.0 * speech.audio.size / speech.sample_rate)
         return speech
 
 
@@ -178,40 +180,52 @@ def slow_tts_planner(seconds_per_char: float) -> ReplyPlanner:
     )
 
 
-async def longest_silence_in_reply(planned: bool) -> float:
+@pytest.fixture
+async def clock() -> AsyncIterator[VirtualTime]:
+    virtual = VirtualTime()  # the session runs on virtual time, as in test_session.py
+    yield virtual
+    await virtual.aclose()
+
+
+class LoudFrames:
+    """Listens to a media clock: the release times of frames with reply audio."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def frame_sent(self, sent: SentFrame) -> None:
+        if np.abs(sent.frame.audio).max(initial=0) > 0:
+            self.times.append(sent.at)
+
+
+async def longest_silence_in_reply(planned: bool, clock: VirtualTime) -> float:
     per_char = 0.012
     engines = fake_engines(
         llm=ScriptedLLM({"France": SLOW_REPLY}, token_delay=0.005),
         tts=SlowTTS(delay=0, seconds_per_char=per_char),
     )
-    session, _ = make_session(engines, planner=slow_tts_planner(per_char) if planned else None)
+    planner = slow_tts_planner(per_char) if planned else None
+    session, _ = make_session(engines, clock, planner=planner)
     session.config.tts.parallel_calls = 2
     session.config.llm.cut_when_queued_audio_below_s = 0
-    loud: list[float] = []  # release times of frames carrying reply audio
-    record = session._on_frame
-
-    def on_frame(frame, now):  # type: ignore[no-untyped-def]
-        if np.abs(frame.audio).max(initial=0) > 0:
-            loud.append(now)
-        record(frame, now)
-
-    session.clock._on_frame = on_frame
+    loud = LoudFrames()
+    session.clock.subscribe(loud)
     try:
         speak(session, QUESTION_EN)
-        await wait_until(lambda: len(session.turns) == 1, timeout=30)
+        await wait_until(lambda: len(session.turns) == 1, clock, timeout=30)
     finally:
         await session.close()
-    assert loud, "no reply audio"
+    assert loud.times, "no reply audio"
     assert session.turns[0].heard_text.replace(".", "") == SLOW_REPLY.replace(".", "")
-    gaps = np.diff(loud)
+    gaps = np.diff(loud.times)
     return float(gaps.max(initial=0.0))
 
 
 @pytest.mark.parametrize("planned", [False, True])
-async def test_a_planned_reply_never_stalls_once_started(planned):
+async def test_a_planned_reply_never_stalls_once_started(planned, clock):
     """TTS slower than real time: spoken piece by piece, the reply falls
     silent between pieces; planned, it starts later and plays through."""
-    silence = await longest_silence_in_reply(planned)
+    silence = await longest_silence_in_reply(planned, clock)
     frame = 1920 / MEDIA_SAMPLE_RATE
     if planned:
         assert silence <= 0.3 + frame
@@ -229,7 +243,7 @@ def test_the_llm_writing_rate_is_learnt():
     assert planner.writing_slowdown < 2.1
 
 
-async def test_a_long_answer_starts_after_at_most_the_hold_limit():
+async def test_a_long_answer_starts_after_at_most_the_hold_limit(clock):
     """A planner that would wait for the whole reply (it expects far more
     text than comes in time): the answer starts max_answer_hold_s after its
     first piece is ready, not when everything is made."""
@@ -240,11 +254,11 @@ async def test_a_long_answer_starts_after_at_most_the_hold_limit():
     )
     planner = slow_tts_planner(per_char)
     planner.reply_chars["en"] = 10_000.0  # it expects a very long reply
-    session, _ = make_session(engines, planner=planner)
+    session, _ = make_session(engines, clock, planner=planner)
     session.config.llm.max_answer_hold_s = 0.5
     try:
         speak(session, QUESTION_EN)
-        await wait_until(lambda: len(session.turns) == 1, timeout=30)
+        await wait_until(lambda: len(session.turns) == 1, clock, timeout=30)
     finally:
         await session.close()
     latency = session.turns[0].latency()

@@ -1,0 +1,266 @@
+"""Speaking the reply: written pieces -> TTS calls -> the avatar's queue, in
+order, with the answer held until the planner says it can play through."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.config import Config
+from core.lang import detect_lang
+from models.base import MEDIA_SAMPLE_RATE, AvatarStream, Speech, to_media_rate
+from models.registry import Engines, Opener
+from pipelines.events import BotTextEvent, ErrorEvent, Mark, Stage
+from pipelines.openers import Openers, SayLine
+from pipelines.planner import ReplyPlanner
+from pipelines.timebase import TimeSource, wait_for
+from pipelines.turn import ReplyPiece, Turn
+
+log = logging.getLogger(__name__)
+
+SpokenEvent = BotTextEvent | ErrorEvent  # what speaking tells the page
+
+PLAN_RECHECK_S = 0.1  # while the answer is held, the planner looks again this often
+
+
+@dataclass
+class _Made:
+    """A synthesized piece of the reply, waiting for its turn to be pushed."""
+
+    text: str
+    lang: str
+    speech: Speech
+    audio: np.ndarray
+    prepared: Any = None  # the avatar's work on it, done in the TTS worker
+
+
+class SynthesisFailed(RuntimeError):
+    """One piece could not be synthesized; its text is shown instead."""
+
+    def __init__(self, text: str, message: str) -> None:
+        super().__init__(message)
+        self.text = text
+
+
+def _join(first: str, second: str, lang: str) -> str:
+    return first + second if lang == "zh" else f"{first} {second}"
+
+
+class ReplySpeaker:
+    """One session's speech: it owns the pushes to its avatar stream."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        config: Config,
+        planner: ReplyPlanner,
+        time_source: TimeSource,
+        avatar: AvatarStream,
+        openers: Openers,
+        emit: Callable[[SpokenEvent], None],
+        *,
+        session_id: str,
+        lang: str,
+        voice: str | None,
+    ) -> None:
+        self._engines = engines
+        self._config = config
+        self._planner = planner
+        self._time = time_source
+        self._avatar = avatar
+        self._openers = openers
+        self._emit = emit
+        self._session_id = session_id
+        self._lang = lang  # "auto": each piece's language is detected
+        self._voice = voice
+        # Openers, fillers and fault lines (audio made at start-up, by id) as
+        # this session's avatar prepared them.
+        self._prepared_lines: dict[int, Any] = {}
+
+    async def speak(
+        self,
+        turn: Turn,
+        pieces: asyncio.Queue[str | None],
+        lang: str,
+        opener: Opener | None,
+    ) -> None:
+        """Synthesize the reply's pieces and push them to the avatar in order.
+        The answer starts once the planner says the audio made so far lasts
+        until the rest is made (pipelines/planner.py); the opener, held in its
+        own task, is timed to end just before that (pipelines/openers.py)."""
+        made: asyncio.Queue[_Made | None] = asyncio.Queue()
+        saying = None
+        if opener is not None:
+            saying = asyncio.create_task(self._openers.say(turn, opener, self._line_saying(turn)))
+        synthesis = asyncio.create_task(self._synthesize_pieces(turn, pieces, lang, made))
+        time_source = self._time
+        try:
+            held: list[_Made] = []
+            buffered = 0.0  # seconds of audio in `held`
+            first_ready: float | None = None
+            finished = False  # the last piece came while the answer was held
+            max_hold = self._config.llm.max_answer_hold_s
+            while not turn.reply_ready.is_set():
+                try:
+                    item = await wait_for(time_source, made.get(), PLAN_RECHECK_S)
+                except TimeoutError:  # the LLM wrote on: the prediction changed
+                    pass
+                else:
+                    if item is None:
+                        finished = True
+                        break
+                    held.append(item)
+                    buffered += item.audio.size / MEDIA_SAMPLE_RATE
+                    first_ready = first_ready or time_source.now()
+                if held and self._planner.may_start(turn.progress, buffered):
+                    self._open_answer(turn)
+                elif first_ready is not None and time_source.now() - first_ready >= max_hold:
+                    # A long reply on a slow machine: pauses later beat a long
+                    # silence now.
+                    log.info(
+                        "session %s: answer started before it can play through", self._session_id
+                    )
+                    self._open_answer(turn)
+            self._open_answer(turn)
+            if saying is not None and turn.llm_error is not None and not held:
+                saying.cancel()  # no answer is coming: no "Sure," before the apology
+            elif saying is not None:
+                await saying  # the opener goes first
+            for done in held:
+                await self._push(turn, done)
+            while not finished and (item := await made.get()) is not None:
+                await self._push(turn, item)
+        finally:
+            synthesis.cancel()
+            if saying is not None:
+                saying.cancel()
+
+    async def say_line(
+        self, turn: Turn, line: Opener, *, filler: bool = False, opener: bool = False
+    ) -> None:
+        """Push a line synthesized at start-up (opener, filler, fault line);
+        the avatar prepares it once per session, off the event loop."""
+        key = id(line.audio)
+        if key not in self._prepared_lines:
+            self._prepared_lines[key] = await self._time.run_in_thread(
+                None, self._avatar.prepare, line.audio, line.speech
+            )
+        made = _Made(line.text, line.lang, line.speech, line.audio, self._prepared_lines[key])
+        await self._push(turn, made, filler=filler, opener=opener)
+
+    def _line_saying(self, turn: Turn) -> SayLine:
+        async def say(line: Opener, filler: bool) -> None:
+            await self.say_line(turn, line, filler=filler, opener=not filler)
+
+        return say
+
+    async def _push(
+        self, turn: Turn, made: _Made, *, filler: bool = False, opener: bool = False
+    ) -> None:
+        await turn.confirmed.wait()
+        turn.mark(Mark.TTS_FIRST_AUDIO)
+        tag = (turn.index, len(turn.pieces))
+        turn.pieces.append(
+            ReplyPiece(made.text, made.lang, samples=made.audio.size, filler=filler, opener=opener)
+        )
+        self._avatar.push_audio(made.audio, tag=tag, speech=made.speech, prepared=made.prepared)
+
+    def _open_answer(self, turn: Turn) -> None:
+        if not turn.reply_ready.is_set():
+            self._openers.learn_reply_lag(turn)
+            turn.reply_ready.set()
+
+    async def _synthesize_pieces(
+        self,
+        turn: Turn,
+        pieces: asyncio.Queue[str | None],
+        lang: str,
+        made: asyncio.Queue[_Made | None],
+    ) -> None:
+        """TTS calls for the written pieces, results in order into ``made``.
+        A call starts when a slot is free (``tts.parallel_calls``; the first
+        piece alone: it gets the CPU), taking all the text waiting then as one
+        call where the planner merges (a call's fixed cost is large)."""
+        slots = asyncio.Semaphore(max(1, int(self._config.tts.parallel_calls)))
+        order: asyncio.Queue[asyncio.Task[_Made] | None] = asyncio.Queue()
+        tasks: list[asyncio.Task[_Made]] = []
+        time_source = self._time
+
+        async def synthesize(text: str, piece_lang: str) -> _Made:
+            turn.synthesizing += 1
+            started = time_source.now()
+            try:
+                speech, audio, prepared = await time_source.run_in_thread(
+                    self._engines.inference, self._synthesize, text, piece_lang
+                )
+            except Exception as exc:
+                raise SynthesisFailed(text, f"speech synthesis failed: {exc}") from exc
+            finally:
+                turn.synthesizing -= 1
+                slots.release()
+            self._planner.observe_synthesis(len(text), piece_lang, time_source.now() - started)
+            turn.progress.synthesized_chars += len(text)
+            return _Made(text, piece_lang, speech, audio, prepared)
+
+        async def deliver() -> None:
+            while (task := await order.get()) is not None:
+                try:
+                    done = await task
+                    if done.audio.size:  # nothing to say (punctuation only)
+                        made.put_nowait(done)
+                except asyncio.CancelledError:
+                    raise
+                except SynthesisFailed as failure:  # one sentence unspoken, not the reply
+                    self._engines.health.failed(Stage.TTS, failure.__cause__)
+                    log.error(
+                        "session %s: TTS failed on %r: %s", self._session_id, failure.text, failure
+                    )
+                    self._emit(BotTextEvent(text=failure.text, spoken=False))
+                    self._emit(ErrorEvent(message=str(failure), stage=Stage.TTS))
+            made.put_nowait(None)
+
+        delivery = asyncio.create_task(deliver())
+        carry: list[str | None] = []  # taken while merging, not merged: next
+        auto = self._lang == "auto"
+        try:
+            while True:
+                await slots.acquire()
+                text = carry.pop() if carry else await pieces.get()
+                if text is None:
+                    break
+                piece_lang = detect_lang(text) if auto else lang
+                count = 1
+                if self._planner.merges(piece_lang):
+                    limit = self._planner.max_merged_chars(piece_lang)
+                    while not pieces.empty():
+                        more = pieces.get_nowait()
+                        same = more is not None and (not auto or detect_lang(more) == piece_lang)
+                        if more is None or not same or len(text) + len(more) > limit:
+                            carry.append(more)
+                            break
+                        text = _join(text, more, piece_lang)
+                        count += 1
+                turn.progress.pending_pieces -= count
+                task = asyncio.create_task(synthesize(text, piece_lang))
+                tasks.append(task)
+                order.put_nowait(task)
+                if len(tasks) == 1:
+                    await asyncio.wait([task])  # the first piece has the CPU to itself
+            order.put_nowait(None)
+            await delivery
+        finally:
+            delivery.cancel()
+            for task in tasks:
+                task.cancel()
+
+    def _synthesize(self, text: str, lang: str) -> tuple[Speech, np.ndarray, Any]:
+        """In a worker thread: the speech, its audio at the media rate and the
+        avatar's preparation of it (the mouth track), all off the event loop."""
+        speech = self._engines.tts.synthesize(text, lang, self._voice)
+        audio = to_media_rate(speech)
+        return speech, audio, self._avatar.prepare(audio, speech)
