@@ -67,8 +67,12 @@ soak: install calibrate
 	$(BIN)/python -m bench.soak --cycles 100 --conversation-minutes 30 --turn-every-s 20 \
 		--overload --docs --command "make soak"
 
+# ruff; imports point down only (import-linter, pyproject.toml); mypy on core/,
+# models/ and pipelines/.
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # Builds the Docker image and holds a conversation with it (docker/test.sh, as
 # root where no Docker engine runs: starts dockerd, makes a Debian base with

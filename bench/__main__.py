@@ -66,7 +66,7 @@ PROMPTS = {
 
 def synthesize_prompts() -> dict[str, list[tuple[str, np.ndarray, float]]]:
     """(text, 48 kHz int16 audio with silence around it, speech end offset s)."""
-    from models.tts import KokoroSynthesizer
+    from models.tts.kokoro import KokoroSynthesizer
 
     config = load_config()
     kokoro = config.weights_path / "kokoro"

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from core.config import REPO_ROOT, Config
+from core.config import REPO_ROOT, Config, ConfigError
 from models.base import BackendUnavailable
 from models.registry import Engines, load_engines
 from pipelines.events import MAX_TEXT_CHARS, EndReason, protocol_schema
@@ -86,7 +86,7 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
         if loaded is None:
             try:
                 loaded = await load_engines(config)
-            except BackendUnavailable as exc:
+            except (BackendUnavailable, ConfigError) as exc:
                 log.error("%s", exc)
                 raise SystemExit(f"cannot start: {exc}") from None
         warm_up_splitter()  # jieba's dictionary, before the first Chinese turn

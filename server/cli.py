@@ -5,10 +5,21 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
-from core.config import ConfigError, load_config
+from core.config import Config, ConfigError, load_config
 
 log = logging.getLogger("videochat")
+
+
+def _checked_config(path: str | None, **overrides: Any) -> Config:
+    """The config, with every backend name checked against the registered ones
+    before anything loads (a wrong name: ConfigError, exit code 2)."""
+    from models.backends import check_backends
+
+    config = load_config(path, **overrides)
+    check_backends(config)
+    return config
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -16,7 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from server.app import create_app
 
-    config = load_config(
+    config = _checked_config(
         args.config,
         **{
             "server.host": args.host,
@@ -32,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from server.machine import apply_plan, describe, load_cached, load_or_calibrate, plan_for
 
-    config = load_config(args.config)
+    config = _checked_config(args.config)
     cached = None if args.force else load_cached(config)
     if cached is None:
         print("calibrating this machine: every stage is timed on the configured models")
@@ -58,7 +69,8 @@ def _weights(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     # The default avatar (skimage's astronaut), prepared once.
-    from models.avatar_prepare import AvatarError, ensure_default_avatar
+    from tools.avatar_library import AvatarError
+    from tools.avatar_prepare import ensure_default_avatar
 
     try:
         with _progress_bar("avatar astronaut") as bar:
@@ -94,13 +106,8 @@ class _progress_bar:
 
 
 def _avatar(args: argparse.Namespace) -> int:
-    from models.avatar_prepare import (
-        AvatarError,
-        AvatarLimits,
-        list_avatars,
-        prepare_avatar,
-        remove_avatar,
-    )
+    from tools.avatar_library import AvatarError, AvatarLimits, list_avatars, remove_avatar
+    from tools.avatar_prepare import prepare_avatar
 
     config = load_config(args.config)
     avatars_dir = config.weights_path / "avatars"

@@ -21,7 +21,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from models.tts import KOKORO_MODEL_FILE, KOKORO_VOICES_FILE, KokoroSynthesizer  # noqa: E402
+from models.tts.kokoro import KOKORO_MODEL_FILE, KOKORO_VOICES_FILE, KokoroSynthesizer  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SAMPLE_RATE = 16_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,48 @@ def test_the_cli_says_what_is_wrong_and_exits_2(monkeypatch, capsys):
     monkeypatch.setenv("VIDEOCHAT_TTS__VOICE", "af_heart")
     assert main(["calibrate"]) == 2
     assert "tts.voice: unknown key" in capsys.readouterr().err
+
+
+def test_backend_names_are_checked_against_the_registered_ones(monkeypatch):
+    from models.backends import backend_names, check_backends
+
+    check_backends(load_config())  # the shipped names are all registered
+    monkeypatch.setenv("VIDEOCHAT_ASR__BACKEND", "whisperx")
+    config = load_config(**{"tts.backend": "kokoro2"})  # names are strings in core/
+    with pytest.raises(ConfigError) as err:
+        check_backends(config)
+    message = str(err.value)
+    # Every wrong name at once, each with the names that would do.
+    assert "asr.backend: unknown backend 'whisperx' (known here: faster-whisper, funasr)" in message
+    assert "tts.backend: unknown backend 'kokoro2'" in message
+    assert ", ".join(backend_names("tts")) in message
+    assert "llm.backend" not in message
+
+
+def test_an_unknown_backend_stops_the_loaders_before_any_model_loads(tmp_path):
+    from models.asr import load_recognizer
+    from models.llm import load_chat_model
+    from models.registry import load_engines
+    from models.tts import load_synthesizer
+    from models.vad import load_vad
+
+    config = load_config(**{"weights_dir": tmp_path, "vad.backend": "webrtcvad"})
+    with pytest.raises(ConfigError, match=r"vad\.backend: unknown backend 'webrtcvad'.*silero"):
+        asyncio.run(load_engines(config))  # no weights in tmp_path: nothing else was tried
+    with pytest.raises(ConfigError, match="known here: energy, silero"):
+        load_vad(config.vad)
+    with pytest.raises(ConfigError, match="faster-whisper"):
+        load_recognizer(config.asr.model_copy(update={"backend": "nope"}), tmp_path)
+    with pytest.raises(ConfigError, match="embedded, openai"):
+        load_chat_model(config.llm.model_copy(update={"backend": "nope"}), tmp_path)
+    with pytest.raises(ConfigError, match="cosyvoice, edge-tts, kokoro"):
+        load_synthesizer(config.tts.model_copy(update={"backend": "nope"}), tmp_path)
+    with pytest.raises(ConfigError, match=r"s2s\.backend: unknown backend 'glm-4-voice'"):
+        asyncio.run(load_engines(load_config(**{"s2s.backend": "glm-4-voice"})))
+
+
+def test_the_cli_refuses_an_unknown_backend_before_loading_models(monkeypatch, capsys):
+    monkeypatch.setenv("VIDEOCHAT_ASR__BACKEND", "whisperx")
+    assert main(["calibrate"]) == 2
+    err = capsys.readouterr().err
+    assert "asr.backend: unknown backend 'whisperx' (known here: faster-whisper, funasr)" in err
