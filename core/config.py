@@ -181,7 +181,7 @@ class S2SConfig(_Section):
 
 
 class AvatarConfig(_Section):
-    backend: Literal["photo", "musetalk"] = "photo"
+    backend: str = "photo"  # a registered avatar backend (models/avatar/)
     default: str = "astronaut"
     fps: int = 25
     idle_fps: float | Auto = 25.0  # pictures per second while the user has the turn

@@ -1,0 +1,1 @@
+"""Measurements run on demand (videochat eval): lip-sync figures."""

@@ -16,7 +16,7 @@ would send), runs mediapipe FaceMesh on the rendered frames and reports:
   audio, not an estimate of ours. Without the timed graph they fall back to our
   aligner's spans (and the doc says so).
 * **fallback**: the same sentences driven by our phoneme aligner
-  (models/avatar/mouth.py ``align_phonemes``, what runs when the timed graph is
+  (models/phonemes.py ``align_phonemes``, what runs when the timed graph is
   missing) instead of Kokoro's durations, measured the same way against
   Kokoro's spans, plus the aligner's p/b/m start error against them.
 
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.avatar.mouth import BILABIALS, align_phonemes
 from models.base import MEDIA_FPS, MEDIA_SAMPLE_RATE, Speech
+from models.phonemes import BILABIALS, align_phonemes
 
 SENTENCES: list[tuple[str, str]] = [
     ("en", "Maybe my mom will bring apple pie to the picnic."),
@@ -474,15 +474,15 @@ def write_doc(results: dict, items: list[Rendered], docs: Path, command: str) ->
         "duration tensor exposed as a second output, `kokoro-v1.0.int8.timed.onnx`, "
         "models/tts/kokoro_timing.py; the audio is sample-equal to the plain graph's), i.e. "
         "where the TTS itself put each p/b/m, at 25 ms resolution, moved 50 ms earlier "
-        "(models/avatar/mouth.py KOKORO_SHIFT_S: the audio's loudness matches the vowel spans "
+        "(models/phonemes.py KOKORO_SHIFT_S: the audio's loudness matches the vowel spans "
         "best 50-70 ms before them). They also drive the "
         "mouth in the rows en/zh/all, so those rows check the renderer and FaceMesh "
         "against the TTS's timing. The fallback row drives the mouth with our phoneme "
-        "aligner (models/avatar/mouth.py, used when the timed graph is missing) and scores it "
+        "aligner (models/phonemes.py, used when the timed graph is missing) and scores it "
         "against Kokoro's spans; the aligner's p/b/m starts are off by "
         f"{fb['bilabial_start_err_ms']:.0f} ms (median) from Kokoro's."
         if fb
-        else "The bilabial spans come from our own phoneme aligner (models/avatar/mouth.py; the "
+        else "The bilabial spans come from our own phoneme aligner (models/phonemes.py; the "
         "timed Kokoro graph was not found), the same timings that drive the mouth, so "
         "this checks that the renderer closes the lips when asked and that FaceMesh sees "
         "it; it does not check the aligner against the audio."

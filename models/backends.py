@@ -21,12 +21,19 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
 
 from core.config import ConfigError
-from models.base import ChatModel, SpeechRecognizer, SpeechSynthesizer, SpeechToSpeech, VADModel
+from models.base import (
+    AvatarModel,
+    ChatModel,
+    SpeechRecognizer,
+    SpeechSynthesizer,
+    SpeechToSpeech,
+    VADModel,
+)
 
 if TYPE_CHECKING:
     from core.config import Config
 
-Stage = Literal["vad", "asr", "llm", "tts", "s2s"]
+Stage = Literal["vad", "asr", "llm", "tts", "s2s", "avatar"]
 # The contract each stage's backends implement; their package is models.<stage>.
 CONTRACTS: dict[Stage, type] = {
     "vad": VADModel,
@@ -34,9 +41,10 @@ CONTRACTS: dict[Stage, type] = {
     "llm": ChatModel,
     "tts": SpeechSynthesizer,
     "s2s": SpeechToSpeech,
+    "avatar": AvatarModel,
 }
 # Stages every configuration names a backend for ("s2s" is off unless named).
-REQUIRED_STAGES: tuple[Stage, ...] = ("vad", "asr", "llm", "tts")
+REQUIRED_STAGES: tuple[Stage, ...] = ("vad", "asr", "llm", "tts", "avatar")
 
 B = TypeVar("B")
 
@@ -112,6 +120,8 @@ def backend_class(stage: Literal["llm"], name: str) -> type[ChatModel]: ...
 def backend_class(stage: Literal["tts"], name: str) -> type[SpeechSynthesizer]: ...
 @overload
 def backend_class(stage: Literal["s2s"], name: str) -> type[SpeechToSpeech]: ...
+@overload
+def backend_class(stage: Literal["avatar"], name: str) -> type[AvatarModel]: ...
 def backend_class(stage: Stage, name: str) -> type:
     """The class registered as ``stage``'s backend ``name`` (ConfigError if none)."""
     _discover(stage)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 if TYPE_CHECKING:
-    from core.config import ASRConfig, LLMConfig, S2SConfig, TTSConfig, VADConfig
+    from core.config import ASRConfig, AvatarConfig, LLMConfig, S2SConfig, TTSConfig, VADConfig
 
 # Sample rates at the stage boundaries.
 VAD_SAMPLE_RATE = 16_000  # VAD and ASR take 16 kHz mono float32 in [-1, 1]
@@ -334,6 +334,11 @@ class AvatarStream(ABC):
 
 
 class AvatarModel(ABC):
+    @classmethod
+    def from_config(cls, config: AvatarConfig, weights_dir: Path) -> AvatarModel:
+        """Build the backend from its config section (what the registry calls)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from the config")
+
     @abstractmethod
     def avatars(self) -> list[str]: ...
 

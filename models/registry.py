@@ -16,7 +16,6 @@ from core.config import Config
 from models.base import (
     MEDIA_SAMPLE_RATE,
     AvatarModel,
-    BackendUnavailable,
     ChatModel,
     Speech,
     SpeechRecognizer,
@@ -104,24 +103,12 @@ class Engines:
         self.inference.shutdown(wait=False, cancel_futures=True)
 
 
-def _load_avatar(config: Config) -> AvatarModel:
-    if config.avatar.backend == "musetalk":
-        raise BackendUnavailable(
-            "avatar.backend 'musetalk' needs a GPU, `pip install -e .[gpu]` and the MuseTalk 1.5 "
-            "weights under weights/musetalk/ (see weights/README.md)"
-        )
-    from models.avatar.model import PhotoAvatarModel
-
-    return PhotoAvatarModel(
-        config.weights_path, size=config.avatar.size, default=config.avatar.default
-    )
-
-
 async def load_engines(config: Config) -> Engines:
     """Load every model once. Raises ConfigError for a backend name nobody
     registered (before any model loads) and BackendUnavailable with a readable
     message for one that cannot run here."""
     from models.asr import load_recognizer
+    from models.avatar import load_avatar
     from models.backends import check_backends
     from models.llm import load_chat_model
     from models.s2s import load_speech_to_speech
@@ -143,7 +130,7 @@ async def load_engines(config: Config) -> Engines:
     log.info("loading TTS (%s)", config.tts.backend)
     tts = await run_in_low_priority_thread(lambda: load_synthesizer(config.tts, weights), nice)
     log.info("loading avatar renderer (%s)", config.avatar.backend)
-    avatar = await asyncio.to_thread(_load_avatar, config)
+    avatar = await asyncio.to_thread(load_avatar, config.avatar, weights)
     if config.s2s.backend:
         log.info("loading speech-to-speech (%s)", config.s2s.backend)
     s2s = await run_in_low_priority_thread(

@@ -60,7 +60,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from tools.weights import WeightsError, assemble_all
+    from tools.weights import assemble_all
+    from tools.weights_verify import WeightsError
 
     config = load_config(args.config)
     try:

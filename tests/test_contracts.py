@@ -1,11 +1,12 @@
 """Every registered backend against its stage's contract (models/base.py).
 
 Backends whose package and weights are here (Silero, Whisper, Kokoro, the
-embedded llama.cpp) run for real, each loaded once per module. The others
-(FunASR, CosyVoice, edge-tts, an OpenAI-compatible endpoint such as vLLM) run
-against fakes of their upstream modules with the upstream call signatures
-(tests/upstream_fakes.py), so our side of each call is checked. A backend
-with no case here fails ``test_every_registered_backend_has_a_contract_case``.
+embedded llama.cpp, the photo avatar) run for real, the heavy ones loaded once
+per module. The others (FunASR, CosyVoice, edge-tts, an OpenAI-compatible
+endpoint such as vLLM) run against fakes of their upstream modules with the
+upstream call signatures (tests/upstream_fakes.py), so our side of each call
+is checked; MuseTalk, not built yet, must refuse to load. A backend with no
+case here fails ``test_every_registered_backend_has_a_contract_case``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.config import ASRConfig, ConfigError, LLMConfig, S2SConfig, TTSConfig, VADConfig
+from core.config import (
+    ASRConfig,
+    AvatarConfig,
+    ConfigError,
+    LLMConfig,
+    S2SConfig,
+    TTSConfig,
+    VADConfig,
+)
 from models import backends
 from models.base import (
+    MEDIA_SAMPLE_RATE,
+    SAMPLES_PER_VIDEO_FRAME,
+    AvatarModel,
+    BackendUnavailable,
     ChatModel,
     Speech,
     SpeechConversation,
@@ -140,6 +153,47 @@ async def check_chat(llm: ChatModel) -> None:
         await llm.close()
 
 
+def check_avatar(model: AvatarModel, size: int) -> None:
+    assert model.avatars() and all(isinstance(name, str) for name in model.avatars())
+    stream = model.new_stream()
+    idle = stream.next_frame()  # nothing said: a picture with silence
+    assert idle.image.shape == (size, size, 3) and idle.image.dtype == np.uint8
+    assert idle.audio.shape == (SAMPLES_PER_VIDEO_FRAME,) and idle.audio.dtype == np.int16
+    assert not idle.audio.any() and idle.played == [] and not idle.speaking
+    # Two reply pieces, neither a whole number of frames; the second prepared
+    # off the loop as the pipeline does.
+    t = np.arange(int(0.5 * MEDIA_SAMPLE_RATE)) / MEDIA_SAMPLE_RATE
+    voice = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.3 * np.sin(2 * np.pi * 5 * t))
+    first, second = voice[:14_500].astype(np.float32), voice[14_500:].astype(np.float32)
+    stream.push_audio(first, tag="first")
+    stream.push_audio(second, tag="second", prepared=stream.prepare(second))
+    stream.end_of_segment()
+    assert stream.queued_samples == voice.size
+    frames = [stream.next_frame() for _ in range(-(-voice.size // SAMPLES_PER_VIDEO_FRAME))]
+    assert all(f.image.shape == (size, size, 3) and f.image.dtype == np.uint8 for f in frames)
+    assert all(f.audio.shape == (SAMPLES_PER_VIDEO_FRAME,) for f in frames)
+    assert frames[0].speaking and stream.queued_samples == 0
+    played = np.concatenate([f.audio for f in frames])
+    expected = np.rint(np.clip(np.concatenate([first, second]), -1, 1) * 32767).astype(np.int16)
+    assert np.array_equal(played[: voice.size], expected)  # the audio it was given, in order
+    assert not played[voice.size :].any()  # then silence
+    counted: dict[str, int] = {}
+    for frame in frames:
+        assert sum(n for _, n in frame.played) <= SAMPLES_PER_VIDEO_FRAME
+        for tag, samples in frame.played:
+            counted[tag] = counted.get(tag, 0) + samples
+    assert counted == {"first": first.size, "second": second.size}
+    assert not stream.next_frame().speaking  # the reply ended
+    # Barge-in: clear() drops the queue at once and the next frame is silent.
+    stream.push_audio(voice, tag="cut")
+    assert stream.next_frame().played == [("cut", SAMPLES_PER_VIDEO_FRAME)]
+    stream.clear()
+    assert stream.queued_samples == 0
+    after = stream.next_frame()
+    assert not after.audio.any() and after.played == [] and not after.speaking
+    assert after.image.shape == (size, size, 3)
+
+
 # ------------------------------------------------------------- real backends
 @pytest.fixture(scope="module")
 def silero() -> VADModel:
@@ -173,6 +227,16 @@ def embedded_llm() -> ChatModel:
     if not (weights() / config.model_file).is_file():
         pytest.skip(f"weights/{config.model_file} missing: run `videochat weights`")
     return load_chat_model(config, weights())
+
+
+AVATAR_SIZE = 160  # small: the contract, not the looks
+
+
+def avatar(tmp_path: Path, name: str) -> AvatarModel:
+    from models.avatar import load_avatar
+
+    # An empty weights dir: the built-in astronaut, the default avatar.
+    return load_avatar(AvatarConfig(backend=name, size=AVATAR_SIZE), tmp_path)
 
 
 # ------------------------------------- optional backends on upstream fakes
@@ -241,6 +305,10 @@ CASES: dict[str, dict[str, Callable[[pytest.FixtureRequest, Path], Any]]] = {
         "cosyvoice": lambda request, tmp: request.getfixturevalue("cosyvoice"),
     },
     "s2s": {},  # none built yet: FakeSpeechToSpeech below is checked instead
+    "avatar": {
+        "photo": lambda request, tmp: avatar(tmp, "photo"),
+        "musetalk": lambda request, tmp: avatar(tmp, "musetalk"),  # not built yet: refuses
+    },
 }
 
 
@@ -273,6 +341,26 @@ def test_tts_contract(name: str, request: pytest.FixtureRequest, tmp_path: Path)
 @pytest.mark.parametrize("name", backends.backend_names("llm"))
 async def test_llm_contract(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     await check_chat(CASES["llm"][name](request, tmp_path))
+
+
+@pytest.mark.parametrize("name", backends.backend_names("avatar"))
+def test_avatar_contract(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    if name == "musetalk":  # not built yet: it refuses, saying what it will need
+        with pytest.raises(BackendUnavailable, match=r"not built yet.*GPU.*\[gpu\].*musetalk/"):
+            CASES["avatar"][name](request, tmp_path)
+        return
+    check_avatar(CASES["avatar"][name](request, tmp_path), AVATAR_SIZE)
+
+
+def test_an_unknown_avatar_backend_is_refused_with_the_registered_ones() -> None:
+    from core.config import load_config
+
+    config = load_config(**{"avatar.backend": "wav2lip"})  # a plain string in core/
+    with pytest.raises(ConfigError) as refused:
+        backends.check_backends(config)
+    assert "avatar.backend: unknown backend 'wav2lip' (known here: musetalk, photo)" in str(
+        refused.value
+    )
 
 
 def load_vad(config: VADConfig) -> VADModel:

@@ -533,7 +533,7 @@ def test_kokoro_speaks(kokoro, text, lang):
     assert 0.8 < len(speech.audio) / 24_000 < 5.0
     assert 0.05 < np.abs(speech.audio).max() <= 1.0
     assert _voiced_seconds(speech.audio, 24_000) > 0.5
-    # timings from the phoneme aligner (models/mouth.py): ordered, inside the audio
+    # timings from the phoneme aligner (models/phonemes.py): ordered, inside the audio
     starts = [a for _, a, _ in speech.phonemes]
     assert speech.phonemes and starts == sorted(starts)
     assert all(0 <= a < b <= len(speech.audio) / 24_000 + 0.011 for _, a, b in speech.phonemes)

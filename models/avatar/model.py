@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from core.config import AvatarConfig
 from models.avatar.assets import (
     ASTRONAUT_META,
     AvatarAssets,
@@ -22,6 +23,7 @@ from models.avatar.assets import (
 from models.avatar.buffered import BufferedAvatarStream
 from models.avatar.photo import PhotoAvatarStream
 from models.avatar.video import VideoAvatarAssets, VideoAvatarStream
+from models.backends import backend
 from models.base import AvatarModel
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,13 @@ log = logging.getLogger(__name__)
 Assets = AvatarAssets | VideoAvatarAssets
 
 
+@backend("avatar", "photo")
 class PhotoAvatarModel(AvatarModel):
     """Loads every avatar once; ``new_stream`` is cheap."""
+
+    @classmethod
+    def from_config(cls, config: AvatarConfig, weights_dir: Path) -> PhotoAvatarModel:
+        return cls(weights_dir, size=config.size, default=config.default)
 
     def __init__(self, weights_dir: Path, size: int = 512, default: str = "astronaut") -> None:
         self.size = size

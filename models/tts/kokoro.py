@@ -44,7 +44,7 @@ class KokoroSynthesizer(SpeechSynthesizer):
     serialized by locks)."""
 
     sample_rate = KOKORO_SAMPLE_RATE
-    has_timings = True  # Kokoro's own durations, or the aligner's (models/avatar/mouth.py)
+    has_timings = True  # Kokoro's own durations, or the aligner's (models/phonemes.py)
 
     def __init__(
         self,
@@ -94,7 +94,7 @@ class KokoroSynthesizer(SpeechSynthesizer):
         )
         self._kokoro = Kokoro.from_session(session, str(voices_path))
         # True when Speech.phonemes come from Kokoro's own durations, False when
-        # they come from aligning the phonemes to the audio (models/avatar/mouth.py).
+        # they come from aligning the phonemes to the audio (models/phonemes.py).
         self.timed = bool(getattr(self._kokoro, "has_timings", False)) and hasattr(
             self._kokoro, "_create_batches"
         )
@@ -192,9 +192,9 @@ class KokoroSynthesizer(SpeechSynthesizer):
         )
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         # This graph does not output its durations: align the phonemes to the
-        # audio (models/avatar/mouth.py, a few ms) so the avatar gets timed mouth shapes.
+        # audio (models/phonemes.py, a few ms) so the avatar gets timed mouth shapes.
         try:
-            from models.avatar.mouth import align_phonemes
+            from models.phonemes import align_phonemes
 
             timings = align_phonemes(phonemes, audio, int(sample_rate))
         except Exception:  # lip-sync falls back to the audio; never fail the reply
@@ -206,7 +206,7 @@ class KokoroSynthesizer(SpeechSynthesizer):
         """Kokoro.create's own steps (kokoro-onnx 0.6.1) minus its timing-based
         pause insertion, so the audio is sample for sample what ``create`` gives
         with the plain graph; the timings are Kokoro's predicted durations."""
-        from models.avatar.mouth import spans_from_tokens
+        from models.phonemes import spans_from_tokens
 
         k = self._kokoro
         style, _, batches = k._prepare(phonemes, voice, self.speed, "en-us", True, 0.25, 0.1)
