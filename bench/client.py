@@ -305,9 +305,10 @@ class Client:
         return len(frames) / max(end - start, 1e-6)
 
     async def close(self) -> None:
+        """Hang up (DELETE, while the session's token is still valid), then
+        close the peer; closing first would end the session and its token."""
         for task in self._tasks:
             task.cancel()
-        await self.pc.close()
         if self.session_id:
             try:
                 async with httpx.AsyncClient(timeout=10) as http:
@@ -316,6 +317,7 @@ class Client:
                     )
             except httpx.TransportError:  # the server is gone: nothing to hang up
                 pass
+        await self.pc.close()
 
 
 def _mouth(frame: av.VideoFrame) -> np.ndarray:
