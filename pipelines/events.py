@@ -39,6 +39,7 @@ class Stage(StrEnum):
     ASR = "asr"
     LLM = "llm"
     TTS = "tts"
+    S2S = "s2s"  # the end-to-end model in place of the three (models/s2s/)
 
 
 class EndReason(StrEnum):
@@ -62,8 +63,11 @@ class StateEvent(_Event):
 
 
 class UserTextEvent(_Event):
-    """``final: false`` with empty text when speech starts; ``final: true``
-    with the transcript (or the typed text)."""
+    """What the user said. ``final: false``: empty text when speech starts,
+    then, with a recognizer that streams partials (or an end-to-end model
+    that transcribes as it listens), the transcript so far each time it
+    changes, replacing the last one. ``final: true``: the turn's transcript
+    (or the typed text)."""
 
     type: Literal["user_text"] = "user_text"
     text: str

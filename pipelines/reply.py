@@ -1,11 +1,18 @@
 """Speaking the reply: written pieces -> TTS calls -> the avatar's queue, in
-order, with the answer held until the planner says it can play through."""
+order, with the answer held until the planner says it can play through.
+
+Audio comes from ``tts.stream``: a backend that ``streams_audio`` hands over
+a piece's audio in chunks, each pushed to the avatar as it comes under the
+piece's tag (one chunk for Kokoro). Every push goes through ``push``, which
+the speech-to-speech turns use too, so playback accounting, barge-in, the
+clock's hold and the marks see one path."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +36,22 @@ PLAN_RECHECK_S = 0.1  # while the answer is held, the planner looks again this o
 
 
 @dataclass
-class _Made:
-    """A synthesized piece of the reply, waiting for its turn to be pushed."""
+class SpeechPart:
+    """Reply audio ready to push: a synthesized piece, or one chunk of it."""
 
     text: str
     lang: str
     speech: Speech
-    audio: np.ndarray
-    prepared: Any = None  # the avatar's work on it, done in the TTS worker
+    audio: np.ndarray  # at the media rate
+    prepared: Any = None  # the avatar's work on it, done in a worker thread
+    continues: bool = False  # more audio of the piece pushed just before it
+
+
+class _PieceEnd:
+    """The piece being streamed has all its audio."""
+
+
+PIECE_END = _PieceEnd()
 
 
 class SynthesisFailed(RuntimeError):
@@ -93,14 +108,14 @@ class ReplySpeaker:
         The answer starts once the planner says the audio made so far lasts
         until the rest is made (pipelines/planner.py); the opener, held in its
         own task, is timed to end just before that (pipelines/openers.py)."""
-        made: asyncio.Queue[_Made | None] = asyncio.Queue()
+        made: asyncio.Queue[SpeechPart | _PieceEnd | None] = asyncio.Queue()
         saying = None
         if opener is not None:
             saying = asyncio.create_task(self._openers.say(turn, opener, self._line_saying(turn)))
         synthesis = asyncio.create_task(self._synthesize_pieces(turn, pieces, lang, made))
         time_source = self._time
         try:
-            held: list[_Made] = []
+            held: list[SpeechPart | _PieceEnd] = []
             buffered = 0.0  # seconds of audio in `held`
             first_ready: float | None = None
             finished = False  # the last piece came while the answer was held
@@ -115,8 +130,9 @@ class ReplySpeaker:
                         finished = True
                         break
                     held.append(item)
-                    buffered += item.audio.size / MEDIA_SAMPLE_RATE
-                    first_ready = first_ready or time_source.now()
+                    if isinstance(item, SpeechPart):
+                        buffered += item.audio.size / MEDIA_SAMPLE_RATE
+                        first_ready = first_ready or time_source.now()
                 if held and self._planner.may_start(turn.progress, buffered):
                     self._open_answer(turn)
                 elif first_ready is not None and time_source.now() - first_ready >= max_hold:
@@ -132,9 +148,9 @@ class ReplySpeaker:
             elif saying is not None:
                 await saying  # the opener goes first
             for done in held:
-                await self._push(turn, done)
+                await self._deliver(turn, done)
             while not finished and (item := await made.get()) is not None:
-                await self._push(turn, item)
+                await self._deliver(turn, item)
         finally:
             synthesis.cancel()
             if saying is not None:
@@ -150,8 +166,8 @@ class ReplySpeaker:
             self._prepared_lines[key] = await self._time.run_in_thread(
                 None, self._avatar.prepare, line.audio, line.speech
             )
-        made = _Made(line.text, line.lang, line.speech, line.audio, self._prepared_lines[key])
-        await self._push(turn, made, filler=filler, opener=opener)
+        part = SpeechPart(line.text, line.lang, line.speech, line.audio, self._prepared_lines[key])
+        await self.push(turn, part, filler=filler, opener=opener)
 
     def _line_saying(self, turn: Turn) -> SayLine:
         async def say(line: Opener, filler: bool) -> None:
@@ -159,16 +175,66 @@ class ReplySpeaker:
 
         return say
 
-    async def _push(
-        self, turn: Turn, made: _Made, *, filler: bool = False, opener: bool = False
+    async def _deliver(self, turn: Turn, item: SpeechPart | _PieceEnd) -> None:
+        if isinstance(item, SpeechPart):
+            await self.push(turn, item, complete=not self._engines.tts.streams_audio)
+        else:
+            self.piece_complete(turn)
+
+    async def push(
+        self,
+        turn: Turn,
+        part: SpeechPart,
+        *,
+        filler: bool = False,
+        opener: bool = False,
+        complete: bool = True,
     ) -> None:
+        """Queue ``part`` on the avatar once the turn is confirmed: a new reply
+        piece, or more audio of the last one (``part.continues``) under the
+        same tag. ``complete``: the piece has all its audio (else
+        ``piece_complete`` says so later)."""
         await turn.confirmed.wait()
         turn.mark(Mark.TTS_FIRST_AUDIO)
-        tag = (turn.index, len(turn.pieces))
-        turn.pieces.append(
-            ReplyPiece(made.text, made.lang, samples=made.audio.size, filler=filler, opener=opener)
+        if part.continues and turn.pieces:
+            index = len(turn.pieces) - 1
+            turn.pieces[index].samples += part.audio.size
+        else:
+            index = len(turn.pieces)
+            expected = self._planner.audio_seconds(len(part.text), part.lang) * MEDIA_SAMPLE_RATE
+            turn.pieces.append(
+                ReplyPiece(
+                    part.text,
+                    part.lang,
+                    samples=part.audio.size,
+                    filler=filler,
+                    opener=opener,
+                    complete=complete,
+                    expected_samples=0 if complete else round(expected),
+                )
+            )
+        self._avatar.push_audio(
+            part.audio, tag=(turn.index, index), speech=part.speech, prepared=part.prepared
         )
-        self._avatar.push_audio(made.audio, tag=tag, speech=made.speech, prepared=made.prepared)
+
+    @staticmethod
+    def piece_complete(turn: Turn) -> None:
+        """The last piece pushed has all its audio."""
+        if turn.pieces:
+            turn.pieces[-1].complete = True
+
+    async def prepared(self, text: str, lang: str, speech: Speech) -> SpeechPart:
+        """``speech`` at the media rate with the avatar's work on it, done in the
+        inference pool (speech that did not come from ``tts``, e.g. an
+        end-to-end model's)."""
+        audio, prepared = await self._time.run_in_thread(
+            self._engines.inference, self._prepare, speech
+        )
+        return SpeechPart(text, lang, speech, audio, prepared)
+
+    def _prepare(self, speech: Speech) -> tuple[np.ndarray, Any]:
+        audio = to_media_rate(speech)
+        return audio, self._avatar.prepare(audio, speech)
 
     def _open_answer(self, turn: Turn) -> None:
         if not turn.reply_ready.is_set():
@@ -180,48 +246,70 @@ class ReplySpeaker:
         turn: Turn,
         pieces: asyncio.Queue[str | None],
         lang: str,
-        made: asyncio.Queue[_Made | None],
+        made: asyncio.Queue[SpeechPart | _PieceEnd | None],
     ) -> None:
-        """TTS calls for the written pieces, results in order into ``made``.
-        A call starts when a slot is free (``tts.parallel_calls``; the first
-        piece alone: it gets the CPU), taking all the text waiting then as one
-        call where the planner merges (a call's fixed cost is large)."""
+        """TTS calls for the written pieces, their audio in order into ``made``
+        (each piece's chunks, then PIECE_END). A call starts when a slot is
+        free (``tts.parallel_calls``; the first piece alone: it gets the CPU),
+        taking all the text waiting then as one call where the planner merges
+        (a call's fixed cost is large)."""
         slots = asyncio.Semaphore(max(1, int(self._config.tts.parallel_calls)))
-        order: asyncio.Queue[asyncio.Task[_Made] | None] = asyncio.Queue()
-        tasks: list[asyncio.Task[_Made]] = []
+        order: asyncio.Queue[asyncio.Queue[SpeechPart | SynthesisFailed | None] | None] = (
+            asyncio.Queue()
+        )
+        tasks: list[asyncio.Task[None]] = []
         time_source = self._time
+        loop = asyncio.get_running_loop()
 
-        async def synthesize(text: str, piece_lang: str) -> _Made:
+        async def synthesize(
+            text: str, piece_lang: str, out: asyncio.Queue[SpeechPart | SynthesisFailed | None]
+        ) -> None:
+            """Chunks into ``out`` as the worker makes them, then None (or the failure)."""
             turn.synthesizing += 1
             started = time_source.now()
+            stop = threading.Event()
+
+            def hand_over(part: SpeechPart) -> None:  # in the worker thread
+                loop.call_soon_threadsafe(out.put_nowait, part)
+
             try:
-                speech, audio, prepared = await time_source.run_in_thread(
-                    self._engines.inference, self._synthesize, text, piece_lang
+                await time_source.run_in_thread(
+                    self._engines.inference, self._synthesize, text, piece_lang, hand_over, stop
                 )
             except Exception as exc:
-                raise SynthesisFailed(text, f"speech synthesis failed: {exc}") from exc
+                failure = SynthesisFailed(text, f"speech synthesis failed: {exc}")
+                failure.__cause__ = exc
+                out.put_nowait(failure)
+                return
             finally:
+                stop.set()  # cancelled: the worker stops at its next chunk
                 turn.synthesizing -= 1
                 slots.release()
+            # The chunks the worker handed over were queued on the loop before
+            # its call returned: None comes after all of them.
+            out.put_nowait(None)
             self._planner.observe_synthesis(len(text), piece_lang, time_source.now() - started)
             turn.progress.synthesized_chars += len(text)
-            return _Made(text, piece_lang, speech, audio, prepared)
 
         async def deliver() -> None:
-            while (task := await order.get()) is not None:
-                try:
-                    done = await task
-                    if done.audio.size:  # nothing to say (punctuation only)
-                        made.put_nowait(done)
-                except asyncio.CancelledError:
-                    raise
-                except SynthesisFailed as failure:  # one sentence unspoken, not the reply
-                    self._engines.health.failed(Stage.TTS, failure.__cause__)
-                    log.error(
-                        "session %s: TTS failed on %r: %s", self._session_id, failure.text, failure
-                    )
-                    self._emit(BotTextEvent(text=failure.text, spoken=False))
-                    self._emit(ErrorEvent(message=str(failure), stage=Stage.TTS))
+            while (out := await order.get()) is not None:
+                started = False  # a chunk of this piece went to `made`
+                while (item := await out.get()) is not None:
+                    if isinstance(item, SynthesisFailed):  # one sentence unspoken, not the reply
+                        self._engines.health.failed(Stage.TTS, item.__cause__)
+                        log.error(
+                            "session %s: TTS failed on %r: %s", self._session_id, item.text, item
+                        )
+                        if not started:  # else it is shown as its audio plays
+                            self._emit(BotTextEvent(text=item.text, spoken=False))
+                        self._emit(ErrorEvent(message=str(item), stage=Stage.TTS))
+                        break
+                    if item.audio.size:  # nothing to say (punctuation only)
+                        item.continues = started
+                        started = True
+                        made.put_nowait(item)
+                if started:
+                    made.put_nowait(PIECE_END)
             made.put_nowait(None)
 
         delivery = asyncio.create_task(deliver())
@@ -246,9 +334,10 @@ class ReplySpeaker:
                         text = _join(text, more, piece_lang)
                         count += 1
                 turn.progress.pending_pieces -= count
-                task = asyncio.create_task(synthesize(text, piece_lang))
+                out: asyncio.Queue[SpeechPart | SynthesisFailed | None] = asyncio.Queue()
+                task = asyncio.create_task(synthesize(text, piece_lang, out))
                 tasks.append(task)
-                order.put_nowait(task)
+                order.put_nowait(out)
                 if len(tasks) == 1:
                     await asyncio.wait([task])  # the first piece has the CPU to itself
             order.put_nowait(None)
@@ -258,9 +347,24 @@ class ReplySpeaker:
             for task in tasks:
                 task.cancel()
 
-    def _synthesize(self, text: str, lang: str) -> tuple[Speech, np.ndarray, Any]:
-        """In a worker thread: the speech, its audio at the media rate and the
-        avatar's preparation of it (the mouth track), all off the event loop."""
-        speech = self._engines.tts.synthesize(text, lang, self._voice)
-        audio = to_media_rate(speech)
-        return speech, audio, self._avatar.prepare(audio, speech)
+    def _synthesize(
+        self,
+        text: str,
+        lang: str,
+        hand_over: Callable[[SpeechPart], None],
+        stop: threading.Event,
+    ) -> None:
+        """In a worker thread: the speech of ``text`` chunk by chunk, each at the
+        media rate with the avatar's preparation of it (the mouth track), all
+        off the event loop, handed over as soon as it is made."""
+        chunks = self._engines.tts.stream(text, lang, self._voice)
+        try:
+            for speech in chunks:
+                if stop.is_set():
+                    break
+                audio = to_media_rate(speech)
+                prepared = self._avatar.prepare(audio, speech)
+                hand_over(SpeechPart(text, lang, speech, audio, prepared))
+        finally:
+            if isinstance(chunks, Generator):  # a backend may hold a lock until it ends
+                chunks.close()

@@ -1,9 +1,11 @@
 """One conversation: its wiring, states and events, and its turns' lives.
 
-mic -> listening policy (VAD: pause, speculation, barge-in) -> a task per turn
-(pipelines/turn_runner.py: ASR -> history -> LLM -> TTS -> avatar) -> media
-clock -> tracks; the frames the clock released -> playback accounting -> back
-here as what the user heard.
+mic -> listening policy (VAD: pause, speculation, barge-in; a streaming
+recognizer fed as the user speaks, pipelines/transcription.py) -> a task per
+turn (pipelines/turn_runner.py: ASR -> history -> LLM -> TTS -> avatar; or,
+with an end-to-end model, pipelines/speech_to_speech.py) -> media clock ->
+tracks; the frames the clock released -> playback accounting -> back here as
+what the user heard.
 
 Control runs one way: the session commands its parts (the media clock through
 ``hold``/``flush``/``set_listening``, the avatar's queue through ``clear``,
@@ -48,7 +50,9 @@ from pipelines.history import ChatHistory
 from pipelines.listening import ListeningPolicy
 from pipelines.planner import ReplyPlanner
 from pipelines.playback import Playback
+from pipelines.speech_to_speech import SpeechToSpeechTurns
 from pipelines.timebase import REAL_TIME, TimeSource
+from pipelines.transcription import LiveUtterance, UtteranceStream
 from pipelines.turn import ReplyPiece, Turn
 from pipelines.turn_runner import TurnRunner
 
@@ -109,13 +113,22 @@ class Session:
         )
         self.playback = Playback(self.avatar, self)
         self.clock.subscribe(self.playback)
+        detector = TurnDetector.from_config(engines.vad.new_detector(), config.vad)
+        # A recognizer that streams partials hears the user as they speak.
+        self._live = (
+            LiveUtterance(detector, self._new_utterance_stream)
+            if engines.s2s is None and engines.asr.streams_partials
+            else None
+        )
         self.listening = ListeningPolicy(
-            TurnDetector.from_config(engines.vad.new_detector(), config.vad),
+            detector,
             config,
             time_source,
             self.clock,
             self,
             self.id,
+            live=self._live,
+            speculate=engines.s2s is None,
         )
         self.turn_runner = TurnRunner(
             engines,
@@ -128,7 +141,27 @@ class Session:
             self._finish_turn,
             session_id=self.id,
             lang=self.lang,
-            voice=voice,
+            # With an end-to-end model the voice is its voice; the TTS says
+            # only given lines (say, the greeting), in its own default voice.
+            voice=voice if engines.s2s is None else None,
+        )
+        # An end-to-end model takes the user's turns in place of ASR + LLM + TTS.
+        self.speech_to_speech = (
+            SpeechToSpeechTurns(
+                engines.s2s,
+                engines,
+                time_source,
+                self.avatar,
+                self.turn_runner.speaker,
+                self.history,
+                self.emit,
+                self._finish_turn,
+                session_id=self.id,
+                lang=self.lang,
+                voice=voice or config.s2s.voice or None,
+            )
+            if engines.s2s is not None
+            else None
         )
         self.state = State.LISTENING
         self.created = time.time()
@@ -175,7 +208,7 @@ class Session:
 
     def start(self) -> None:
         first = self.clock.frames_sent == 0 and self._prime_task is None
-        if first:
+        if first and self.speech_to_speech is None:
             # Fill this conversation's KV-cache slot with the persona while the
             # user is still getting ready to talk.
             self._prime_task = asyncio.create_task(
@@ -209,13 +242,18 @@ class Session:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
+        if self._live is not None:
+            self._live.close()
+        if self.speech_to_speech is not None:
+            await self.speech_to_speech.close()
         self.engines.llm.release(self.id)
         await self.clock.stop()
 
     # ---------------------------------------------------------------- inputs
     def feed_mic(self, audio_16k: np.ndarray) -> None:
         """Microphone audio, 16 kHz mono float32, in arrival order."""
-        self.listening.hear(audio_16k)
+        if not self.closed:
+            self.listening.hear(audio_16k)
 
     def handle_message(self, message: dict[str, Any]) -> None:
         """A message from the page (pipelines/events.py: ClientMessage)."""
@@ -248,8 +286,25 @@ class Session:
         self._last_activity = self.time_source.now()
         self.emit(UserTextEvent(text="", final=False))
 
+    def _new_utterance_stream(self) -> UtteranceStream:
+        return UtteranceStream(
+            self.engines.asr,
+            self.engines.inference,
+            self.time_source,
+            None if self.lang == "auto" else self.lang,
+            self._partial_transcript,
+        )
+
+    def _partial_transcript(self, text: str) -> None:
+        if not self.closed:
+            self.emit(UserTextEvent(text=text, final=False))
+
     def start_voice_turn(
-        self, end_of_speech: float, audio: np.ndarray, speculative_at: int | None = None
+        self,
+        end_of_speech: float,
+        audio: np.ndarray,
+        speculative_at: int | None = None,
+        stream: UtteranceStream | None = None,
     ) -> Turn:
         return self.start_turn(
             source="voice",
@@ -257,6 +312,7 @@ class Session:
             audio=audio,
             confirmed=speculative_at is None,
             speech_end_sample=speculative_at,
+            stream=stream,
         )
 
     def confirm(self, turn: Turn) -> None:
@@ -282,6 +338,7 @@ class Session:
         text: str | None = None,
         confirmed: bool = True,
         speech_end_sample: int | None = None,
+        stream: UtteranceStream | None = None,
     ) -> Turn:
         self.drop_speculation()
         if self._turn is not None:
@@ -296,12 +353,16 @@ class Session:
         self._turn = turn
         if confirmed:
             self.confirm(turn)
-        self._turn_task = asyncio.create_task(self.turn_runner.run(turn, audio, text))
+        runner: TurnRunner | SpeechToSpeechTurns = self.turn_runner
+        if self.speech_to_speech is not None and source != "say":
+            runner = self.speech_to_speech  # a given line is the TTS's to say
+        self._turn_task = asyncio.create_task(runner.run(turn, audio, text, stream))
         return turn
 
     # ------------------------------------------ PlaybackObserver (playback)
     def piece_started(self, turn: Turn, piece: ReplyPiece) -> None:
-        self.emit(BotTextEvent(text=piece.text))
+        if piece.text:  # an end-to-end model's audio may come before its text
+            self.emit(BotTextEvent(text=piece.text))
         self._set_state(State.SPEAKING)
 
     def reply_played(self, turn: Turn) -> None:
@@ -324,6 +385,8 @@ class Session:
         turn.interrupted = True
         turn.mark(Mark.INTERRUPTED)
         self._finish_turn(turn)
+        if self.speech_to_speech is not None:
+            self.speech_to_speech.interrupted(turn)
 
     def _finish_turn(self, turn: Turn) -> None:
         if self._turn is not turn:
@@ -337,6 +400,7 @@ class Session:
         self._send_latency(turn)
         self.turns.append(turn)
         self._turn = None
+        self._last_activity = self.time_source.now()  # idle counts from the reply's end
         self._set_state(State.LISTENING)
         if self.on_turn_end is not None:
             try:

@@ -21,6 +21,21 @@ class ReplyPiece:
     played: int = 0
     filler: bool = False  # "Let me see.": heard, but not the model's words
     opener: bool = False  # "Sure,": the model's words, said before the answer proper
+    # False while more of its audio may come (a streamed piece): ``samples``
+    # then counts what was pushed so far and ``expected_samples`` is a guess
+    # at the whole, so a cut share of it is not taken for all of it.
+    complete: bool = True
+    expected_samples: int = 0
+
+    @property
+    def heard_in_full(self) -> bool:
+        return self.complete and self.played >= self.samples
+
+    @property
+    def heard_share(self) -> float:
+        """The share of the piece's words the user has heard."""
+        whole = self.samples if self.complete else max(self.samples, self.expected_samples)
+        return min(1.0, self.played / whole) if whole else 0.0
 
 
 @dataclass
@@ -90,10 +105,10 @@ class Turn:
         parts: list[str] = []
         pieces = [p for p in self.pieces if fillers or not p.filler]
         for piece in pieces:
-            if piece.played >= piece.samples:
+            if piece.heard_in_full:
                 parts.append(piece.text)
             elif piece.played > 0:
-                parts.append(_prefix(piece.text, piece.played / piece.samples))
+                parts.append(_prefix(piece.text, piece.heard_share))
                 break
             else:
                 break

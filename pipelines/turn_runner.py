@@ -1,4 +1,5 @@
-"""What one turn does, in its own task: the transcript (ASR), the history,
+"""What one turn does, in its own task: the transcript (ASR: the utterance's
+live stream finished, or the whole utterance through a new stream), the history,
 the LLM's answer spoken with its opener, a given line spoken (``say``), and
 the fault line when the LLM fails. The session starts and cancels the task;
 the turn ends through the session (``finish``) once it is played."""
@@ -22,6 +23,7 @@ from pipelines.planner import ReplyPlanner
 from pipelines.reply import ReplySpeaker, SpokenEvent
 from pipelines.splitter import SentenceSplitter
 from pipelines.timebase import TimeSource
+from pipelines.transcription import UtteranceStream, transcribe_whole
 from pipelines.turn import Turn
 from pipelines.writer import ReplyWriter
 
@@ -69,16 +71,27 @@ class TurnRunner:
             voice=voice,
         )
 
-    async def run(self, turn: Turn, audio: np.ndarray | None, text: str | None) -> None:
+    async def run(
+        self,
+        turn: Turn,
+        audio: np.ndarray | None,
+        text: str | None,
+        stream: UtteranceStream | None = None,
+    ) -> None:
         """The turn's task: it ends when the reply is pushed (the turn itself
-        ends when that is played, or at once if there is nothing to say)."""
+        ends when that is played, or at once if there is nothing to say).
+        ``stream``: the utterance's live recognizer stream, already fed
+        ``audio`` (only its tail is left to decode)."""
         try:
             lang = self._lang
             if audio is not None:
-                forced = None if self._lang == "auto" else self._lang
-                transcript = await self._time.run_in_thread(
-                    self._engines.inference, self._engines.asr.transcribe, audio, forced
-                )
+                if stream is not None:
+                    transcript = await stream.finish()
+                else:
+                    forced = None if self._lang == "auto" else self._lang
+                    transcript = await self._time.run_in_thread(
+                        self._engines.inference, transcribe_whole, self._engines.asr, audio, forced
+                    )
                 turn.mark(Mark.ASR_FINAL)
                 text = transcript.text.strip()
                 lang = transcript.language

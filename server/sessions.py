@@ -225,7 +225,9 @@ class SessionManager:
         return Minted(session_id=session_id, token=token, expires_at=expires)
 
     def _check_choices(self, options: SessionOptions) -> None:
-        if options.voice and options.voice not in self.engines.tts.voices():
+        # An end-to-end model speaks in its own voices (the session's turns go to it).
+        speaker = self.engines.s2s or self.engines.tts
+        if options.voice and options.voice not in speaker.voices():
             raise HTTPException(400, f"unknown voice {options.voice!r}")
 
     # ------------------------------------------------------------- open

@@ -18,9 +18,13 @@ from models.base import (
     AvatarStream,
     ChatMessage,
     ChatModel,
+    RecognizerStream,
     Speech,
+    SpeechConversation,
     SpeechRecognizer,
     SpeechSynthesizer,
+    SpeechToSpeech,
+    TextDelta,
     Transcript,
     VADModel,
     VoiceActivityDetector,
@@ -54,22 +58,104 @@ class LoudnessVAD(VADModel):
         return LoudnessDetector()
 
 
+def heard_tone(audio: np.ndarray, texts: dict[int, str]) -> str:
+    """The text whose tone frequency best matches ``audio``."""
+    spectrum = np.abs(np.fft.rfft(audio))
+    peak = np.fft.rfftfreq(audio.size, 1 / 16000)[int(np.argmax(spectrum))]
+    return texts[min(texts, key=lambda f: abs(f - peak))]
+
+
+def text_lang(text: str) -> str:
+    return "zh" if any("\u4e00" <= c <= "\u9fff" for c in text) else "en"
+
+
 class ScriptedASR(SpeechRecognizer):
     """Returns the text whose tone frequency best matches the utterance."""
 
     def __init__(self, texts: dict[int, str], delay: float = 0.05) -> None:
         self.texts = texts  # tone frequency (Hz) -> transcript
         self.delay = delay
+        self.transcribed: list[int] = []  # the samples of each utterance transcribed
         self.time: FakeClock = REAL_TIME
 
     def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+        self.transcribed.append(audio.size)
         self.time.block(self.delay)
-        spectrum = np.abs(np.fft.rfft(audio))
-        peak = np.fft.rfftfreq(audio.size, 1 / 16000)[int(np.argmax(spectrum))]
-        freq = min(self.texts, key=lambda f: abs(f - peak))
-        text = self.texts[freq]
-        lang = "zh" if any("\u4e00" <= c <= "\u9fff" for c in text) else "en"
-        return Transcript(text=text, language=language or lang)
+        text = heard_tone(audio, self.texts)
+        return Transcript(text=text, language=language or text_lang(text))
+
+
+class StreamingASR(ScriptedASR):
+    """Streams partials: the words of the tone's text come one per
+    ``seconds_per_word`` of loud audio heard (the whole text once it is all
+    heard), so a longer utterance gives a longer transcript."""
+
+    streams_partials = True
+
+    def __init__(
+        self, texts: dict[int, str], seconds_per_word: float = 0.15, delay: float = 0.01
+    ) -> None:
+        super().__init__(texts, delay)
+        self.seconds_per_word = seconds_per_word
+        self.streams: list[ScriptedStream] = []
+
+    def words_heard(self, audio: np.ndarray) -> str:
+        if not audio.size:
+            return ""
+        windows = audio[: audio.size // 320 * 320].reshape(-1, 320)
+        loud = float(np.sum(np.sqrt(np.mean(windows**2, axis=1)) > 0.05)) * 0.02
+        words = heard_tone(audio, self.texts).split()
+        return " ".join(words[: int(loud / self.seconds_per_word + 1e-9)])
+
+    def new_stream(self, language: str | None = None) -> RecognizerStream:
+        stream = ScriptedStream(self, language)
+        self.streams.append(stream)
+        return stream
+
+
+class ScriptedStream(RecognizerStream):
+    """Records its feeds: their sizes, threads, and that none overlapped."""
+
+    def __init__(self, recognizer: StreamingASR, language: str | None) -> None:
+        self.recognizer = recognizer
+        self.language = language
+        self.feeds: list[int] = []
+        self.threads: set[int] = set()
+        self.overlapped = False
+        self.finished = False
+        self._audio: list[np.ndarray] = []
+        self._busy = False
+        self._last = ""
+
+    @property
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self._audio) if self._audio else np.zeros(0, np.float32)
+
+    def feed(self, audio: np.ndarray) -> str | None:
+        import threading
+
+        assert not self.finished
+        self.overlapped |= self._busy
+        self._busy = True
+        try:
+            self.threads.add(threading.get_ident())
+            self.recognizer.time.block(self.recognizer.delay)
+            self.feeds.append(audio.size)
+            self._audio.append(np.asarray(audio, np.float32))
+            text = self.recognizer.words_heard(self.audio)
+        finally:
+            self._busy = False
+        if text == self._last:
+            return None
+        self._last = text
+        return text
+
+    def finish(self) -> Transcript:
+        assert not self.finished and not self._busy
+        self.finished = True
+        self.recognizer.time.block(self.recognizer.delay)
+        text = self.recognizer.words_heard(self.audio)
+        return Transcript(text=text, language=self.language or text_lang(text))
 
 
 class ScriptedLLM(ChatModel):
@@ -123,6 +209,130 @@ class ToneTTS(SpeechSynthesizer):
         return ["tone"]
 
 
+class ChunkedTTS(ToneTTS):
+    """Streams its tone in ``chunks`` pieces, ``chunk_delay`` apart; records
+    each chunk as it is made and whether each call ran to its end."""
+
+    streams_audio = True
+
+    def __init__(
+        self,
+        chunks: int = 4,
+        chunk_delay: float = 0.05,
+        delay: float = 0.02,
+        seconds_per_char: float = 0.06,
+    ) -> None:
+        super().__init__(delay, seconds_per_char)
+        self.chunks = chunks
+        self.chunk_delay = chunk_delay
+        self.made: list[tuple[str, int]] = []  # (text, chunk index)
+        self.ended: list[tuple[str, bool]] = []  # (text, all chunks taken)
+
+    def stream(self, text: str, lang: str, voice: str | None = None) -> Iterator[Speech]:
+        whole = self.synthesize(text, lang, voice)
+        taken = False
+        try:
+            for index, part in enumerate(np.array_split(whole.audio, self.chunks)):
+                if index:
+                    self.time.block(self.chunk_delay)
+                self.made.append((text, index))
+                yield Speech(audio=part, sample_rate=whole.sample_rate)
+            taken = True
+        finally:
+            self.ended.append((text, taken))
+
+
+class ScriptedConversation(SpeechConversation):
+    """Hears the tone of the user's audio (or reads the typed text), says it
+    back as a user TextDelta in two halves, then answers from the script:
+    ``words_per_piece`` words of text, then their tone as speech in two chunks."""
+
+    def __init__(
+        self,
+        model: ScriptedSpeechToSpeech,
+        system_prompt: str,
+        voice: str | None,
+        language: str | None,
+    ) -> None:
+        self.model = model
+        self.system_prompt = system_prompt
+        self.voice = voice
+        self.language = language
+        self.calls: list[str] = []  # "respond", "cancel", "close" in order
+        self.inputs: list[np.ndarray | str] = []
+        self.cancelled: list[str | None] = []
+        self.stopped = 0  # respond iterators that did not run to their end
+        self.closed = False
+
+    async def respond(self, user: np.ndarray | str) -> AsyncIterator[TextDelta | Speech]:
+        model = self.model
+        self.calls.append("respond")
+        self.inputs.append(user)
+        ended = False
+        try:
+            if isinstance(user, str):
+                question = user
+            else:
+                question = heard_tone(user, model.texts)
+                words = question.split()
+                half = max(1, len(words) // 2)
+                await model.time.sleep(model.delay)
+                yield TextDelta(" ".join(words[:half]) + " ", role="user")
+                yield TextDelta(" ".join(words[half:]), role="user")
+            reply = next((r for q, r in model.replies.items() if q in question), "I see.")
+            words = reply.split()
+            for start in range(0, len(words), model.words_per_piece):
+                text = " ".join(words[start : start + model.words_per_piece])
+                await model.time.sleep(model.delay)
+                yield TextDelta(text if start == 0 else " " + text)
+                audio = tone(220, model.seconds_per_char * len(text), rate=24000)
+                for part in np.array_split(audio, 2):
+                    await model.time.sleep(model.delay)
+                    yield Speech(audio=part, sample_rate=24000)
+            ended = True
+        finally:
+            if not ended:
+                self.stopped += 1
+
+    async def cancel(self, heard: str | None = None) -> None:
+        self.calls.append("cancel")
+        self.cancelled.append(heard)
+
+    async def close(self) -> None:
+        self.calls.append("close")
+        self.closed = True
+
+
+class ScriptedSpeechToSpeech(SpeechToSpeech):
+    """An end-to-end model from a script (like ScriptedASR + ScriptedLLM)."""
+
+    def __init__(
+        self,
+        texts: dict[int, str],
+        replies: dict[str, str],
+        delay: float = 0.02,
+        seconds_per_char: float = 0.03,
+        words_per_piece: int = 3,
+    ) -> None:
+        self.texts = texts
+        self.replies = replies
+        self.delay = delay
+        self.seconds_per_char = seconds_per_char
+        self.words_per_piece = words_per_piece
+        self.conversations: list[ScriptedConversation] = []
+        self.time: FakeClock = REAL_TIME
+
+    def new_conversation(
+        self, *, system_prompt: str, voice: str | None = None, language: str | None = None
+    ) -> SpeechConversation:
+        conversation = ScriptedConversation(self, system_prompt, voice, language)
+        self.conversations.append(conversation)
+        return conversation
+
+    def voices(self) -> list[str]:
+        return ["scripted"]
+
+
 class BlankAvatarModel(AvatarModel):
     """The real buffering stream with a trivial, cheap renderer."""
 
@@ -174,8 +384,8 @@ def fake_engines(
 
 def use_time(engines: Engines, clock: FakeClock) -> None:
     """Let the scripted models among ``engines`` take their delays on ``clock``."""
-    for model in (engines.asr, engines.llm, engines.tts):
-        if isinstance(model, ScriptedASR | ScriptedLLM | ToneTTS):
+    for model in (engines.asr, engines.llm, engines.tts, engines.s2s):
+        if isinstance(model, ScriptedASR | ScriptedLLM | ToneTTS | ScriptedSpeechToSpeech):
             model.time = clock
 
 

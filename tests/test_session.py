@@ -515,3 +515,19 @@ async def test_the_avatar_prepares_reply_audio_off_the_event_loop(clock):
         assert made_in and loop_thread not in made_in
     finally:
         await session.close()
+
+
+async def test_idle_time_counts_from_the_end_of_the_reply(clock: VirtualTime) -> None:
+    engines = fake_engines(tts=ToneTTS(seconds_per_char=0.05))
+    session, _ = make_session(engines, clock)
+    try:
+        session.handle_message({"type": "text", "text": "Tell me about France"})
+        await wait_until(lambda: session.state == "speaking", clock)
+        assert session.idle_seconds() == 0.0  # a turn in flight is not idle
+        await wait_until(lambda: len(session.turns) == 1, clock, timeout=60)
+        reply_ended = clock.now()
+        assert reply_ended > 1.0  # the reply took time, so the difference shows
+        await clock.sleep(0.5)
+        assert session.idle_seconds() == pytest.approx(clock.now() - reply_ended, abs=0.02)
+    finally:
+        await session.close()
