@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 
-from bench import answers
+from bench import answers, kinds
 from bench.analysis import (
     MAX_SILENCE,
     admission_text,
@@ -545,6 +545,7 @@ def report(
     admission: dict | None = None,
     answer_rows: list[dict] | None = None,
     skipped: list[int] | None = None,
+    emulated: str | None = None,
 ) -> str:
     levers = kept_levers(out)
     soak = kept_section(out, SOAK_SECTION)  # written by `make soak` (bench/soak.py)
@@ -553,11 +554,17 @@ def report(
     capacity = info.get("capacity")
     held = f", holds {_plural(capacity)}" if capacity is not None else ""
     targets = evaluate_targets(rows, barge_in[0], peak_rss, kind, capacity, admission, answer_rows)
+    when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    how = f", emulated with `{emulated}`" if emulated else ""
+    this_kind = kinds.entry(
+        kind or "unknown", when, command, emulated, info.get("summary", ""),
+        target_table(targets),
+    )
     lines = [
         "# Benchmarks",
         "",
-        f"Run on {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} with `{command}` on: {machine()}; "
-        f"CPU kind **{kind or 'unknown'}** (the server's calibration){held}.",
+        f"Run on {when} with `{command}` on: {machine()}; "
+        f"CPU kind **{kind or 'unknown'}** (the server's calibration){held}{how}.",
         "",
         *machine_section(info, skipped or [], admission),
         "## Against the targets",
@@ -567,6 +574,9 @@ def report(
         "below.",
         "",
         *target_table(targets),
+        "",
+        *kinds.section(out, kind or "unknown", this_kind),
+        "## How it is measured",
         "",
         "Prompts spoken in real time by aiortc clients over loopback against a server",
         "started for the run (`videochat serve --loopback-only`, default config",
@@ -838,6 +848,7 @@ async def main_async(args: argparse.Namespace) -> None:
             admission=admission,
             answer_rows=answer_rows,
             skipped=skipped,
+            emulated=args.emulated,
         )
 
     render()  # written now; again below with the answers' figures in the targets
@@ -923,6 +934,12 @@ def main() -> None:
     parser.add_argument("--langs", nargs="+", default=["en", "zh"], choices=["en", "zh"])
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     parser.add_argument("--command", default=None, help="command line shown in the report")
+    parser.add_argument(
+        "--emulated",
+        default=None,
+        metavar="HOW",
+        help="this run emulates a slower machine, e.g. 'slow-cpu 0.4' (said in the report)",
+    )
     parser.add_argument("--no-barge-in", dest="barge_in", action="store_false")
     parser.add_argument(
         "--sessions", nargs="+", type=int, default=[1, 2], help="concurrent sessions per scenario"

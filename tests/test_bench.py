@@ -440,3 +440,31 @@ def test_a_new_report_keeps_the_sections_other_commands_wrote(tmp_path):
     assert kept_levers(old).strip() == f"{LEVERS}\n\nlever table"
     assert kept_section(old, SOAK_SECTION).strip() == f"{SOAK_SECTION}\n\nsoak table"
     assert kept_section(tmp_path / "missing.md", SOAK_SECTION) is None
+
+
+def test_a_run_on_one_kind_keeps_the_other_kinds_figures(tmp_path):
+    from bench.__main__ import report
+
+    rows = [_bench_row("1 session", "en", 1.0, 2.5)]
+    out = tmp_path / "bench.md"
+
+    def run(kind: str, emulated: str | None = None) -> str:
+        info = {"summary": f"This machine: {kind} summary.", "kind": kind, "capacity": 1}
+        return report(
+            rows, ([0.2], [0.1], [0.2]), {}, int(3.0e9), f"bench on {kind}", out, [],
+            machine_info=info, emulated=emulated,
+        )
+
+    # A report from before the section existed: its own run becomes its entry.
+    run("AVX2")
+    text = out.read_text(encoding="utf-8").replace("## Both machine kinds", "## Old heading")
+    out.write_text(text.replace("### AVX2:", "### Old entry:"), encoding="utf-8")
+    text = run("AVX-512 VNNI")
+    assert "### AVX-512 VNNI: measured, run on" in text
+    assert "### AVX2: measured, run on" in text and "This machine: AVX2 summary." in text
+    assert text.index("### AVX-512 VNNI") < text.index("### AVX2")
+    # The next run on a kind replaces that kind's entry only.
+    text = run("AVX2", emulated="slow-cpu 0.4")
+    assert text.count("### AVX2:") == 1 and "### AVX2: emulated on a faster machine" in text
+    assert "### AVX-512 VNNI: measured" in text and "This machine: AVX-512 VNNI summary." in text
+    assert "CPU kind **AVX2** (the server's calibration), holds 1 conversation, emulated" in text
