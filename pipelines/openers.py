@@ -81,13 +81,18 @@ class Openers:
         """The answer may start now: learn the seconds since the first token."""
         first_token = turn.marks.get(Mark.LLM_FIRST_TOKEN)
         if first_token is not None:
-            self._planner.observe_answer_lag(self._time.now() - first_token)
+            self._planner.observe_answer_lag(self._time.now() - first_token, turn.progress.lang)
+            self._planner.observe_first_token_lag(first_token - turn.end_of_speech)
 
     def _expected_answer(self, turn: Turn) -> float:
         """When the answer is expected to start: the learnt lag after the first
-        token, or after now while no token has come."""
-        first_token = turn.marks.get(Mark.LLM_FIRST_TOKEN, self._time.now())
-        return first_token + self._planner.answer_lag_s
+        token; while no token has come, after when it usually comes (learnt
+        too), and no sooner than after now."""
+        first_token = turn.marks.get(Mark.LLM_FIRST_TOKEN)
+        if first_token is None:
+            usual = turn.end_of_speech + self._planner.first_token_lag_s
+            first_token = max(self._time.now(), usual)
+        return first_token + self._planner.answer_lag(turn.progress.lang)
 
     def _opener_start(self, turn: Turn, opener: Opener) -> float:
         return self._expected_answer(turn) - opener.voiced_seconds - OPENER_PAUSE_S
@@ -104,11 +109,12 @@ class Openers:
             return None
         # The longer fillers for the longer waits ("Let me see." for a second,
         # "Hmm, let me think about that." for two): two of the longest that
-        # fit, so the same one is not said every time.
+        # fit, so the same one is not said every time. None that fits: none,
+        # as a filler that ends after the answer is ready delays the answer
+        # (measured on a fast machine: the shortest one anyway put the answer
+        # 0.8 s later), while the silence it would fill is shorter than itself.
         room = wait - opener.voiced_seconds - 2 * OPENER_PAUSE_S
         fitting = sorted(
             (f for f in choices if f.voiced_seconds <= room), key=lambda f: -f.voiced_seconds
         )
-        if not fitting:
-            return min(choices, key=lambda f: f.voiced_seconds)
-        return self._rng.choice(fitting[:2])
+        return self._rng.choice(fitting[:2]) if fitting else None

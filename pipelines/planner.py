@@ -93,6 +93,14 @@ class ReplyPlanner:
     # opener is timed by it), learnt; the initial value is what the first
     # piece takes on a fast machine, or what calibration predicts.
     answer_lag_s: float = 0.5
+    # The same, learnt per language once a reply in it has been seen (a
+    # Chinese first piece takes longer to write and synthesize than an English
+    # one: one shared figure put the opener too early for Chinese answers).
+    answer_lags: dict[str, float] = field(default_factory=dict)
+    # Seconds from the end of the user's speech to the LLM's first token,
+    # learnt (0: none seen yet): an opener deciding before the token has come
+    # expects the answer no sooner than this plus ``answer_lag_s``.
+    first_token_lag_s: float = 0.0
     reply_chars: dict[str, float] = field(default_factory=lambda: {"en": 110.0, "zh": 40.0})
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -211,9 +219,25 @@ class ReplyPlanner:
             ratio = min(6.0, max(0.5, seconds / predicted))
             self.writing_slowdown += LEARNING_RATE * (ratio - self.writing_slowdown)
 
-    def observe_answer_lag(self, seconds: float) -> None:
+    def answer_lag(self, lang: str) -> float:
+        """Seconds from the first token until the answer may start, in ``lang``:
+        learnt, else predicted from the calibration, else ``answer_lag_s``."""
+        learnt = self.answer_lags.get(lang)
+        if learnt is not None:
+            return learnt
+        return self.predicted_answer_lag(lang) if self.costs else self.answer_lag_s
+
+    def observe_answer_lag(self, seconds: float, lang: str) -> None:
         with self._lock:
-            self.answer_lag_s += LEARNING_RATE * (seconds - self.answer_lag_s)
+            lag = self.answer_lag(lang)
+            self.answer_lags[lang] = lag + LEARNING_RATE * (seconds - lag)
+
+    def observe_first_token_lag(self, seconds: float) -> None:
+        with self._lock:
+            if self.first_token_lag_s <= 0:
+                self.first_token_lag_s = seconds
+            else:
+                self.first_token_lag_s += LEARNING_RATE * (seconds - self.first_token_lag_s)
 
     def predicted_answer_lag(self, lang: str = "en") -> float:
         """From the first token to the first piece synthesized: its words

@@ -263,3 +263,14 @@ async def test_a_long_answer_starts_after_at_most_the_hold_limit(clock):
         await session.close()
     latency = session.turns[0].latency()
     assert latency["answer_audio_sent"] < latency["llm_done"]  # started before all was written
+
+
+def test_the_answer_lag_is_learnt_per_language():
+    planner = ReplyPlanner.immediate()
+    planner.answer_lag_s = 0.5
+    for _ in range(20):
+        planner.observe_answer_lag(1.5, "zh")
+    assert planner.answer_lag("zh") == pytest.approx(1.5, abs=0.01)
+    assert planner.answer_lag("en") == 0.5  # an English reply is not slowed by Chinese ones
+    planner.observe_answer_lag(0.8, "en")
+    assert 0.5 < planner.answer_lag("en") < 0.8

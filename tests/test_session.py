@@ -328,7 +328,8 @@ async def test_a_filler_comes_before_the_opener_only_when_the_reply_will_be_late
     engines.fillers = {"en": [canned("Let me see.")]}
     session, events = make_session(engines, clock)
     session.config.llm.opener_wait_s = 0.3
-    if first_delay:  # and earlier turns taught it the first piece comes 1 s after the token
+    if first_delay:  # and earlier turns taught it when the token and the first piece come
+        session.planner.first_token_lag_s = first_delay
         session.planner.answer_lag_s = 1.0
     try:
         speak(session, QUESTION_EN)
@@ -529,5 +530,30 @@ async def test_idle_time_counts_from_the_end_of_the_reply(clock: VirtualTime) ->
         assert reply_ended > 1.0  # the reply took time, so the difference shows
         await clock.sleep(0.5)
         assert session.idle_seconds() == pytest.approx(clock.now() - reply_ended, abs=0.02)
+    finally:
+        await session.close()
+
+
+async def test_a_filler_that_would_end_after_the_answer_is_ready_is_not_said(clock):
+    # No token by the opener's deadline (0.3 s), and the answer expected 1 s
+    # later: "Let me see." (0.66 s) and "Sure," (0.3 s) with their pauses do not
+    # fit, so the opener comes alone (a filler would only delay the answer).
+    llm = SlowFirstToken({"France": "the capital of France is Paris."}, first_delay=0.5)
+    engines = engines_with_opener(llm, "Sure,")
+    engines.fillers = {"en": [canned("Let me see.")]}
+    session, events = make_session(engines, clock)
+    session.config.llm.opener_wait_s = 0.3
+    session.planner.answer_lag_s = 1.0
+    try:
+        speak(session, QUESTION_EN)
+        await wait_until(lambda: len(session.turns) == 1, clock)
+        spoken = [e["text"] for e in of_type(events, "bot_text")]
+        assert "Let me see." not in spoken and spoken[0] == "Sure,"
+        # It learnt when the first token comes, for the next turn's decision.
+        latency = of_type(events, "turn")[0]["latency"]
+        assert session.planner.first_token_lag_s > 0.5
+        assert session.planner.first_token_lag_s == pytest.approx(
+            latency["llm_first_token"], abs=0.35
+        )
     finally:
         await session.close()
