@@ -332,6 +332,11 @@ class AvatarStream(ABC):
     def next_frame(self) -> AvatarFrame:
         """Render the next 40 ms. Blocking CPU work: call it off the event loop."""
 
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """The session has ended: drop what is queued and release what the
+        stream holds (e.g. its place in a shared GPU worker's batches)."""
+        self.clear()
+
 
 class AvatarModel(ABC):
     @classmethod

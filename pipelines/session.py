@@ -248,6 +248,7 @@ class Session:
             await self.speech_to_speech.close()
         self.engines.llm.release(self.id)
         await self.clock.stop()
+        self.avatar.close()  # after the clock: nothing renders from it any more
 
     # ---------------------------------------------------------------- inputs
     def feed_mic(self, audio_16k: np.ndarray) -> None:

@@ -192,6 +192,10 @@ def check_avatar(model: AvatarModel, size: int) -> None:
     after = stream.next_frame()
     assert not after.audio.any() and after.played == [] and not after.speaking
     assert after.image.shape == (size, size, 3)
+    # The session ends: close() leaves nothing queued.
+    stream.push_audio(voice, tag="late")
+    stream.close()
+    assert stream.queued_samples == 0
 
 
 # ------------------------------------------------------------- real backends
