@@ -549,6 +549,7 @@ def report(
 ) -> str:
     levers = kept_levers(out)
     soak = kept_section(out, SOAK_SECTION)  # written by `make soak` (bench/soak.py)
+    voices = kept_section(out, "## Voice matching")  # written by `videochat eval voices`
     info = machine_info or {}
     kind = info.get("kind")
     capacity = info.get("capacity")
@@ -775,6 +776,8 @@ def report(
     lines += ["", levers.rstrip()]
     if soak:
         lines += ["", soak.rstrip()]
+    if voices:
+        lines += ["", voices.rstrip()]
     text = "\n".join(lines) + "\n"
     out.write_text(text, encoding="utf-8")
     return text

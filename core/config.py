@@ -170,6 +170,10 @@ class TTSConfig(_Section):
     speed: float = 1.0
     threads: int | Auto = 1  # onnxruntime threads per call
     parallel_calls: int | Auto = 1  # TTS calls of one reply running at once
+    # gpt-sovits: its api_v2.py server, and where that process sees weights/voices/
+    # ("": the same path as here, i.e. the same machine)
+    base_url: str = "http://127.0.0.1:9880"
+    voice_dir_on_server: str = ""
 
 
 class S2SConfig(_Section):
@@ -196,6 +200,14 @@ class AvatarsConfig(_Section):
     min_face_px: int = 80  # face width in the source, in pixels
 
 
+class VoicesConfig(_Section):
+    """Offline voice matching (tools/voice_match.py)."""
+
+    # The speaker encoder judging a match (models/speaker/).
+    encoder: Literal["voicefilter", "resemblyzer"] = "voicefilter"
+    match_budget_s: float = 60.0  # time the style search may take per added voice
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VIDEOCHAT_",
@@ -214,6 +226,7 @@ class Config(BaseSettings):
     s2s: S2SConfig = Field(default_factory=S2SConfig)
     avatar: AvatarConfig = Field(default_factory=AvatarConfig)
     avatars: AvatarsConfig = Field(default_factory=AvatarsConfig)
+    voices: VoicesConfig = Field(default_factory=VoicesConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -29,6 +29,7 @@ from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
 from server.rtc import encode_vp8_without_denoiser, offer_loopback_only
 from server.sessions import Answer, Minted, Offer, SessionManager, SessionOptions
+from server.voices_api import router as voices_router
 
 __all__ = ["SessionManager", "create_app"]
 
@@ -243,6 +244,8 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
 
     # /api/avatars: list, add (upload), progress, remove.
     app.include_router(avatars_router)
+    # /api/voices: stock and user voices, samples, add (upload), progress, remove.
+    app.include_router(voices_router)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,24 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import shutil
 import tempfile
 import threading
-import time
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from core.config import Config
 from models.base import AvatarModel
 from server.auth import require_api_key
+from server.uploads import JobTable, end_job, read_form, save_upload, upload_name
 from tools.avatar_library import (
     DEFAULT_AVATAR,
     AvatarError,
@@ -41,98 +37,6 @@ router = APIRouter()
 
 # One preparation at a time: it is CPU-heavy and sessions share the cores.
 _PREPARE_LOCK = threading.Lock()
-MULTIPART_SLACK = 64 * 1024  # form fields and boundaries on top of the file
-# Finished and failed uploads are kept for their progress to be read, then forgotten.
-FINISHED_JOB_TTL_S = 600.0
-MAX_FINISHED_JOBS = 20
-
-
-@dataclass
-class Job:
-    name: str
-    fraction: float = 0.0
-    message: str = "queued"
-    state: str = "running"  # running | done | error
-    error: str | None = None
-    started: float = 0.0  # wall clock
-    ended: float | None = None  # JobTable's clock, once done or failed
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "name": self.name,
-            "fraction": round(self.fraction, 3),
-            "message": self.message,
-            "state": self.state,
-        }
-        if self.error is not None:
-            d["error"] = self.error
-        return d
-
-
-class JobTable:
-    """The latest upload job of each avatar name. Running jobs stay; a finished
-    or failed one is forgotten ``ttl_s`` after it ended, and beyond the newest
-    ``max_finished`` of them, so failed uploads do not pile up in memory.
-    Used from the event loop only (the worker thread only moves a job's
-    fraction and message)."""
-
-    def __init__(
-        self,
-        ttl_s: float = FINISHED_JOB_TTL_S,
-        max_finished: int = MAX_FINISHED_JOBS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.ttl_s = ttl_s
-        self.max_finished = max_finished
-        self.clock = clock
-        self._jobs: dict[str, Job] = {}
-
-    def __len__(self) -> int:
-        self.prune()
-        return len(self._jobs)
-
-    def get(self, name: str) -> Job | None:
-        self.prune()
-        return self._jobs.get(name)
-
-    def running(self) -> list[Job]:
-        return [job for job in self._jobs.values() if job.state == "running"]
-
-    def start(self, name: str) -> Job:
-        """A new running job for ``name`` (replacing a finished one)."""
-        self.prune()
-        job = Job(name=name, started=time.time())
-        self._jobs.pop(name, None)
-        self._jobs[name] = job
-        return job
-
-    def finish(self, job: Job, error: str | None = None) -> None:
-        if error is None:
-            job.state, job.fraction, job.message = "done", 1.0, "ready"
-        else:
-            job.state, job.error, job.message = "error", error, "failed"
-        job.ended = self.clock()
-        self.prune()
-
-    def forget(self, name: str) -> None:
-        self._jobs.pop(name, None)
-
-    def prune(self) -> None:
-        now = self.clock()
-        ended = sorted(
-            (job for job in self._jobs.values() if job.ended is not None),
-            key=lambda job: job.ended or 0.0,
-            reverse=True,
-        )
-        for i, job in enumerate(ended):
-            if i >= self.max_finished or now - (job.ended or now) > self.ttl_s:
-                del self._jobs[job.name]
-
-
-class _TooLarge(Exception):
-    pass
-
-
 def _jobs(request: Request) -> JobTable:
     state = request.app.state
     if not hasattr(state, "avatar_jobs"):
@@ -223,28 +127,7 @@ async def add_avatar(request: Request) -> JSONResponse:
     answers 201 with the avatar; poll ``/api/avatars/{name}/progress`` meanwhile."""
     avatars_dir, limits, default = _settings(request)
     max_bytes = int(limits.max_upload_mb * 1024 * 1024)
-    too_large = f"the upload is too large (at most {limits.max_upload_mb:g} MB)"
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > max_bytes + MULTIPART_SLACK:
-        raise HTTPException(413, too_large)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise HTTPException(400, "send multipart/form-data with the fields name and file")
-
-    async def limited() -> AsyncGenerator[bytes, None]:
-        total = 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > max_bytes + MULTIPART_SLACK:
-                raise _TooLarge
-            yield chunk
-
-    parser = MultiPartParser(request.headers, limited(), max_files=1, max_fields=10)
-    try:
-        form = await parser.parse()
-    except _TooLarge:
-        raise HTTPException(413, too_large) from None
-    except MultiPartException as exc:
-        raise HTTPException(400, f"bad upload: {exc.message}") from None
+    form = await read_form(request, limits.max_upload_mb, "name and file")
     try:
         return await _add_from_form(request, form, avatars_dir, limits, default, max_bytes)
     finally:
@@ -282,7 +165,7 @@ async def _add_from_form(
     job = jobs.start(name)
 
     upload_dir = Path(tempfile.mkdtemp(prefix="videochat-upload-"))
-    src = upload_dir / _upload_name(upload.filename)
+    src = upload_dir / upload_name(upload.filename)
     model = request.app.state.manager.engines.avatar
 
     def progress(fraction: float, message: str) -> None:
@@ -290,7 +173,7 @@ async def _add_from_form(
 
     def work() -> AvatarInfo:
         try:
-            size = _save(upload, src)
+            size = save_upload(upload, src)
             if size > max_bytes:
                 raise AvatarTooLarge(too_large)
             if size == 0:
@@ -305,7 +188,9 @@ async def _add_from_form(
     # The worker thread cannot be stopped: if the client leaves (the request is
     # cancelled), the job still ends when the thread does, and then expires.
     preparing = asyncio.ensure_future(asyncio.to_thread(work))
-    preparing.add_done_callback(lambda done: _end_job(jobs, job, done))
+    preparing.add_done_callback(
+        lambda done: end_job(jobs, job, done, AvatarError, _failure, "preparing avatar")
+    )
     try:
         info = await asyncio.shield(preparing)
     except AvatarError as exc:
@@ -320,27 +205,3 @@ async def _add_from_form(
 def _failure(exc: BaseException) -> str:
     """The message of a failed preparation (bad input says what was wrong)."""
     return str(exc) if isinstance(exc, AvatarError) else f"preparation failed: {exc}"
-
-
-def _end_job(jobs: JobTable, job: Job, done: asyncio.Future[AvatarInfo]) -> None:
-    if done.cancelled():
-        jobs.finish(job, "preparation cancelled")
-        return
-    exc = done.exception()
-    if exc is not None and not isinstance(exc, AvatarError):
-        log.error("preparing avatar %r failed", job.name, exc_info=exc)
-    jobs.finish(job, None if exc is None else _failure(exc))
-
-
-def _upload_name(filename: str | None) -> str:
-    """The client's file name, made safe to use here (the messages about the file
-    name it; its extension helps FFmpeg), or "upload"."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename or "").name)[-80:].lstrip("._-")
-    return name or "upload"
-
-
-def _save(upload: UploadFile, dest: Path) -> int:
-    upload.file.seek(0)
-    with open(dest, "wb") as out:
-        shutil.copyfileobj(upload.file, out, 1024 * 1024)
-        return out.tell()

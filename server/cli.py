@@ -1,4 +1,4 @@
-"""The `videochat` command: serve, weights, avatar."""
+"""The `videochat` command: serve, weights, calibrate, avatar, voice, eval."""
 
 from __future__ import annotations
 
@@ -112,10 +112,18 @@ def _avatar(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     avatars_dir = config.weights_path / "avatars"
+    voice = getattr(args, "voice", None)
+    if voice is not None and voice not in _known_voices(config):
+        print(
+            f"error: unknown voice {voice!r}: see `videochat voice list`",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.action == "list":
             for info in list_avatars(avatars_dir):
                 extra = f"  {info.frames} frames" if info.mode == "video" else ""
+                extra += f"  voice {info.voice}" if info.voice else ""
                 print(f"{info.name}\t{info.mode}{extra}")
         elif args.action == "remove":
             remove_avatar(args.name, avatars_dir, default=config.avatar.default)
@@ -124,12 +132,86 @@ def _avatar(args: argparse.Namespace) -> int:
             source, kind = (args.photo, "photo") if args.photo else (args.video, "video")
             limits = AvatarLimits.from_config(config.avatars)
             with _progress_bar(f"avatar {args.name}") as bar:
-                info = prepare_avatar(args.name, source, kind, avatars_dir, limits, bar)
-            print(f"added {info.name} ({info.mode}, {info.frames} frames) in {info.path}")
+                info = prepare_avatar(
+                    args.name, source, kind, avatars_dir, limits, bar, voice=voice
+                )
+            said = f", voice {info.voice}" if info.voice else ""
+            print(f"added {info.name} ({info.mode}, {info.frames} frames{said}) in {info.path}")
     except AvatarError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _known_voices(config: Config) -> set[str]:
+    """The stock Kokoro voices and the user voices on disk (without loading a model)."""
+    from tools.voice_library import list_voices, stock_voice_names
+
+    weights = config.weights_path
+    return set(stock_voice_names(weights)) | {info.name for info in list_voices(weights)}
+
+
+def _voice(args: argparse.Namespace) -> int:
+    """videochat voice add | list | remove. Errors: exit 2 with one line."""
+    from tools.voice_library import (
+        VoiceError,
+        VoiceLimits,
+        add_voice,
+        list_voices,
+        remove_voice,
+        stock_voices,
+    )
+
+    config = load_config(args.config)
+    weights = config.weights_path
+    try:
+        if args.action == "list":
+            defaults = {config.tts.voice_en, config.tts.voice_zh}
+            for lang, names in stock_voices(weights).items():
+                for name in names:
+                    mark = "  (default)" if name in defaults else ""
+                    print(f"{name}\t{lang}\tstock{mark}")
+            for info in list_voices(weights):
+                print(
+                    f"{info.name}\t{info.lang}\tuser  similarity {info.similarity:.2f}"
+                    f" (nearest stock {info.nearest_stock}: {info.nearest_similarity:.2f})"
+                )
+        elif args.action == "remove":
+            remove_voice(args.name, weights)
+            print(f"removed {args.name}")
+        else:
+            limits = VoiceLimits.from_config(config)
+            with _progress_bar(f"voice {args.name}") as bar:
+                info = add_voice(
+                    args.name,
+                    args.audio,
+                    weights,
+                    text=args.text,
+                    lang=args.lang,
+                    recognize=lambda audio: _recognize_lang(config, audio),
+                    limits=limits,
+                    progress=bar,
+                )
+            print(
+                f"added {info.name} ({info.lang}, {info.speech_seconds:.1f} s of speech): "
+                f"the matched voice reaches a similarity of {info.similarity:.2f} to the clip; "
+                f"the nearest stock voice, {info.nearest_stock}, {info.nearest_similarity:.2f}"
+            )
+    except VoiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # voice matching unavailable or failed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _recognize_lang(config: Config, audio: Any) -> str:
+    """The clip's language by the configured ASR (Whisper), loaded for this call."""
+    from models.asr import load_recognizer
+
+    print("no --lang or --text: recognizing the clip's language", file=sys.stderr)
+    return load_recognizer(config.asr, config.weights_path).transcribe(audio).language
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,10 +261,33 @@ def main(argv: list[str] | None = None) -> int:
     source = add.add_mutually_exclusive_group(required=True)
     source.add_argument("--photo", metavar="FILE", help="a photo with one face")
     source.add_argument("--video", metavar="FILE", help="a short clip of one person")
+    add.add_argument(
+        "--voice", metavar="NAME", default=None, help="its default voice (videochat voice list)"
+    )
     avatar_sub.add_parser("list", help="list the prepared avatars")
     remove = avatar_sub.add_parser("remove", help="remove an avatar")
     remove.add_argument("name")
     avatar.set_defaults(func=_avatar)
+
+    voice = sub.add_parser("voice", help="add, list or remove voices (weights/voices/)")
+    voice.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    voice_sub = voice.add_subparsers(dest="action", required=True)
+    vadd = voice_sub.add_parser(
+        "add", help="match a Kokoro voice to a clip of someone speaking (3-30 s of speech)"
+    )
+    vadd.add_argument("name", help="1-40 letters, digits, '-' or '_'; not a stock voice's")
+    vadd.add_argument("--audio", metavar="FILE", required=True, help="the clip (any format)")
+    vadd.add_argument("--text", metavar="TRANSCRIPT", default=None, help="what the clip says")
+    vadd.add_argument(
+        "--lang",
+        choices=["en", "zh"],
+        default=None,
+        help="the clip's language (default: from --text, else recognized by the ASR)",
+    )
+    voice_sub.add_parser("list", help="list the stock voices per language and the user voices")
+    vremove = voice_sub.add_parser("remove", help="remove a user voice")
+    vremove.add_argument("name")
+    voice.set_defaults(func=_voice)
 
     ev = sub.add_parser("eval", help="measurements (lipsync: lag, correlation, closures)")
     ev_sub = ev.add_subparsers(dest="what", required=True)
@@ -192,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     lip.add_argument("--docs", default="docs")
     lip.add_argument("--no-doc", action="store_true")
     lip.set_defaults(func=_eval_lipsync)
+    vev = ev_sub.add_parser("voices", help="speaker encoders, voice matching on held-out targets")
+    vev.add_argument("--weights", default="weights")
+    vev.add_argument("--docs", default="docs")
+    vev.add_argument("--no-doc", action="store_true")
+    vev.add_argument("--budget", type=float, default=60.0, help="search seconds per target")
+    vev.add_argument("--encoder", choices=("voicefilter", "resemblyzer"), default=None)
+    vev.set_defaults(func=_eval_voices)
 
     args = parser.parse_args(argv)
     try:
@@ -207,6 +319,14 @@ def _eval_lipsync(args: argparse.Namespace) -> int:
     from evals.lipsync import run
 
     return run(Path(args.weights), args.avatar, Path(args.docs), not args.no_doc)
+
+
+def _eval_voices(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from evals.voices import run
+
+    return run(Path(args.weights), Path(args.docs), not args.no_doc, args.budget, args.encoder)
 
 
 if __name__ == "__main__":

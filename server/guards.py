@@ -15,8 +15,8 @@ from server.rtc import TokenBucket
 
 # Only the API and signalling are limited; the page and its assets are not.
 GUARDED_PREFIXES = ("/offer", "/api/")
-# Uploads stream to disk with their own limit (avatars.max_upload_mb).
-UPLOAD_PATHS = ("/api/avatars",)
+# Uploads stream to disk with their own limits (avatars.max_upload_mb, voice uploads).
+UPLOAD_PATHS = ("/api/avatars", "/api/voices")
 MAX_TRACKED_CLIENTS = 4096
 
 

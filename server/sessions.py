@@ -39,6 +39,7 @@ from server.auth import bearer, is_api_key, new_session_token, unauthorized
 from server.avatars_api import sync_with_disk
 from server.metrics import Metrics
 from server.rtc import answer_offer, check_offer
+from tools.avatar_library import read_info
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 30  # what a full server tells a client to wait
@@ -230,6 +231,20 @@ class SessionManager:
         if options.voice and options.voice not in speaker.voices():
             raise HTTPException(400, f"unknown voice {options.voice!r}")
 
+    def _avatar_voice(self, avatar: str | None) -> str | None:
+        """The default voice the avatar's meta.json names, if the TTS has it
+        (an end-to-end model speaks in its own voices: none)."""
+        if self.engines.s2s is not None:
+            return None
+        name = avatar or self.config.avatar.default
+        info = read_info(self.config.weights_path / "avatars" / name)
+        if info is None or not info.voice:
+            return None
+        if info.voice not in self.engines.tts.voices():
+            log.warning("avatar %s names voice %r, which the TTS lacks", info.name, info.voice)
+            return None
+        return info.voice
+
     # ------------------------------------------------------------- open
     def _admit(self, offer: Offer, request: Request) -> tuple[str | None, SessionOptions, str]:
         """Who is offering: (minted session id or None, options, token)."""
@@ -301,7 +316,7 @@ class SessionManager:
                 session_id=session_id,
                 lang=options.lang,
                 avatar=options.avatar,
-                voice=options.voice,
+                voice=options.voice or self._avatar_voice(options.avatar),
                 system_prompt=options.system_prompt,
                 greeting=options.greeting,
                 on_turn_end=lambda turn: self._turn_ended(live, turn),

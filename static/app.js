@@ -9,6 +9,7 @@
     video: $('video'), placeholder: $('placeholder'), state: $('state'),
     log: $('log'), text: $('text'), send: $('send'), composer: $('composer'),
     latency: $('latency'), avatar: $('avatar'), lang: $('lang'), error: $('error'),
+    voice: $('voice'),
   };
 
   const ICE_GATHER_TIMEOUT_MS = 5000;
@@ -60,6 +61,7 @@
     el.text.disabled = !connected;
     el.send.disabled = !connected;
     el.avatar.disabled = connected;
+    el.voice.disabled = connected;
     el.lang.disabled = connected;
     el.placeholder.hidden = connected;
   }
@@ -323,6 +325,8 @@
           type: pc.localDescription.type,
           avatar: el.avatar.value,
           lang: el.lang.value,
+          // "" (Default): the avatar's own voice, else the language's default
+          ...(el.voice.value ? { voice: el.voice.value } : {}),
         }),
       });
       if (!resp.ok) throw new Error(await errorText(resp));
@@ -431,6 +435,7 @@
     const key = $('avatar-key').value.trim();
     const auth = { Authorization: `Bearer ${key}` };
     sessionStorage.setItem('videochat-api-key', key);
+    $('voice-key').value = key;
     const bar = $('avatar-progress');
     const status = $('avatar-status');
     const button = $('avatar-add');
@@ -483,15 +488,209 @@
     }
   }
 
+  // ------------------------------------------------------------------ voices
+
+  let voiceDefaults = { en: '', zh: '' };
+  let sample = null; // the <audio> playing a sample
+
+  async function loadVoices(select) {
+    let list = null;
+    try {
+      const resp = await fetch('/api/voices', { headers: { Accept: 'application/json' } });
+      if (resp.status === 200) list = await resp.json();
+    } catch { /* no voice API: keep "Default" only */ }
+    const keep = select || el.voice.value;
+    const options = [new Option('Default', '')];
+    if (list && typeof list === 'object') {
+      voiceDefaults = list.default || voiceDefaults;
+      const user = (list.user || []).filter((v) => v && v.ready !== false);
+      if (user.length) {
+        const group = document.createElement('optgroup');
+        group.label = 'Your voices';
+        for (const v of user) {
+          const sim = typeof v.similarity === 'number' ? `, match ${v.similarity.toFixed(2)}` : '';
+          group.append(new Option(`${v.name} (${v.lang}${sim})`, v.name));
+        }
+        options.push(group);
+      }
+      for (const [lang, label] of [['en', 'English'], ['zh', '中文']]) {
+        const stock = (list.stock && list.stock[lang]) || [];
+        if (!stock.length) continue;
+        const group = document.createElement('optgroup');
+        group.label = label;
+        for (const v of stock) group.append(new Option(v.name, v.name));
+        options.push(group);
+      }
+    }
+    el.voice.replaceChildren(...options);
+    if ([...el.voice.options].some((o) => o.value === keep)) el.voice.value = keep;
+  }
+
+  function playSample() {
+    const lang = el.lang.value === 'zh' ? 'zh' : 'en';
+    const name = el.voice.value || voiceDefaults[lang];
+    if (!name) return;
+    if (sample) sample.pause();
+    const button = $('voice-play');
+    button.disabled = true; // the first sample of a voice is synthesized on request
+    sample = new Audio(`/api/voices/${encodeURIComponent(name)}/sample`);
+    sample.addEventListener('playing', () => { button.disabled = false; }, { once: true });
+    sample.addEventListener('error', () => {
+      button.disabled = false;
+      showError(`The sample of ${name} could not be played.`);
+    }, { once: true });
+    sample.play().catch(() => { button.disabled = false; });
+  }
+
+  // Record 3-10 s from the microphone (MediaRecorder), with a countdown; the
+  // recording is uploaded as the form's clip when no file is chosen.
+  const RECORD_MAX_S = 10;
+  const RECORD_MIN_S = 3;
+  let recording = null; // { recorder, stream, timer, started }
+  let recorded = null;  // Blob
+
+  async function toggleRecording() {
+    const button = $('voice-record');
+    const status = $('voice-status');
+    if (recording) {
+      recording.recorder.stop();
+      return;
+    }
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    } catch {
+      status.textContent = 'Microphone access was denied: allow it, or choose a file.';
+      return;
+    }
+    const chunks = [];
+    const recorder = new MediaRecorder(stream);
+    recording = { recorder, stream, timer: null, started: performance.now() };
+    recorder.ondataavailable = (e) => { if (e.data.size) chunks.push(e.data); };
+    recorder.onstop = () => {
+      const seconds = (performance.now() - recording.started) / 1000;
+      clearInterval(recording.timer);
+      stream.getTracks().forEach((t) => t.stop());
+      recording = null;
+      button.classList.remove('recording');
+      button.textContent = '● Record';
+      if (seconds < RECORD_MIN_S) {
+        recorded = null;
+        status.textContent = `Too short (${seconds.toFixed(1)} s): speak for at least ${RECORD_MIN_S} s.`;
+        return;
+      }
+      recorded = new Blob(chunks, { type: recorder.mimeType || 'audio/webm' });
+      const preview = $('voice-recording');
+      preview.src = URL.createObjectURL(recorded);
+      preview.hidden = false;
+      $('voice-file').value = '';
+      status.textContent = `Recorded ${seconds.toFixed(1)} s. Add it as a voice, or record again.`;
+    };
+    recorder.start();
+    button.classList.add('recording');
+    const tick = () => {
+      const left = Math.max(0, RECORD_MAX_S - (performance.now() - recording.started) / 1000);
+      button.textContent = `■ Stop (${Math.ceil(left)} s)`;
+      status.textContent = 'Recording: speak naturally until the countdown ends.';
+      if (left <= 0) recorder.stop();
+    };
+    tick();
+    recording.timer = setInterval(tick, 250);
+  }
+
+  // Upload a clip: POST /api/voices answers when the voice is matched; meanwhile
+  // /api/voices/{name}/progress is polled for the bar (as for avatars).
+  async function addVoice(event) {
+    event.preventDefault();
+    const name = $('voice-name').value.trim();
+    const file = $('voice-file').files[0];
+    const clip = file || recorded;
+    const key = $('voice-key').value.trim();
+    const auth = { Authorization: `Bearer ${key}` };
+    sessionStorage.setItem('videochat-api-key', key);
+    $('avatar-key').value = key;
+    const bar = $('voice-progress');
+    const status = $('voice-status');
+    const button = $('voice-add');
+    if (!name) return;
+    if (!clip) {
+      status.textContent = 'Choose an audio file or record one first.';
+      return;
+    }
+    const form = new FormData();
+    form.append('name', name);
+    form.append('audio', clip, file ? file.name : 'recording.webm');
+    const text = $('voice-text').value.trim();
+    if (text) form.append('text', text);
+    if ($('voice-lang').value) form.append('lang', $('voice-lang').value);
+    button.disabled = true;
+    bar.hidden = false;
+    bar.value = 0;
+    status.textContent = 'Uploading…';
+    let polling = true;
+    const poll = async () => {
+      while (polling) {
+        await new Promise((r) => setTimeout(r, 500));
+        if (!polling) break;
+        try {
+          const resp = await fetch(`/api/voices/${encodeURIComponent(name)}/progress`,
+            { headers: auth });
+          if (resp.status === 200 && polling) {
+            const p = await resp.json();
+            if (p.state === 'running') {
+              bar.value = p.fraction;
+              status.textContent = `Matching ${name}: ${p.message}`;
+            }
+          }
+        } catch { /* keep polling */ }
+      }
+    };
+    poll();
+    try {
+      const resp = await fetch('/api/voices', { method: 'POST', body: form, headers: auth });
+      let body = {};
+      try { body = await resp.json(); } catch { /* not JSON */ }
+      if (resp.status === 201) {
+        bar.value = 1;
+        const sim = Number(body.similarity || 0).toFixed(2);
+        const near = Number(body.nearest_similarity || 0).toFixed(2);
+        status.textContent = `Added ${name} (${body.lang}): it matches your clip at ${sim} `
+          + `(the nearest stock voice, ${body.nearest_stock}, at ${near}). Picked for the next Start.`;
+        $('voice-form').reset();
+        $('voice-key').value = key;
+        recorded = null;
+        $('voice-recording').hidden = true;
+        await loadVoices(name);
+      } else {
+        status.textContent = `Could not add ${name}: ${body.detail || resp.statusText}`;
+      }
+    } catch (err) {
+      status.textContent = `Upload failed: ${err}`;
+    } finally {
+      polling = false;
+      button.disabled = false;
+      setTimeout(() => { bar.hidden = true; }, 800);
+    }
+  }
+
   el.start.addEventListener('click', start);
   el.hangup.addEventListener('click', () => { hangup(); });
   el.interrupt.addEventListener('click', interrupt);
   el.composer.addEventListener('submit', sendTyped);
   $('avatar-form').addEventListener('submit', addAvatar);
+  $('voice-form').addEventListener('submit', addVoice);
+  $('voice-record').addEventListener('click', toggleRecording);
+  $('voice-play').addEventListener('click', playSample);
+  $('voice-file').addEventListener('change', () => {
+    recorded = null;
+    $('voice-recording').hidden = true;
+  });
   window.addEventListener('pagehide', () => { if (vc.pc) hangup(); });
 
   setConnected(false);
   setState('idle');
   $('avatar-key').value = sessionStorage.getItem('videochat-api-key') || '';
+  $('voice-key').value = $('avatar-key').value;
   loadAvatars();
+  loadVoices();
 })();

@@ -23,8 +23,8 @@ from skimage import data
 from core.config import load_config
 from models.avatar.faces import face_landmarks
 from server import avatars_api, cli
-from server.avatars_api import JobTable
 from server.avatars_api import router as avatars_router
+from server.uploads import JobTable
 from tests.fakes import BlankAvatarModel, fake_engines
 from tools.avatar_library import AvatarError, AvatarLimits, list_avatars, remove_avatar
 from tools.avatar_prepare import ensure_default_avatar, prepare_avatar

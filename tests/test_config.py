@@ -71,7 +71,7 @@ def test_an_unknown_backend_stops_the_loaders_before_any_model_loads(tmp_path):
         load_recognizer(config.asr.model_copy(update={"backend": "nope"}), tmp_path)
     with pytest.raises(ConfigError, match="embedded, openai"):
         load_chat_model(config.llm.model_copy(update={"backend": "nope"}), tmp_path)
-    with pytest.raises(ConfigError, match="cosyvoice, edge-tts, kokoro"):
+    with pytest.raises(ConfigError, match="cosyvoice, edge-tts, gpt-sovits, kokoro"):
         load_synthesizer(config.tts.model_copy(update={"backend": "nope"}), tmp_path)
     with pytest.raises(ConfigError, match=r"s2s\.backend: unknown backend 'glm-4-voice'"):
         asyncio.run(load_engines(load_config(**{"s2s.backend": "glm-4-voice"})))

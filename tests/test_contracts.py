@@ -2,10 +2,10 @@
 
 Backends whose package and weights are here (Silero, Whisper, Kokoro, the
 embedded llama.cpp, the photo avatar) run for real, the heavy ones loaded once
-per module. The others (FunASR, CosyVoice, edge-tts, an OpenAI-compatible
-endpoint such as vLLM) run against fakes of their upstream modules with the
-upstream call signatures (tests/upstream_fakes.py), so our side of each call
-is checked; MuseTalk, not built yet, must refuse to load. A backend with no
+per module. The others (FunASR, CosyVoice, edge-tts, GPT-SoVITS's api_v2 server, an
+OpenAI-compatible endpoint such as vLLM) run against fakes of their upstream
+modules with the upstream call signatures (tests/upstream_fakes.py), so our
+side of each call is checked; MuseTalk, not built yet, must refuse to load. A backend with no
 case here fails ``test_every_registered_backend_has_a_contract_case``.
 """
 
@@ -47,10 +47,12 @@ from models.base import (
 )
 from tests.upstream_fakes import (
     FakeCommunicate,
+    FakeGPTSoVITSServer,
     install_cosyvoice,
     install_edge_tts,
     install_funasr,
     install_openai,
+    write_user_voice,
 )
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -121,11 +123,11 @@ def check_synthesizer(tts: SpeechSynthesizer, text: str, lang: str) -> list[Spee
     assert np.concatenate([c.audio for c in chunks]).size == whole.audio.size
     if tts.streams_audio:
         assert len(chunks) > 1
-    if tts.has_timings:
+    if tts.has_timings:  # timings from each chunk's start; a chunk may have none (a pause)
+        assert any(chunk.phonemes for chunk in chunks)
         for chunk in chunks:
             duration = chunk.audio.size / chunk.sample_rate
-            spans = chunk.phonemes
-            assert spans and all(0 <= a < b <= duration + 0.03 for _, a, b in spans)
+            assert all(0 <= a < b <= duration + 0.03 for _, a, b in chunk.phonemes)
     early = tts.stream(text, lang)  # a reader that stops early (barge-in) frees the backend
     next(early)
     early.close()
@@ -268,6 +270,17 @@ def cosyvoice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SpeechSynthesi
 
 
 @pytest.fixture
+def gpt_sovits(tmp_path: Path) -> Iterator[SpeechSynthesizer]:
+    from models.tts import load_synthesizer
+
+    write_user_voice(tmp_path, "alice", seconds=4.0, lang="en", transcript="Hello, I am Alice.")
+    with FakeGPTSoVITSServer() as server:
+        tts = load_synthesizer(TTSConfig(backend="gpt-sovits", base_url=server.url), tmp_path)
+        yield tts
+        tts.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
 def edge_tts(monkeypatch: pytest.MonkeyPatch) -> Iterator[SpeechSynthesizer]:
     from models.tts import load_synthesizer
 
@@ -307,6 +320,7 @@ CASES: dict[str, dict[str, Callable[[pytest.FixtureRequest, Path], Any]]] = {
         "kokoro": lambda request, tmp: request.getfixturevalue("kokoro"),
         "edge-tts": lambda request, tmp: request.getfixturevalue("edge_tts"),
         "cosyvoice": lambda request, tmp: request.getfixturevalue("cosyvoice"),
+        "gpt-sovits": lambda request, tmp: request.getfixturevalue("gpt_sovits"),
     },
     "s2s": {},  # none built yet: FakeSpeechToSpeech below is checked instead
     "avatar": {
@@ -424,8 +438,9 @@ def test_edge_tts_streams_on_one_loop_with_bounded_waits(edge_tts: Any) -> None:
 
 
 def test_cosyvoice_streams_what_it_makes(cosyvoice: SpeechSynthesizer) -> None:
-    chunks = list(cosyvoice.stream("你好，今天天气很好。", "zh"))
-    assert [c.audio.size for c in chunks] == [4800] * 5  # CosyVoice's pieces, as they come
+    chunks = list(cosyvoice.stream("你好，今天天气很好。", "zh"))  # 50 tokens
+    # CosyVoice's pieces as they come: 25 tokens (960 samples each), then the rest.
+    assert [c.audio.size // 960 for c in chunks] == [25, 25]
 
 
 # ------------------------------------------------------------ speech to speech

@@ -6,6 +6,7 @@ Layout of a prepared avatar (everything in pixels of the 512x512 crop)::
     meta.json      mode ("photo" | "video"), fps, size, crop box in the source,
                    and the face geometry models/avatar/assets.py reads (mouth,
                    eyes: the ``ASTRONAUT_META`` schema), derived from landmarks
+                   and, if the avatar names one, its default ``voice``
     image.png      512x512 head-and-shoulders crop, the face ~40 % of the width
                    (for a video: its first frame)
     landmarks.npy  float32 FaceMesh landmarks: (478, 2) for a photo,
@@ -77,6 +78,7 @@ class AvatarInfo:
     size: int = SIZE
     crop: list[int] = field(default_factory=list)
     seconds: float = 0.0  # preparation time
+    voice: str | None = None  # the avatar's default voice (a TTS voice name), if it names one
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -85,20 +87,21 @@ class AvatarInfo:
         return d
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, what: str = "avatar") -> str:
     """The name, if it is a valid avatar name; AvatarError naming what is wrong
-    otherwise (a trailing newline is not let through: ``fullmatch``)."""
+    otherwise (a trailing newline is not let through: ``fullmatch``). User
+    voices follow the same rule (``what="voice"`` names them in the message)."""
     if not isinstance(name, str):
-        raise AvatarError(f"bad avatar name {name!r}: not a string")
+        raise AvatarError(f"bad {what} name {name!r}: not a string")
     control = next((c for c in name if unicodedata.category(c) == "Cc"), None)
     if control is not None:
         raise AvatarError(
-            f"bad avatar name {name!r}: it contains a control character "
+            f"bad {what} name {name!r}: it contains a control character "
             f"(U+{ord(control):04X}); use 1-40 letters, digits, '-' or '_'"
         )
     if not NAME_RE.fullmatch(name):
         raise AvatarError(
-            f"bad avatar name {name!r}: use 1-40 letters, digits, '-' or '_', "
+            f"bad {what} name {name!r}: use 1-40 letters, digits, '-' or '_', "
             "starting with a letter or digit"
         )
     return name
@@ -144,6 +147,7 @@ def read_info(folder: Path) -> AvatarInfo | None:
         fps=int(meta.get("fps", FPS)),
         size=int(meta.get("size", SIZE)),
         crop=list(meta.get("crop", [])),
+        voice=str(meta["voice"]) if meta.get("voice") else None,
     )
 
 

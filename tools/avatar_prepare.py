@@ -261,10 +261,12 @@ def prepare_avatar(
     progress: Progress | None = None,
     *,
     allow_default: bool = False,
+    voice: str | None = None,
 ) -> AvatarInfo:
     """Prepare ``avatars_dir/<name>/`` from a photo or a video (``kind`` None:
     sniffed). Replaces an existing avatar of that name, atomically. Raises
-    ``AvatarError`` on bad input, leaving nothing behind."""
+    ``AvatarError`` on bad input, leaving nothing behind. ``voice``: the
+    avatar's default voice (the caller checks it names a voice)."""
     t0 = time.perf_counter()
     limits = limits or AvatarLimits()
     progress = progress or _noop
@@ -312,6 +314,8 @@ def prepare_avatar(
         for key in ("frames_dir", "frame_pattern", "lost_frames"):
             if key in result:
                 meta[key] = result[key]
+        if voice:
+            meta["voice"] = voice
         (work / "meta.json").write_text(json.dumps(meta, indent=1))
         install(work, root / name)
     except BaseException:
@@ -329,6 +333,7 @@ def prepare_avatar(
         frames=meta["frames"],
         crop=meta["crop"],
         seconds=seconds,
+        voice=voice or None,
     )
 
 

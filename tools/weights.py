@@ -32,6 +32,7 @@ def assemble_all(weights_dir: Path, force: bool = False, extras: Iterable[str] =
     models = [m for m in MODELS if m.extra is None or m.extra in extras]
     assemble(models, weights_dir, force=force)
     _ensure_timed_kokoro(Path(weights_dir) / "kokoro" / "kokoro-v1.0.int8.onnx", force)
+    _ensure_resemblyzer_npz(Path(weights_dir) / "speaker", force)
 
 
 def _ensure_timed_kokoro(model_path: Path, force: bool) -> None:
@@ -51,6 +52,24 @@ def _ensure_timed_kokoro(model_path: Path, force: bool) -> None:
     except Exception as exc:  # the plain model still works; lip-sync falls back
         timed.unlink(missing_ok=True)
         raise WeightsError(f"could not derive {timed.name} from {model_path.name}: {exc}") from exc
+
+
+def _ensure_resemblyzer_npz(folder: Path, force: bool) -> None:
+    """Convert resemblyzer's torch checkpoint (legacy pickle format, read
+    without torch) to a plain .npz of its inference weights, once."""
+    from models.speaker.resemblyzer import NPZ_FILE, PT_FILE, convert
+
+    pt, npz = folder / PT_FILE, folder / NPZ_FILE
+    if not pt.is_file():  # not part of this assembly
+        return
+    if not force and npz.is_file() and npz.stat().st_mtime >= pt.stat().st_mtime:
+        return
+    log.info("converting %s to %s", pt.name, npz.name)
+    try:
+        convert(pt, npz)
+    except Exception as exc:
+        npz.unlink(missing_ok=True)
+        raise WeightsError(f"could not convert {pt.name}: {exc}") from exc
 
 
 def assemble(models: Sequence[Model], weights_dir: Path, force: bool = False) -> None:

