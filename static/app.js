@@ -447,29 +447,9 @@
     bar.hidden = false;
     bar.value = 0;
     status.textContent = `Uploading ${file.name}…`;
-    let polling = true;
-    const poll = async () => {
-      while (polling) {
-        await new Promise((r) => setTimeout(r, 500));
-        if (!polling) break;
-        try {
-          const resp = await fetch(`/api/avatars/${encodeURIComponent(name)}/progress`,
-            { headers: auth });
-          if (resp.status === 200 && polling) {
-            const p = await resp.json();
-            if (p.state === 'running') {
-              bar.value = p.fraction;
-              status.textContent = `Preparing ${name}: ${p.message}`;
-            }
-          }
-        } catch { /* keep polling */ }
-      }
-    };
-    poll();
     try {
-      const resp = await fetch('/api/avatars', { method: 'POST', body: form, headers: auth });
-      let body = {};
-      try { body = await resp.json(); } catch { /* not JSON */ }
+      const { resp, body } = await uploadWithProgress('/api/avatars', name, form, auth,
+        (p) => { bar.value = p.fraction; status.textContent = `Preparing ${name}: ${p.message}`; });
       if (resp.status === 201) {
         bar.value = 1;
         status.textContent = `Added ${name} (${body.mode || 'photo'}). Pick it and press Start.`;
@@ -482,9 +462,37 @@
     } catch (err) {
       status.textContent = `Upload failed: ${err}`;
     } finally {
-      polling = false;
       button.disabled = false;
       setTimeout(() => { bar.hidden = true; }, 800);
+    }
+  }
+
+  // POST a multipart form to `url` and, while it is processed, poll
+  // `url/<name>/progress` every 0.5 s; `onProgress` gets the running job.
+  async function uploadWithProgress(url, name, form, auth, onProgress) {
+    let polling = true;
+    const poll = async () => {
+      while (polling) {
+        await new Promise((r) => setTimeout(r, 500));
+        if (!polling) break;
+        try {
+          const resp = await fetch(`${url}/${encodeURIComponent(name)}/progress`,
+            { headers: auth });
+          if (resp.status === 200 && polling) {
+            const p = await resp.json();
+            if (p.state === 'running') onProgress(p);
+          }
+        } catch { /* keep polling */ }
+      }
+    };
+    poll();
+    try {
+      const resp = await fetch(url, { method: 'POST', body: form, headers: auth });
+      let body = {};
+      try { body = await resp.json(); } catch { /* not JSON */ }
+      return { resp, body };
+    } finally {
+      polling = false;
     }
   }
 
@@ -627,29 +635,9 @@
     bar.hidden = false;
     bar.value = 0;
     status.textContent = 'Uploading…';
-    let polling = true;
-    const poll = async () => {
-      while (polling) {
-        await new Promise((r) => setTimeout(r, 500));
-        if (!polling) break;
-        try {
-          const resp = await fetch(`/api/voices/${encodeURIComponent(name)}/progress`,
-            { headers: auth });
-          if (resp.status === 200 && polling) {
-            const p = await resp.json();
-            if (p.state === 'running') {
-              bar.value = p.fraction;
-              status.textContent = `Matching ${name}: ${p.message}`;
-            }
-          }
-        } catch { /* keep polling */ }
-      }
-    };
-    poll();
     try {
-      const resp = await fetch('/api/voices', { method: 'POST', body: form, headers: auth });
-      let body = {};
-      try { body = await resp.json(); } catch { /* not JSON */ }
+      const { resp, body } = await uploadWithProgress('/api/voices', name, form, auth,
+        (p) => { bar.value = p.fraction; status.textContent = `Matching ${name}: ${p.message}`; });
       if (resp.status === 201) {
         bar.value = 1;
         const sim = Number(body.similarity || 0).toFixed(2);
@@ -667,7 +655,6 @@
     } catch (err) {
       status.textContent = `Upload failed: ${err}`;
     } finally {
-      polling = false;
       button.disabled = false;
       setTimeout(() => { bar.hidden = true; }, 800);
     }

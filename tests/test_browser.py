@@ -312,3 +312,69 @@ def test_talk_to_avatar_in_chromium(server: Server) -> None:
         print(server.log())
         raise
     print(json.dumps({"probe": snapshot.get("probe"), "video": snapshot.get("video")}, indent=1))
+
+
+def test_the_page_uploads_an_avatar_and_reports_a_refused_voice(
+    server: Server, tmp_path: Path
+) -> None:
+    """The page's upload forms: an avatar prepared from a photo with progress
+    and picked from the list; a voice clip that is not audio refused with the
+    server's message, nothing added."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    import cv2
+    from playwright.sync_api import sync_playwright
+    from skimage import data
+
+    photo = tmp_path / "portrait.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    not_audio = tmp_path / "notes.txt"
+    not_audio.write_text("this is not a recording\n" * 50)
+    key = (REPO_ROOT / "weights" / "api_key").read_text(encoding="utf-8").strip()
+    name = "browser-upload-test"
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args())
+            try:
+                page = browser.new_page()
+                page.goto(server.url + "/")
+                page.wait_for_function("() => window.videochat !== undefined")
+                page.click(".avatar-upload:not(.voice-upload) summary")  # open the form
+                page.fill("#avatar-name", name)
+                page.set_input_files("#avatar-file", str(photo))
+                page.fill("#avatar-key", key)
+                page.click("#avatar-add")
+                page.wait_for_function(
+                    "() => /^(Added|Could not|Upload failed)/.test("
+                    "document.getElementById('avatar-status').textContent)",
+                    timeout=120_000,
+                )
+                status = page.text_content("#avatar-status") or ""
+                assert status.startswith(f"Added {name}"), status
+                page.click(".voice-upload summary")
+                page.fill("#voice-name", "not-a-voice")
+                page.set_input_files("#voice-file", str(not_audio))
+                page.fill("#voice-key", key)
+                page.click("#voice-add")
+                page.wait_for_function(
+                    "() => /^(Added|Could not|Upload failed)/.test("
+                    "document.getElementById('voice-status').textContent)",
+                    timeout=60_000,
+                )
+                status = page.text_content("#voice-status") or ""
+                assert status.startswith("Could not add not-a-voice:"), status
+            finally:
+                browser.close()
+        with _NO_PROXY_OPENER.open(f"{server.url}/api/voices", timeout=10) as resp:
+            voices = json.load(resp)
+        assert "not-a-voice" not in [v["name"] for v in voices["user"]]
+    finally:
+        request = urllib.request.Request(
+            f"{server.url}/api/avatars/{name}",
+            method="DELETE",
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        try:
+            _NO_PROXY_OPENER.open(request, timeout=10).close()
+        except urllib.error.URLError:
+            pass
