@@ -123,6 +123,17 @@ def install(work: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_folder(target: Path) -> None:
+    """Remove a prepared folder at once for readers: renamed out of the way
+    into the parent's ``TMP_DIR`` first, then deleted."""
+    tmp_root = target.parent / TMP_DIR
+    tmp_root.mkdir(exist_ok=True)
+    trash = tmp_root / f"removed-{target.name}-{uuid.uuid4().hex[:8]}"
+    target.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    cleanup_tmp(tmp_root)
+
+
 def cleanup_tmp(tmp_root: Path) -> None:
     try:
         tmp_root.rmdir()  # only when empty (another preparation may be running)
@@ -167,10 +178,5 @@ def remove_avatar(name: str, avatars_dir: str | Path, default: str = DEFAULT_AVA
     target = root / name
     if not target.is_dir():
         raise AvatarNotFound(f"no avatar {name!r}")
-    tmp_root = root / TMP_DIR
-    tmp_root.mkdir(exist_ok=True)
-    trash = tmp_root / f"removed-{name}-{uuid.uuid4().hex[:8]}"
-    target.rename(trash)
-    shutil.rmtree(trash, ignore_errors=True)
-    cleanup_tmp(tmp_root)
+    remove_folder(target)
 

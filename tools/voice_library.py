@@ -33,7 +33,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.lang import detect_lang
-from tools.avatar_library import NAME_RE, TMP_DIR, AvatarError, check_name, cleanup_tmp
+from tools.avatar_library import (
+    NAME_RE,
+    TMP_DIR,
+    AvatarError,
+    check_name,
+    cleanup_tmp,
+    remove_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +222,7 @@ def remove_voice(name: str, weights_dir: str | Path) -> None:
     target = root / name
     if not target.is_dir():
         raise VoiceNotFound(f"no voice {name!r}")
-    tmp_root = root / TMP_DIR
-    tmp_root.mkdir(exist_ok=True)
-    trash = tmp_root / f"removed-{name}-{uuid.uuid4().hex[:8]}"
-    target.rename(trash)
-    shutil.rmtree(trash, ignore_errors=True)
-    cleanup_tmp(tmp_root)
+    remove_folder(target)
     for sample in sample_dir(weights_dir).glob(f"user-{name}-*.wav"):
         sample.unlink(missing_ok=True)
 
