@@ -33,6 +33,15 @@ $(INSTALLED): requirements.lock pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --no-deps mediapipe==0.10.21
 	touch $@
 
+# torch's CPU build (a wheel on this kind of machine's disk: `pip install
+# torch==2.13.0`; a plain `torch` would pull a multi-GB CUDA build) and the
+# libraries MuseTalk and GLM-4-Voice run on, for their tests on tiny random
+# models. `make test` only: the default install and `make run` stay torch-free.
+TORCH_TESTS := $(VENV)/.torch-tests
+$(TORCH_TESTS): $(INSTALLED)
+	$(BIN)/python -m pip install -c requirements.lock torch==2.13.0 transformers==5.24.0 diffusers==0.42.1
+	touch $@
+
 # Downloads and verifies the models (seconds when they are already there).
 weights: install
 	$(BIN)/videochat weights
@@ -48,7 +57,7 @@ run: calibrate
 chromium:
 	command -v chromium || (apt-get update && apt-get install -y chromium)
 
-test: install calibrate chromium
+test: install $(TORCH_TESTS) calibrate chromium
 	$(BIN)/python -m pytest -m "not browser and not docker" -q
 	@unshare -n true 2>/dev/null || { \
 		echo "error: 'unshare -n' is not permitted here: the browser tests must run in a" >&2; \

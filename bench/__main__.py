@@ -948,6 +948,9 @@ def main() -> None:
         "--sessions", nargs="+", type=int, default=[1, 2], help="concurrent sessions per scenario"
     )
     parser.add_argument("--quick", action="store_true", help="1 prompt per language (smoke test)")
+    parser.add_argument(
+        "--voice", default=None, help="the voice every session asks for (default: the server's)"
+    )
     parser.add_argument("--no-lipsync", dest="lipsync", action="store_false")
     parser.add_argument("--no-encoder", dest="encoder", action="store_false")
     parser.add_argument(
@@ -960,6 +963,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.command is None:
         args.command = "python -m bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
+    Client.default_voice = args.voice
     asyncio.run(main_async(args))
 
 

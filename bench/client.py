@@ -137,14 +137,19 @@ class Received:
 
 
 class Client:
+    # The voice every client asks for when none is given (`python -m bench --voice`).
+    default_voice: str | None = None
+
     def __init__(
         self,
         base_url: str,
         lang: str = "auto",
         avatar: str | None = None,
         token: str | None = None,
+        voice: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.voice = voice or self.default_voice
         self.lang = lang
         self.avatar = avatar
         # A minted session's token (POST /api/sessions); else the server's own
@@ -184,6 +189,8 @@ class Client:
         body: dict[str, Any] = {"sdp": pc.localDescription.sdp, "type": "offer", "lang": self.lang}
         if self.avatar:
             body["avatar"] = self.avatar
+        if self.voice:
+            body["voice"] = self.voice
         if self.token:
             body["token"] = self.token
         async with httpx.AsyncClient(timeout=30) as http:

@@ -34,6 +34,7 @@ AUTO_DEFAULTS: dict[str, int | float] = {
     "tts.threads": 1,
     "tts.parallel_calls": 1,
     "avatar.idle_fps": 25.0,
+    "llm.first_token_timeout_s": 20.0,
 }
 
 
@@ -108,6 +109,10 @@ class ASRConfig(_Section):
     language: Lang = "auto"
     threads: int = 2
     beam_size: int = 1
+    # Where the model runs: "cpu", or a torch device such as "cuda:0" (funasr;
+    # faster-whisper here runs on the CPU). A CUDA device torch cannot see is
+    # refused at start-up, not silently replaced by the CPU.
+    device: str = "cpu"
 
 
 class LLMConfig(_Section):
@@ -115,6 +120,15 @@ class LLMConfig(_Section):
     model_file: str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
     base_url: str = ""
     model: str = "qwen2.5-1.5b"
+    # What serves base_url (backend "openai"), which decides whether openers
+    # work: "vllm" continues the opener when asked (continue_final_message),
+    # "llama.cpp" does so by itself, "openai" (any other server) cannot, so
+    # openers are off. "auto": asked once at start-up (GET base_url/models).
+    server: Literal["auto", "vllm", "llama.cpp", "openai"] = "auto"
+    connect_timeout_s: float = 5.0  # connecting to the LLM server (a failure: the fault line)
+    # A whole reply, first token to last (0 = no limit): past it the reply is cut
+    # and counts as a failure of the LLM, like first_token_timeout_s below.
+    reply_timeout_s: float = 60.0
     api_key: str = "none"
     threads: int | Auto = 1  # generation threads
     batch_threads: int | Auto = 1  # prompt-processing threads
@@ -135,7 +149,8 @@ class LLMConfig(_Section):
     # mid-reply while the LLM writes a long sentence. 0 = never.
     cut_when_queued_audio_below_s: float | Auto = 1.2
     # Pre-synthesized reply openings spoken at once; the LLM continues them
-    # (embedded backend only). Empty lists / {} = off.
+    # (embedded llama.cpp, or backend "openai" on a vLLM or llama.cpp server:
+    # see `server`). Empty lists / {} = off.
     use_openers: bool = True
     openers: dict[str, list[str]] = Field(default_factory=dict)
     # The opener is timed to end just before the reply's first piece (it waits
@@ -151,8 +166,9 @@ class LLMConfig(_Section):
     # long after its first piece is synthesized (a long reply on a slow
     # machine: pauses later rather than a long silence first).
     max_answer_hold_s: float = 2.0
-    # No first token after this long counts as a failure of the LLM (0 = wait).
-    first_token_timeout_s: float = 20.0
+    # No first token after this long counts as a failure of the LLM (0 = wait;
+    # auto: from the calibrated prompt rate, server/machine.py).
+    first_token_timeout_s: float | Auto = 20.0
     # Said (and shown) when the LLM is down, erroring or too slow.
     fault_lines: dict[str, str] = Field(
         default_factory=lambda: {
@@ -170,6 +186,9 @@ class TTSConfig(_Section):
     speed: float = 1.0
     threads: int | Auto = 1  # onnxruntime threads per call
     parallel_calls: int | Auto = 1  # TTS calls of one reply running at once
+    # Backends whose voices are offered beside `backend`'s (picked per session;
+    # models/tts/voices_router.py). One that cannot run here is left out, logged.
+    more_backends: list[str] = Field(default_factory=lambda: ["piper"])
     # gpt-sovits: its api_v2.py server, and where that process sees weights/voices/
     # ("": the same path as here, i.e. the same machine)
     base_url: str = "http://127.0.0.1:9880"
@@ -180,8 +199,27 @@ class S2SConfig(_Section):
     """An end-to-end speech-to-speech model in place of ASR + LLM + TTS."""
 
     backend: str = ""  # "": off; else a registered speech-to-speech backend (models/s2s/)
-    model: str = ""  # its model folder under weights/
+    model: str = ""  # its model folder under weights/ ("": glm-4-voice for glm-4-voice)
     voice: str = ""  # "": the backend's default
+    # glm-4-voice: its model server, "" = start ours (models/s2s/glm4voice_server.py)
+    # as a subprocess on 127.0.0.1; else the URL of one already running.
+    base_url: str = ""
+    device: str = "cuda"  # "cpu" runs it, very slowly
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    temperature: float = 0.2  # upstream web demo's defaults
+    top_p: float = 0.8
+    max_new_tokens: int = 2000
+    history_tokens: int = 6000  # the prompt's budget: oldest turns go first
+    timeout_s: float = 120.0  # a reply's deadline on the model server
+    start_timeout_s: float = 600.0  # loading the 9B model
+
+
+class MuseTalkConfig(_Section):
+    """The ``musetalk`` avatar backend (models/avatar/musetalk.py)."""
+
+    device: str = "cuda"  # "cuda", "cuda:1", ... or "cpu" (slow: tests and measurements)
+    batch_size: int = 0  # frames per batch of the one worker; 0: measured at start-up
+    max_batch_s: float = 0.2  # a measured batch size must finish within this
 
 
 class AvatarConfig(_Section):
@@ -190,6 +228,7 @@ class AvatarConfig(_Section):
     fps: int = 25
     idle_fps: float | Auto = 25.0  # pictures per second while the user has the turn
     size: int = 512
+    musetalk: MuseTalkConfig = Field(default_factory=MuseTalkConfig)
 
 
 class AvatarsConfig(_Section):

@@ -31,12 +31,15 @@ import tarfile
 import tempfile
 import time
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from models.speaker import DEFAULT_ENCODER, ENCODERS, l2_normalize
+from models.speaker import DEFAULT_ENCODER, ENCODERS, SpeakerEncoder, l2_normalize
+from models.speaker.speaker_count import HOP_S, WINDOW_S, SpeakerSplit, split_speakers, voiced
+from tools.voice_library import FRAME, SPEECH_PROB, speech_probabilities
 from tools.voice_match import (
     SENTENCES,
     MatchResult,
@@ -102,10 +105,10 @@ def read_wav(path: Path) -> np.ndarray:
 
 
 # ------------------------------------------------------- real human speech
-def fetch_librivox(cache: Path) -> list[Path]:
+def fetch_librivox(cache: Path, numbers: tuple[str, ...] = LIBRIVOX) -> list[Path]:
     """The LibriVox clips of Debian's pocketsphinx-testdata (BSD-2 package;
     the recordings are public domain), via ``apt-get download``."""
-    wanted = [cache / f"librivox_{n}.wav" for n in LIBRIVOX]
+    wanted = [cache / f"librivox_{n}.wav" for n in numbers]
     if all(p.is_file() for p in wanted):
         return wanted
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +118,7 @@ def fetch_librivox(cache: Path) -> list[Path]:
         deb = next(Path(tmp).glob("pocketsphinx-testdata_*.deb"))
         subprocess.run(["dpkg-deb", "-x", str(deb), "x"], cwd=tmp, check=True, timeout=120)
         folder = Path(tmp) / "x" / POCKETSPHINX_DIR
-        for n, dest in zip(LIBRIVOX, wanted, strict=True):
+        for n, dest in zip(numbers, wanted, strict=True):
             src = next(folder.glob(f"*{n}.wav"))
             shutil.copyfile(src, dest)
     return wanted
@@ -159,6 +162,131 @@ def real_targets(weights: Path) -> tuple[list[Target], list[str]]:
     except Exception as exc:
         notes.append(f"pysptk's arctic clip not used: {exc}")
     return targets, notes
+
+
+# ------------------------------------------------------ one speaker per clip
+SPEAKERS_HEADING = "### One speaker per clip"
+LIBRIVOX_ALL = ("0870", "0880", "0890", "0920", "0930")  # all of the reader's clips there
+ONE_LAYOUT = (("A", 0), ("A", 1))
+TWO_LAYOUTS = (  # who says which of the two sentences: A B, A A B, A B A
+    (("A", 0), ("B", 1)),
+    (("A", 0), ("A", 1), ("B", 0)),
+    (("A", 0), ("B", 1), ("A", 1)),
+)
+PAIRS_PER_KIND = 12
+
+
+@dataclass
+class SpeakerRow:
+    clip: str
+    kind: str  # "single", "two: man + woman", "two: same gender"
+    lang: str
+    split: SpeakerSplit
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """Sentences one after another, each at the same peak, with short pauses."""
+    pause = np.zeros(int(0.3 * 16_000), np.float32)
+    out = [pause]
+    for part in parts:
+        out += [part * np.float32(0.6 / max(float(np.abs(part).max()), 1e-6)), pause]
+    return np.concatenate(out)
+
+
+def _split(audio: np.ndarray, encoder: SpeakerEncoder) -> SpeakerSplit:
+    """What the voice library's check sees: Silero's speech frames, joined."""
+    speech = speech_probabilities(audio) >= SPEECH_PROB
+    return split_speakers(encoder, voiced(audio, speech, FRAME))
+
+
+def measure_speakers(
+    names: list[str],
+    speak: Callable[[str, int], np.ndarray],
+    reals: dict[str, np.ndarray],
+    encoder: SpeakerEncoder,
+    seed: int = 0,
+) -> list[SpeakerRow]:
+    """The split of single-speaker clips (each stock voice saying two
+    sentences; real human clips) and of two-speaker clips (two stock voices of
+    one language in turns: ``TWO_LAYOUTS``, ``PAIRS_PER_KIND`` random pairs of
+    a man and a woman and of the same gender). ``speak(name, i)``: stock voice
+    ``name`` saying sentence ``i`` (0 or 1), 16 kHz."""
+    rows = []
+    for name in names:
+        lang = "zh" if name.startswith("z") else "en"
+        clip = _joined([speak(name, i) for _, i in ONE_LAYOUT])
+        rows.append(SpeakerRow(name, "single", lang, _split(clip, encoder)))
+        print(f"  {name}: {rows[-1].split}", flush=True)
+    for label, audio in reals.items():
+        rows.append(SpeakerRow(label, "single (human)", "en", _split(audio, encoder)))
+        print(f"  {label}: {rows[-1].split}", flush=True)
+    rng = np.random.default_rng(seed)
+    for lang, prefixes in (("en", "ab"), ("zh", "z")):
+        voices = [n for n in names if n[0] in prefixes]
+        pairs = [(a, b) for a in voices for b in voices if a != b]
+        for kind, same in (("two: man + woman", False), ("two: same gender", True)):
+            chosen = [p for p in pairs if (p[0][1] == p[1][1]) == same]
+            picked = rng.choice(len(chosen), min(PAIRS_PER_KIND, len(chosen)), replace=False)
+            for a, b in (chosen[int(i)] for i in picked):
+                for turns in TWO_LAYOUTS:
+                    who = {"A": a, "B": b}
+                    clip = _joined([speak(who[w], i) for w, i in turns])
+                    label = " ".join(who[w] for w, _ in turns)
+                    rows.append(SpeakerRow(label, kind, lang, _split(clip, encoder)))
+        print(f"  two-speaker clips of {lang} measured", flush=True)
+    return rows
+
+
+def speakers_section(rows: list[SpeakerRow], encoder: str, note: str) -> str:
+    from models.speaker.speaker_count import MAX_SIMILARITY, MIN_SECOND_S, MIN_SHARE
+
+    lines = [
+        SPEAKERS_HEADING,
+        "",
+        f"{note} The check (models/speaker/speaker_count.py, encoder `{encoder}`): the "
+        f"clip's speech (Silero VAD frames) in {WINDOW_S:g} s windows every {HOP_S:g} s, "
+        "each embedded, split in two groups by spherical 2-means; two speakers when the "
+        f"groups' mean embeddings have a cosine similarity under {MAX_SIMILARITY:g} and "
+        f"the smaller group holds at least {MIN_SHARE:.0%} of the windows and "
+        f"{MIN_SECOND_S:g} s. Single-speaker clips: every stock voice saying the matcher's "
+        "two stock sentences (~6 s; Chinese for the z voices, English for the others), and real "
+        "human speech (the eval's LibriVox reader and CMU ARCTIC awb). Two-speaker "
+        "clips: two stock voices of one language taking turns (A B, A A B, A B A; one "
+        "sentence each, ~3 s), random pairs.",
+        "",
+        "| clips | n | refused as two speakers | group similarity: min / median / max |",
+        "|---|---|---|---|",
+    ]
+    kinds: dict[tuple[str, str], list[SpeakerSplit]] = {}
+    for r in rows:
+        kinds.setdefault((r.kind, r.lang), []).append(r.split)
+    for (kind, lang), splits in kinds.items():
+        sims = np.array([s.similarity for s in splits])
+        refused = sum(s.two_speakers for s in splits)
+        lines.append(
+            f"| {kind}, {lang} | {len(splits)} | {refused}/{len(splits)} "
+            f"({refused / len(splits):.0%}) | {sims.min():.3f} / {np.median(sims):.3f} / "
+            f"{sims.max():.3f} |"
+        )
+    single = [r.split.similarity for r in rows if r.kind.startswith("single")]
+    lines += [
+        "",
+        f"Lowest group similarity of a single speaker: {min(single):.3f} (the threshold "
+        f"{MAX_SIMILARITY:g} is below it).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def keep_speakers_section(old_doc: str, section_text: str) -> str:
+    """``section_text`` (the "Voice matching" section) with the one-speaker
+    sub-section of ``old_doc`` kept at its end: it is measured on its own
+    (``--speakers``)."""
+    start = old_doc.find(SPEAKERS_HEADING)
+    if start < 0 or SPEAKERS_HEADING in section_text:
+        return section_text
+    end = old_doc.find("\n## ", start)
+    kept = old_doc[start:] if end < 0 else old_doc[start : end + 1]
+    return section_text.rstrip("\n") + "\n\n" + kept.rstrip("\n") + "\n"
 
 
 # ----------------------------------------------------------------- encoders
@@ -406,9 +534,69 @@ def run(weights: Path, docs: Path, write: bool, budget: float, encoder: str | No
 
         path = docs / "benchmarks.md"
         doc = path.read_text() if path.is_file() else ""
-        path.write_text(splice_heading(doc, SECTION, text))
+        path.write_text(splice_heading(doc, SECTION, keep_speakers_section(doc, text)))
         print(f"wrote {path}")
     return 0
+
+
+def run_speakers(weights: Path, docs: Path, write: bool, encoder: str | None) -> int:
+    """``--speakers``: only the one-speaker check's figures (its sub-section)."""
+    from bench.__main__ import machine
+
+    started = time.monotonic()
+    voice = shared_voice(weights)
+    name = encoder or DEFAULT_ENCODER
+    enc = voice.encoder(name)
+
+    def speak(voice_name: str, i: int) -> np.ndarray:
+        lang = "zh" if voice_name.startswith("z") else "en"
+        return voice.speak_stock(voice_name, SENTENCES[lang][i], lang)
+
+    cache = weights / EVAL_AUDIO
+    cache.mkdir(parents=True, exist_ok=True)
+    reals: dict[str, np.ndarray] = {}
+    try:
+        books = [read_wav(p) for p in fetch_librivox(cache, LIBRIVOX_ALL)]
+        reals["LibriVox reader, 2 clips"] = np.concatenate(books[:2])
+        reals["LibriVox reader, 5 clips"] = np.concatenate(books)
+    except Exception as exc:
+        print(f"pocketsphinx-testdata not used: {exc}", flush=True)
+    try:
+        reals["CMU ARCTIC awb"] = read_wav(fetch_arctic(cache))
+    except Exception as exc:
+        print(f"pysptk's arctic clip not used: {exc}", flush=True)
+    rows = measure_speakers(sorted(voice.stock), speak, reals, enc)
+    minutes = (time.monotonic() - started) / 60
+    note = (
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine()} (CPU flags: {_cpu_flags()}) "
+        f"with `python -m evals.voices --speakers` ({minutes:.0f} min)."
+    )
+    text = speakers_section(rows, name, note)
+    print(text)
+    if write:
+        path = docs / "benchmarks.md"
+        doc = path.read_text() if path.is_file() else ""
+        if SECTION not in doc:
+            print(f"{path} has no {SECTION!r} section: run `videochat eval voices` first")
+            return 1
+        path.write_text(splice_speakers(doc, text))
+        print(f"wrote {path}")
+    return 0
+
+
+def splice_speakers(doc: str, text: str) -> str:
+    """``doc`` with the one-speaker sub-section of its "Voice matching"
+    section replaced by ``text`` (added at the section's end if it has none)."""
+    start = doc.index(SECTION)
+    end = doc.find("\n## ", start + len(SECTION))
+    section = doc[start:] if end < 0 else doc[start : end + 1]
+    if SPEAKERS_HEADING in section:  # to the next sub-section, or the section's end
+        a = section.index(SPEAKERS_HEADING)
+        b = section.find("\n### ", a + len(SPEAKERS_HEADING))
+        section = section[:a] + text + ("" if b < 0 else "\n" + section[b + 1 :])
+    else:
+        section = section.rstrip("\n") + "\n\n" + text
+    return doc[:start] + section + ("" if end < 0 else doc[end + 1 :])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -417,12 +605,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-doc", action="store_true")
     parser.add_argument("--budget", type=float, default=60.0, help="search seconds per target")
     parser.add_argument("--encoder", choices=ENCODERS, default=None)
+    parser.add_argument(
+        "--speakers", action="store_true", help="only the one-speaker check's figures"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.speakers:
+        return run_speakers(Path(args.weights), Path(args.docs), not args.no_doc, args.encoder)
     return run(Path(args.weights), Path(args.docs), not args.no_doc, args.budget, args.encoder)
 
 

@@ -37,6 +37,40 @@ class BackendUnavailable(RuntimeError):
     install or download."""
 
 
+# ------------------------------------------------------- What a backend needs
+# Declared next to each backend's code (a ``needs(config)`` classmethod that
+# returns ``BackendNeeds``) and read by ``videochat doctor`` (tools/doctor.py),
+# which checks them without loading any model.
+@dataclass(frozen=True)
+class PackageNeed:
+    """A Python package the backend imports."""
+
+    module: str  # the import name, e.g. "funasr"
+    install: str  # the command that installs it, e.g. "pip install funasr"
+    min_version: str = ""  # "": any version will do
+
+
+@dataclass(frozen=True)
+class WeightNeed:
+    """A weight file or folder, relative to the weights folder (``weights/``)."""
+
+    path: str  # e.g. "musetalk/musetalkV15/unet.pth"; a folder's path ends with "/"
+    # A lower bound on its size (a folder: its files together) that a truncated
+    # download or a Git LFS pointer fails; not an exact size. 0: any size.
+    min_bytes: int
+    fetch: str  # the upstream command that gets it (printed, never run)
+
+
+@dataclass(frozen=True)
+class BackendNeeds:
+    packages: tuple[PackageNeed, ...] = ()
+    weights: tuple[WeightNeed, ...] = ()
+    cuda: bool = False  # needs a CUDA GPU
+    gpu_memory_gb: float = 0.0  # GPU memory it takes (one process, fp16), roughly
+    # Something else it needs that no check here can see (a server, internet).
+    external: str = ""
+
+
 def mono_float32(audio: np.ndarray) -> np.ndarray:
     """Audio as contiguous 1-D float32 in [-1, 1] (int16 PCM is scaled)."""
     audio = np.asarray(audio)
@@ -259,6 +293,10 @@ class SpeechConversation(ABC):
 class SpeechToSpeech(ABC):
     """An end-to-end model (GLM-4-Voice, ...) that takes the place of ASR, LLM
     and TTS: audio or text in, text and speech out."""
+
+    # Whether its replies include what it heard the user say (``TextDelta``
+    # role "user"); if not, the pipeline runs the local ASR for the subtitles.
+    transcribes_user: bool = True
 
     @classmethod
     def from_config(cls, config: S2SConfig, weights_dir: Path) -> SpeechToSpeech:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,9 +96,53 @@ class TTSCost:
     fixed_s: float
     per_audio_s: float
     chars_per_audio_s: float  # how fast the voice speaks this language's text
+    # The same call in the voices of each of ``tts.more_backends`` that speaks
+    # this language (Piper), measured alongside: a session in such a voice is
+    # planned with these. Empty in caches written before they were measured.
+    more_backends: dict[str, TTSCost] = field(default_factory=dict)
 
     def seconds(self, audio_s: float) -> float:
         return self.fixed_s + self.per_audio_s * audio_s
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TTSCost:
+        more = data.get("more_backends") or {}
+        return cls(
+            fixed_s=data["fixed_s"],
+            per_audio_s=data["per_audio_s"],
+            chars_per_audio_s=data["chars_per_audio_s"],
+            more_backends={name: cls.from_dict(cost) for name, cost in more.items()},
+        )
+
+
+class OthersCPU:
+    """Measures how much of the machine's CPU other programs use between
+    ``start()`` and ``share()``: the machine's busy time (/proc/stat) less this
+    process's own (its threads and children). 0 where /proc is not there."""
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        except OSError:
+            return None
+        ticks = [int(x) for x in fields]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        hz = os.sysconf("SC_CLK_TCK")
+        own = os.times()
+        mine = own.user + own.system + own.children_user + own.children_system
+        return (sum(ticks) - idle) / hz, time.monotonic(), mine
+
+    def share(self) -> float:
+        end = self._sample()
+        if self._start is None or end is None:
+            return 0.0
+        busy, wall, mine = (b - a for a, b in zip(self._start, end, strict=True))
+        cores = os.cpu_count() or 1
+        return round(min(max((busy - mine) / max(wall * cores, 1e-6), 0.0), 1.0), 3)
 
 
 @dataclass
@@ -117,6 +162,9 @@ class Calibration:
     encode_ms: float  # one VP8 frame as aiortc encodes it
     seconds: float = 0.0  # how long calibrating took
     created: float = field(default_factory=time.time)
+    # Share of the machine's CPU that other programs used while it was measured:
+    # a busy machine measures slow (seen: 1.2 against 10.9 tok/s on 2 threads).
+    others_cpu_share: float = 0.0
 
     @property
     def media_cores(self) -> float:
@@ -133,7 +181,7 @@ class Calibration:
             asr_s=data["asr_s"],
             llm={k: LLMRates(**v) for k, v in data["llm"].items()},
             tts={
-                lang: {k: TTSCost(**v) for k, v in by_threads.items()}
+                lang: {k: TTSCost.from_dict(v) for k, v in by_threads.items()}
                 for lang, by_threads in data["tts"].items()
             },
             tokens_per_char=data["tokens_per_char"],
@@ -141,6 +189,7 @@ class Calibration:
             encode_ms=data["encode_ms"],
             seconds=data.get("seconds", 0.0),
             created=data.get("created", 0.0),
+            others_cpu_share=data.get("others_cpu_share", 0.0),
         )
 
 
@@ -153,28 +202,58 @@ def _median_time(fn: Callable[[], Any], runs: int) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
+def more_tts_text(tts: dict[str, dict[str, TTSCost]]) -> str:
+    """The costs of the other backends' voices, for the calibration paragraph
+    ("Piper (en) 0.05 s per call + 0.08 s per s of audio"); "" if none."""
+    parts = []
+    for lang, by_threads in tts.items():
+        one = by_threads.get("1")
+        for name, cost in (one.more_backends if one else {}).items():
+            parts.append(
+                f"{name.capitalize()} ({lang}) {cost.fixed_s:.2f} s per call + "
+                f"{cost.per_audio_s:.2f} s per s of audio"
+            )
+    return "; ".join(parts)
+
+
 # -------------------------------------------------------------------- stages
 def measure_tts(
     tts: SpeechSynthesizer, langs: Sequence[str] = ("en", "zh"), runs: int = 2
 ) -> dict[str, TTSCost]:
     """Fixed cost per call and cost per second of audio: a least-squares line
     through the median times of three sentences of different lengths (the
-    first call of each language is a warm-up)."""
+    first call of each language is a warm-up). ``tts`` routing between
+    backends (models/tts/voices_router.py): the primary's configured voices,
+    and each other backend in the languages it speaks under ``more_backends``."""
+    from models.tts.voices_router import VoicesRouter, speaks
+
+    primary = tts.primary if isinstance(tts, VoicesRouter) else tts
+    more = tts.more if isinstance(tts, VoicesRouter) else {}
     costs: dict[str, TTSCost] = {}
     for lang in langs:
-        tts.synthesize(SHORT[lang], lang)
-        points = []
-        for text in (SHORT[lang], MID[lang], LONG[lang]):
-            seconds, speech = _median_time(partial(tts.synthesize, text, lang), runs)
-            points.append((speech.audio.size / speech.sample_rate, seconds))
-        audio, seconds = np.array(points).T
-        per_audio, fixed = np.polyfit(audio, seconds, 1)
-        costs[lang] = TTSCost(
-            round(max(0.0, float(fixed)), 3),
-            round(max(0.0, float(per_audio)), 3),
-            round(len(LONG[lang]) / float(audio[-1]), 2),
-        )
+        if not speaks(primary, lang):  # Piper alone: English only
+            log.info("TTS %s does not speak %s: not measured", type(primary).__name__, lang)
+            continue
+        costs[lang] = _measure_one(primary, lang, runs)
+        for name, other in more.items():
+            if speaks(other, lang):
+                costs[lang].more_backends[name] = _measure_one(other, lang, runs)
     return costs
+
+
+def _measure_one(tts: SpeechSynthesizer, lang: str, runs: int) -> TTSCost:
+    tts.synthesize(SHORT[lang], lang)
+    points = []
+    for text in (SHORT[lang], MID[lang], LONG[lang]):
+        seconds, speech = _median_time(partial(tts.synthesize, text, lang), runs)
+        points.append((speech.audio.size / speech.sample_rate, seconds))
+    audio, seconds = np.array(points).T
+    per_audio, fixed = np.polyfit(audio, seconds, 1)
+    return TTSCost(
+        round(max(0.0, float(fixed)), 3),
+        round(max(0.0, float(per_audio)), 3),
+        round(len(LONG[lang]) / float(audio[-1]), 2),
+    )
 
 
 def measure_asr(asr: SpeechRecognizer, tts: SpeechSynthesizer, runs: int = 2) -> float:

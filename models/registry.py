@@ -9,6 +9,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -78,6 +79,10 @@ class Engines:
     s2s: SpeechToSpeech | None = None
     openers: dict[str, list[Opener]] = field(default_factory=dict)  # by language
     fillers: dict[str, list[Opener]] = field(default_factory=dict)  # by language
+    # The same lines in the voices of tts.more_backends (Piper's: cheap to make
+    # at start-up), by voice, then language. Other chosen voices have none.
+    voice_openers: dict[str, dict[str, list[Opener]]] = field(default_factory=dict)
+    voice_fillers: dict[str, dict[str, list[Opener]]] = field(default_factory=dict)
     fault_lines: dict[str, Opener] = field(default_factory=dict)  # "the LLM is down", by language
     health: StageHealth = field(default_factory=StageHealth)
     # ASR and TTS calls of every session run here: two workers for two cores, so
@@ -109,13 +114,15 @@ async def load_engines(config: Config) -> Engines:
     message for one that cannot run here."""
     from models.asr import load_recognizer
     from models.avatar import load_avatar
-    from models.backends import check_backends
+    from models.backends import backend_class, check_backends
     from models.llm import load_chat_model
     from models.s2s import load_speech_to_speech
-    from models.tts import load_synthesizer
+    from models.tts import load_voices
     from models.vad import load_vad
 
     check_backends(config)
+    for name in config.tts.more_backends:  # unknown names refused before any model loads
+        backend_class("tts", name)
     weights = config.weights_path
     started = time.perf_counter()
     nice = config.inference_nice
@@ -127,8 +134,10 @@ async def load_engines(config: Config) -> Engines:
     # inherit the lower priority (models/threads.py).
     log.info("loading ASR (%s)", config.asr.backend)
     asr = await run_in_low_priority_thread(lambda: load_recognizer(config.asr, weights), nice)
-    log.info("loading TTS (%s)", config.tts.backend)
-    tts = await run_in_low_priority_thread(lambda: load_synthesizer(config.tts, weights), nice)
+    tts_names = dict.fromkeys([config.tts.backend, *config.tts.more_backends])
+    log.info("loading TTS (%s)", " + ".join(tts_names))
+    # The primary backend plus the voices of tts.more_backends that can run here.
+    tts = await run_in_low_priority_thread(lambda: load_voices(config.tts, weights), nice)
     log.info("loading avatar renderer (%s)", config.avatar.backend)
     avatar = await asyncio.to_thread(load_avatar, config.avatar, weights)
     if config.s2s.backend:
@@ -140,6 +149,8 @@ async def load_engines(config: Config) -> Engines:
         await s2s.start()
     openers: dict[str, list[Opener]] = {}
     fillers: dict[str, list[Opener]] = {}
+    voice_openers: dict[str, dict[str, list[Opener]]] = {}
+    voice_fillers: dict[str, dict[str, list[Opener]]] = {}
     if config.llm.use_openers and config.llm.openers and llm.supports_prefill:
         # Fillers are said before an opener, so they exist only with openers.
         openers, fillers = await run_in_low_priority_thread(
@@ -149,6 +160,15 @@ async def load_engines(config: Config) -> Engines:
             ),
             nice,
         )
+        for voice in other_backend_voices(tts):
+            voice_openers[voice] = await run_in_low_priority_thread(
+                partial(synthesize_openers, config.llm.openers, tts, "openers", voice, openers),
+                nice,
+            )
+            voice_fillers[voice] = await run_in_low_priority_thread(
+                partial(synthesize_openers, config.llm.fillers, tts, "fillers", voice, fillers),
+                nice,
+            )
     fault_lines = await run_in_low_priority_thread(
         lambda: synthesize_openers(
             {lang: [text] for lang, text in config.llm.fault_lines.items()}, tts, "fault lines"
@@ -167,16 +187,47 @@ async def load_engines(config: Config) -> Engines:
         s2s=s2s,
         openers=openers,
         fillers=fillers,
+        voice_openers=voice_openers,
+        voice_fillers=voice_fillers,
         fault_lines={lang: lines[0] for lang, lines in fault_lines.items() if lines},
     )
 
 
+def other_backend_voices(tts: SpeechSynthesizer) -> list[str]:
+    """The voices that a backend of tts.more_backends speaks."""
+    from models.tts.voices_router import voice_backend
+
+    return [v for v in tts.voices() if voice_backend(tts, v) is not None]
+
+
 def synthesize_openers(
-    texts: dict[str, list[str]], tts: SpeechSynthesizer, what: str = "openers"
+    texts: dict[str, list[str]],
+    tts: SpeechSynthesizer,
+    what: str = "openers",
+    voice: str | None = None,
+    default: dict[str, list[Opener]] | None = None,
 ) -> dict[str, list[Opener]]:
-    """Synthesize the configured openers (or fillers) once, in the default voices."""
+    """Synthesize the configured openers (or fillers) once, in the default
+    voices (or in ``voice``), in the languages the TTS speaks (Piper alone:
+    English only). A language ``voice``'s backend does not speak is spoken in
+    the default voice (as its replies are): ``default``'s lines are kept."""
+    from models.tts.voices_router import VoicesRouter, speaks
+
     openers: dict[str, list[Opener]] = {}
     for lang, items in texts.items():
-        openers[lang] = [Opener(text, lang, tts.synthesize(text, lang)) for text in items]
-    log.info("%s ready: %s", what, {lang: len(items) for lang, items in openers.items()})
+        if voice is not None and isinstance(tts, VoicesRouter):
+            if not speaks(tts.backend(tts.backend_of(voice)), lang):
+                if default and lang in default:
+                    openers[lang] = default[lang]
+                continue
+        if not speaks(tts, lang):
+            log.info("no %s %s: the TTS (%s) does not speak it", lang, what, type(tts).__name__)
+            continue
+        openers[lang] = [Opener(text, lang, tts.synthesize(text, lang, voice)) for text in items]
+    log.info(
+        "%s ready%s: %s",
+        what,
+        f" in the voice {voice}" if voice else "",
+        {lang: len(items) for lang, items in openers.items()},
+    )
     return openers

@@ -40,16 +40,24 @@ class Openers:
         self._last: str | None = None
 
     def pick(self, lang: str) -> Opener | None:
-        """An opener for this reply (not the last one said), or None where the
-        voice is not the one they were made with or the LLM cannot continue
-        a message."""
-        choices = self._engines.openers.get(lang, []) if self._voice is None else []
+        """An opener for this reply (not the last one said), or None where
+        none was made in this session's voice or the LLM cannot continue a
+        message."""
+        choices = self._lines(self._engines.openers, self._engines.voice_openers).get(lang, [])
         choices = [o for o in choices if o.text != self._last] or choices
         if not choices or not self._engines.llm.supports_prefill:
             return None
         opener = choices[self._rng.randrange(len(choices))]
         self._last = opener.text
         return opener
+
+    def _lines(
+        self, default: dict[str, list[Opener]], by_voice: dict[str, dict[str, list[Opener]]]
+    ) -> dict[str, list[Opener]]:
+        """The lines made in this session's voice: the default voice's, those
+        made for another backend's voice, or none (a voice of the user's: its
+        lines would cost a TTS call each at start-up)."""
+        return default if self._voice is None else by_voice.get(self._voice, {})
 
     async def say(self, turn: Turn, opener: Opener, say_line: SayLine) -> None:
         """Say the opener so that it ends a comma's pause before the answer
@@ -101,7 +109,9 @@ class Openers:
         """A filler when the answer is expected more than
         ``llm.filler_when_silence_ahead_s`` after the opener would end."""
         ahead = self._config.llm.filler_when_silence_ahead_s
-        choices = self._engines.fillers.get(opener.lang, [])
+        choices = self._lines(self._engines.fillers, self._engines.voice_fillers).get(
+            opener.lang, []
+        )
         if not ahead or not choices or turn.reply_ready.is_set():
             return None
         wait = self._expected_answer(turn) - self._time.now()

@@ -13,14 +13,22 @@ Predictions are corrected as replies go: the ratio of measured to predicted
 synthesis time (other sessions, other programs) and the usual reply length are
 learnt process-wide, since they are properties of the machine and its load,
 not of one conversation.
+
+A session whose voice another backend speaks (Piper's ``joe``, from
+``tts.more_backends``) is planned with that backend's calibrated costs in the
+languages it speaks (the primary's in the others): ``for_backend`` gives a
+planner per such backend, made once and learning on its own.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
-from models.calibration import Calibration
+from models.calibration import Calibration, TTSCost
+
+log = logging.getLogger(__name__)
 
 # Above this fixed cost per TTS call, waiting pieces are merged into one call.
 MERGE_WHEN_FIXED_ABOVE_S = 0.6
@@ -42,19 +50,35 @@ class ReplyCosts:
     tokens_per_char: dict[str, float]
     gen_tok_s: float
     parallel_calls: int = 1
+    # The same costs for sessions in a voice of another backend (by its name),
+    # with that backend's TTS figures where it was calibrated.
+    more_backends: dict[str, ReplyCosts] = field(default_factory=dict)
 
     @classmethod
     def from_calibration(
         cls, cal: Calibration, tts_threads: int = 1, llm_threads: int = 1, parallel_calls: int = 1
     ) -> ReplyCosts:
-        tts = {lang: by[str(tts_threads)] for lang, by in cal.tts.items()}
+        # A language the TTS does not speak (Piper alone: Chinese) was not measured.
+        tts = {lang: by[str(tts_threads)] for lang, by in cal.tts.items() if by}
         llm = cal.llm.get(str(llm_threads)) or next(iter(cal.llm.values()))
+        costs = cls._with_tts(tts, cal, llm.gen_tok_s, parallel_calls)
+        for name in dict.fromkeys(n for c in tts.values() for n in c.more_backends):
+            # The other backend's figures in the languages it speaks, the
+            # primary's in the rest (its text in them goes to the primary).
+            theirs = {lang: c.more_backends.get(name, c) for lang, c in tts.items()}
+            costs.more_backends[name] = cls._with_tts(theirs, cal, llm.gen_tok_s, parallel_calls)
+        return costs
+
+    @classmethod
+    def _with_tts(
+        cls, tts: dict[str, TTSCost], cal: Calibration, gen_tok_s: float, parallel_calls: int
+    ) -> ReplyCosts:
         return cls(
             tts_fixed_s={lang: c.fixed_s for lang, c in tts.items()},
             tts_per_audio_s={lang: c.per_audio_s for lang, c in tts.items()},
             chars_per_audio_s={lang: c.chars_per_audio_s for lang, c in tts.items()},
             tokens_per_char=dict(cal.tokens_per_char),
-            gen_tok_s=llm.gen_tok_s,
+            gen_tok_s=gen_tok_s,
             parallel_calls=parallel_calls,
         )
 
@@ -103,6 +127,8 @@ class ReplyPlanner:
     first_token_lag_s: float = 0.0
     reply_chars: dict[str, float] = field(default_factory=lambda: {"en": 110.0, "zh": 40.0})
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # The planners of sessions in another backend's voice, by backend name.
+    _by_backend: dict[str, ReplyPlanner] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # What the estimates use: the calibration, or a fast machine's figures.
@@ -115,6 +141,38 @@ class ReplyPlanner:
         """Without a calibration (scripted models in tests, a server given its
         models): every piece is spoken as soon as it is synthesized."""
         return cls(None)
+
+    def for_backend(self, backend: str | None) -> ReplyPlanner:
+        """The planner for a session whose voice ``backend`` speaks (None: the
+        primary TTS, this planner). Made once per backend from its calibrated
+        costs, starting from what this one has learnt of the LLM and the
+        replies; its TTS slowdown and answer lags are its own. A backend the
+        calibration did not measure (a cache from before it was added) is
+        planned with the primary's costs, which are higher, so replies start
+        later than they could but do not stall."""
+        if backend is None or self.costs is None:
+            return self
+        with self._lock:
+            known = self._by_backend.get(backend)
+            if known is not None:
+                return known
+            costs = self.costs.more_backends.get(backend)
+            if costs is None:
+                log.warning(
+                    "no calibrated TTS costs for %r: its voices are planned with the primary's "
+                    "(`videochat calibrate --force` measures them)",
+                    backend,
+                )
+                self._by_backend[backend] = self
+                return self
+            planner = ReplyPlanner(
+                costs,
+                writing_slowdown=self.writing_slowdown,
+                first_token_lag_s=self.first_token_lag_s,
+                reply_chars=dict(self.reply_chars),
+            )
+            self._by_backend[backend] = planner
+            return planner
 
     # ------------------------------------------------------------ estimates
     def audio_seconds(self, chars: float, lang: str) -> float:

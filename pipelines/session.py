@@ -31,6 +31,7 @@ import numpy as np
 
 from core.config import Config
 from models.registry import Engines
+from models.tts.voices_router import voice_backend
 from models.vad.turn import TurnDetector
 from pipelines.clock import MediaClock
 from pipelines.events import (
@@ -93,7 +94,10 @@ class Session:
         self.id = session_id or self.new_id()
         # Process-wide (it learns the machine's load); without one (tests with
         # scripted models) every piece is spoken as soon as it is synthesized.
-        self.planner = planner or ReplyPlanner.immediate()
+        # A voice another TTS backend speaks (Piper's) is planned with its costs.
+        self.planner = (planner or ReplyPlanner.immediate()).for_backend(
+            voice_backend(engines.tts, voice) if engines.s2s is None else None
+        )
         self.on_turn_end = on_turn_end  # e.g. metrics; called once per finished turn
         self.engines = engines
         self.config = config

@@ -9,6 +9,11 @@ reply text leads its audio: the text that came before a speech chunk is shown
 with that chunk (cut at a whole word), and more audio with no new text goes
 on the same piece. A barge-in cancels the reply and tells the conversation
 what was played (``cancel(heard=...)``), which is all it keeps.
+
+The user's words on the page come from the model when it says what it heard
+(user ``TextDelta``s); a model that does not (``transcribes_user = False`` on
+the backend, e.g. GLM-4-Voice) has the session's local ASR transcribe the
+utterance in a worker thread while the model answers.
 """
 
 from __future__ import annotations
@@ -20,14 +25,14 @@ from collections.abc import Callable
 import numpy as np
 
 from core.lang import detect_lang
-from models.base import AvatarStream, SpeechToSpeech, TextDelta
+from models.base import AvatarStream, SpeechToSpeech, TextDelta, Transcript
 from models.registry import Engines
 from pipelines.events import BotTextEvent, ErrorEvent, Mark, Stage, UserTextEvent
 from pipelines.history import ChatHistory
 from pipelines.reply import ReplySpeaker
 from pipelines.splitter import CLAUSE_END
 from pipelines.timebase import TimeSource
-from pipelines.transcription import UtteranceStream
+from pipelines.transcription import UtteranceStream, transcribe_whole
 from pipelines.turn import Turn
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,8 @@ class SpeechToSpeechTurns:
         self._finish = finish  # the session ends the turn
         self._session_id = session_id
         self._lang = lang  # "en", "zh" or "auto"
+        # False: the model answers without saying what it heard (ASR runs beside it).
+        self._model_transcribes = model.transcribes_user
         self.conversation = model.new_conversation(
             system_prompt=history.system_prompt,
             voice=voice,
@@ -116,10 +123,15 @@ class SpeechToSpeechTurns:
             user = text
             self._user_said(turn, text, typed=True)
         self._answering, self._task = turn, asyncio.current_task()
+        transcript = None
+        if audio is not None and not self._model_transcribes:
+            transcript = asyncio.ensure_future(self._transcribe(audio))
         try:
-            await self._respond(turn, user, typed=audio is None)
+            await self._respond(turn, user, typed=audio is None, transcript=transcript)
             self._engines.health.ok(Stage.S2S)
         except asyncio.CancelledError:
+            if transcript is not None:
+                transcript.cancel()
             raise
         except Exception as exc:
             log.exception("session %s turn %d: the reply failed", self._session_id, turn.index)
@@ -132,8 +144,31 @@ class SpeechToSpeechTurns:
         if not turn.pieces:
             self._finish(turn)
 
-    async def _respond(self, turn: Turn, user: np.ndarray | str, typed: bool) -> None:
+    async def _transcribe(self, audio: np.ndarray) -> str:
+        """The utterance through the local ASR (for a model that does not
+        say what it heard); "" if that fails: the reply goes on without it."""
+        forced = None if self._lang == "auto" else self._lang
+        try:
+            transcript: Transcript = await self._time.run_in_thread(
+                self._engines.inference, transcribe_whole, self._engines.asr, audio, forced
+            )
+        except Exception:
+            log.exception("session %s: transcribing the utterance failed", self._session_id)
+            return ""
+        return transcript.text.strip()
+
+    async def _respond(
+        self,
+        turn: Turn,
+        user: np.ndarray | str,
+        typed: bool,
+        transcript: asyncio.Future[str] | None = None,
+    ) -> None:
+        """``transcript``: the local ASR's words for the utterance, when the
+        model does not say what it heard; shown once the reply has started
+        (at its end at the latest)."""
         heard: list[str] = []  # the user's words, as the model transcribes them
+        said = False  # the user's side of the turn is done
         pending = ""  # reply text not shown yet
         answering = False
         piece_open = False  # the last piece may get more audio
@@ -143,10 +178,11 @@ class SpeechToSpeechTurns:
                     heard.append(item.text)
                     self._emit(UserTextEvent(text="".join(heard).strip(), final=False))
                 continue
-            if not answering:
-                answering = True
-                if not typed:
-                    self._user_said(turn, "".join(heard).strip(), typed=False)
+            answering = True
+            if not typed and not said and (transcript is None or transcript.done()):
+                # The model's own words for it, or the ASR's once they are ready.
+                self._user_said(turn, await self._heard(heard, transcript), typed=False)
+                said = True
             if isinstance(item, TextDelta):
                 turn.mark(Mark.LLM_FIRST_TOKEN)
                 pending += item.text
@@ -163,12 +199,16 @@ class SpeechToSpeechTurns:
             part.continues = piece_open and not shown
             await self._speaker.push(turn, part, complete=False)
             piece_open = True
-        if not answering and not typed:
-            self._user_said(turn, "".join(heard).strip(), typed=False)
+        if not typed and not said:
+            self._user_said(turn, await self._heard(heard, transcript), typed=False)
         turn.mark(Mark.LLM_DONE)
         self._rest_of_text(turn, pending.strip())
         if piece_open:
             self._speaker.piece_complete(turn)
+
+    @staticmethod
+    async def _heard(heard: list[str], transcript: asyncio.Future[str] | None) -> str:
+        return (await transcript) if transcript is not None else "".join(heard).strip()
 
     def _user_said(self, turn: Turn, text: str, typed: bool) -> None:
         """The user's side of the turn: on the page (typed text is there

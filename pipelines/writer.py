@@ -51,7 +51,7 @@ class ReplyWriter:
             max_first_words=int(llm.first_piece_max_words),
             max_first_cjk=int(llm.first_piece_max_cjk),
         )
-        limit = llm.first_token_timeout_s
+        limit = float(llm.first_token_timeout_s)
         try:
             async with Timeout(self._time, limit or None) as waiting:
                 spoke = await self._stream(turn, messages, splitter, pieces, waiting)

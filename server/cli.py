@@ -1,4 +1,4 @@
-"""The `videochat` command: serve, weights, calibrate, avatar, voice, eval."""
+"""The `videochat` command: serve, weights, calibrate, doctor, avatar, voice, eval."""
 
 from __future__ import annotations
 
@@ -57,6 +57,13 @@ def _calibrate(args: argparse.Namespace) -> int:
 
         print(json.dumps({"calibration": cached.to_dict(), "plan": plan.to_dict()}, indent=1))
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from tools.doctor import run
+
+    config = _checked_config(args.config)
+    return run(config, args.config or "configs/cpu.yaml (default)", as_json=args.json)
 
 
 def _weights(args: argparse.Namespace) -> int:
@@ -240,6 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     calibrate.add_argument("--force", action="store_true", help="measure again even if cached")
     calibrate.add_argument("--json", action="store_true", help="also print the figures as JSON")
     calibrate.set_defaults(func=_calibrate)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="what every backend needs, what is here, and the command to get what is missing",
+    )
+    doctor.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    doctor.add_argument("--json", action="store_true", help="the report as JSON")
+    doctor.set_defaults(func=_doctor)
 
     weights = sub.add_parser("weights", help="assemble and verify the models into weights/")
     weights.add_argument("--config", dest="config", default=argparse.SUPPRESS)

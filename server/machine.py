@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import AUTO, Config
-from models.calibration import Calibration, CPUFacts, cpu_facts
+from models.calibration import Calibration, CPUFacts, cpu_facts, more_tts_text
 from pipelines.planner import PIECE_AUDIO_S, STALL_TOLERANCE_S
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,15 @@ SHORT_FIRST_PIECE_AUDIO_S = 1.2
 TWO_THREADS_PAY = 0.75
 # Above this TTS fixed cost per call, cutting pieces short costs more than it saves.
 CUT_EARLY_MAX_FIXED_S = 0.6
+# The first-token limit covers the longest prompt a turn processes uncached
+# (a slot primed again: persona and history, about this many tokens) at the
+# calibrated one-thread prompt rate, plus a margin, within these bounds.
+LONGEST_UNCACHED_PROMPT_TOKENS = 600
+FIRST_TOKEN_TIMEOUT_BOUNDS_S = (15.0, 60.0)
+
+# Other programs using more than this share of the CPU while calibrating make
+# its figures low, and the plan too cautious: said in the log and the summary.
+BUSY_SHARE = 0.15
 
 Progress = Callable[[float, str], None]
 
@@ -54,7 +63,13 @@ def cache_key(cpu: CPUFacts, config: Config) -> str:
         "cpu": [cpu.model, sorted(cpu.flags), cpu.cores],
         "asr": [config.asr.backend, config.asr.model],
         "llm": [config.llm.backend, config.llm.model_file, config.llm.base_url],
-        "tts": [config.tts.backend, config.tts.voice_en, config.tts.voice_zh, config.tts.speed],
+        "tts": [
+            config.tts.backend,
+            config.tts.voice_en,
+            config.tts.voice_zh,
+            config.tts.speed,
+            sorted(config.tts.more_backends),  # their voices are measured too
+        ],
         "avatar": [config.avatar.backend, config.avatar.size],
         "version": 1,
     }
@@ -100,9 +115,10 @@ def calibrate(config: Config, progress: Progress = _no_progress) -> Calibration:
 async def _calibrate(config: Config, progress: Progress) -> Calibration:
     from models import calibration as measure
     from models.asr import load_recognizer
-    from models.tts import load_synthesizer
+    from models.tts import load_voices
 
     started = time.perf_counter()
+    others = measure.OthersCPU()
     cpu = cpu_facts()
     weights = config.weights_path
     progress(0.02, "TTS, 1 thread")
@@ -110,11 +126,13 @@ async def _calibrate(config: Config, progress: Progress) -> Calibration:
     synthesizers = {}
     for step, threads in enumerate((1, 2)):
         tts_config = config.tts.model_copy(update={"threads": threads})
-        tts = await asyncio.to_thread(load_synthesizer, tts_config, weights)
+        # The primary and tts.more_backends: measure_tts times each (Piper beside Kokoro).
+        tts = await asyncio.to_thread(load_voices, tts_config, weights)
         synthesizers[threads] = tts
         for lang, cost in (await asyncio.to_thread(measure.measure_tts, tts)).items():
             tts_costs[lang][str(threads)] = cost
         progress(0.2 + 0.2 * step, f"TTS, {threads + 1} threads" if step == 0 else "ASR")
+    tts_costs = {lang: by for lang, by in tts_costs.items() if by}  # Piper alone: no zh
     tts = synthesizers[1]
     asr = await asyncio.to_thread(load_recognizer, config.asr, weights)
     asr_s = await asyncio.to_thread(measure.measure_asr, asr, tts)
@@ -127,12 +145,15 @@ async def _calibrate(config: Config, progress: Progress) -> Calibration:
         cpu=cpu,
         asr_s=asr_s,
         llm=llm_rates,
-        tts=tts_costs,  # type: ignore[arg-type]
+        tts=tts_costs,
         tokens_per_char=tokens_per_char,
         render_ms=render_ms,
         encode_ms=encode_ms,
         seconds=round(time.perf_counter() - started, 1),
+        others_cpu_share=others.share(),
     )
+    if calibration.others_cpu_share > BUSY_SHARE:
+        log.warning("%s", busy_note(calibration))
     _store(config, calibration)
     progress(1.0, "done")
     return calibration
@@ -215,6 +236,18 @@ def reply_cores(cal: Calibration, lang: str, tts_threads: str = "1") -> float:
     return cost.per_audio_s + cost.fixed_s / PIECE_AUDIO_S + llm
 
 
+def first_token_timeout(cal: Calibration) -> float:
+    """Seconds without a first token before the LLM counts as failed: long
+    enough for the slowest honest prompt on this machine (measured on a slow
+    one: 18 tok/s, so a primed-again slot takes over 30 s, past a fixed 20 s)."""
+    local = [rates.prompt_tok_s for key, rates in cal.llm.items() if key != "remote"]
+    if not local:  # a remote endpoint: its speed is not this machine's
+        return 20.0
+    low, high = FIRST_TOKEN_TIMEOUT_BOUNDS_S
+    seconds = LONGEST_UNCACHED_PROMPT_TOKENS / max(min(local), 1.0) + 5.0
+    return round(min(max(seconds, low), high), 1)
+
+
 def plan_for(cal: Calibration, config: Config) -> MachinePlan:
     usable = cal.cpu.cores * USABLE_SHARE
     media = cal.media_cores
@@ -275,6 +308,7 @@ def plan_for(cal: Calibration, config: Config) -> MachinePlan:
     short_first = (
         next_ready_s <= SHORT_FIRST_PIECE_AUDIO_S * max(realtime, 0.01) + STALL_TOLERANCE_S
     )
+    choices["llm.first_token_timeout_s"] = first_token_timeout(cal)
     choices["llm.first_piece_max_words"] = 4 if short_first else 0
     choices["llm.first_piece_max_cjk"] = 6 if short_first else 0
     for dotted, value in choices.items():
@@ -317,6 +351,9 @@ def describe(cal: Calibration, plan: MachinePlan) -> str:
         else f"{lang} {c['1'].fixed_s:.2f} + {c['1'].per_audio_s:.2f}"
         for lang, c in tts.items()
     )
+    more = more_tts_text(tts)
+    if more:
+        tts_text += f"; other voices: {more}"
     holds = (
         f"holds {plan.capacity} conversation{'s' if plan.capacity > 1 else ''} in real time"
         if plan.realtime_factor >= 1
@@ -324,6 +361,7 @@ def describe(cal: Calibration, plan: MachinePlan) -> str:
         "time (each reply starts once enough of it is synthesized)"
     )
     pinned = f"; pinned in the config: {plan.pinned}" if plan.pinned else ""
+    busy = f" {busy_note(cal)}" if cal.others_cpu_share > BUSY_SHARE else ""
     return (
         f"This machine: {cal.cpu.model}, {cal.cpu.cores} cores, {cal.cpu.kind} "
         f"({', '.join(cal.cpu.flags) or 'no SIMD flags read'}), {cal.cpu.memory_gib} GiB. "
@@ -331,6 +369,15 @@ def describe(cal: Calibration, plan: MachinePlan) -> str:
         f"{cal.render_ms:.1f} ms render + {cal.encode_ms:.1f} ms VP8 per frame "
         f"({plan.media_cores:.2f} cores per session). It {holds}; chosen: {plan.settings}"
         f"{pinned}. (Calibrated in {cal.seconds:.0f} s; `videochat calibrate --force` redoes it.)"
+        f"{busy}"
+    )
+
+
+def busy_note(cal: Calibration) -> str:
+    return (
+        f"Other programs used {cal.others_cpu_share:.0%} of the CPU while it was measured, so "
+        "these figures may be low and the plan cautious: run `videochat calibrate --force` "
+        "when the machine is idle."
     )
 
 

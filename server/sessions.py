@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import gc
 import logging
 import re
@@ -47,7 +48,7 @@ WATCH_EVERY_S = 0.5  # how often lifetimes are checked
 ENDED_FLUSH_S = 0.2  # lets the "ended" event leave before the peer closes
 WEBHOOK_TIMEOUT_S = 5.0
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
-
+Mode = Literal["cascade", "end-to-end"]
 
 
 class SessionOptions(BaseModel):
@@ -58,6 +59,9 @@ class SessionOptions(BaseModel):
     avatar: str | None = Field(None, max_length=64)
     voice: str | None = Field(None, max_length=64)
     lang: Literal["en", "zh", "auto"] = "auto"
+    # "end-to-end": the speech-to-speech model (s2s.backend) takes the turns;
+    # "cascade": ASR + LLM + TTS. None: end-to-end when s2s.backend is set.
+    mode: Mode | None = None
     system_prompt: str | None = Field(None, min_length=1, max_length=4000)
     greeting: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS)
     max_duration_s: float | None = Field(None, gt=0, le=86_400)
@@ -86,6 +90,7 @@ class Offer(BaseModel):
     avatar: str | None = Field(None, max_length=64)
     voice: str | None = Field(None, max_length=64)
     lang: Literal["en", "zh", "auto"] = "auto"
+    mode: Mode | None = None  # as in SessionOptions
 
 
 class Answer(BaseModel):
@@ -225,16 +230,32 @@ class SessionManager:
         log.info("session %s minted (lang=%s avatar=%s)", session_id, options.lang, options.avatar)
         return Minted(session_id=session_id, token=token, expires_at=expires)
 
+    def _end_to_end(self, options: SessionOptions) -> bool:
+        if options.mode is None:
+            return self.engines.s2s is not None
+        return options.mode == "end-to-end"
+
+    def _engines_for(self, options: SessionOptions) -> Engines:
+        """The models a session uses: a cascade session beside a configured
+        end-to-end model gets the same models without it."""
+        if self.engines.s2s is not None and not self._end_to_end(options):
+            return dataclasses.replace(self.engines, s2s=None)
+        return self.engines
+
     def _check_choices(self, options: SessionOptions) -> None:
+        if self._end_to_end(options) and self.engines.s2s is None:
+            raise HTTPException(
+                400, "mode 'end-to-end' needs a speech-to-speech model (s2s.backend in the config)"
+            )
         # An end-to-end model speaks in its own voices (the session's turns go to it).
-        speaker = self.engines.s2s or self.engines.tts
+        speaker = self._engines_for(options).s2s or self.engines.tts
         if options.voice and options.voice not in speaker.voices():
             raise HTTPException(400, f"unknown voice {options.voice!r}")
 
-    def _avatar_voice(self, avatar: str | None) -> str | None:
+    def _avatar_voice(self, avatar: str | None, options: SessionOptions) -> str | None:
         """The default voice the avatar's meta.json names, if the TTS has it
         (an end-to-end model speaks in its own voices: none)."""
-        if self.engines.s2s is not None:
+        if self._end_to_end(options):
             return None
         name = avatar or self.config.avatar.default
         info = read_info(self.config.weights_path / "avatars" / name)
@@ -267,7 +288,9 @@ class SessionManager:
             raise HTTPException(
                 401, f"an offer from {origin} needs a session token minted by POST /api/sessions"
             )
-        options = SessionOptions(avatar=offer.avatar, voice=offer.voice, lang=offer.lang)
+        options = SessionOptions(
+            avatar=offer.avatar, voice=offer.voice, lang=offer.lang, mode=offer.mode
+        )
         return None, options, new_session_token()
 
     async def open(self, offer: Offer, request: Request) -> Answer:
@@ -311,12 +334,12 @@ class SessionManager:
             await sync_with_disk(self.config, self.engines.avatar)  # added by the CLI?
         try:
             session = Session(
-                self.engines,
+                self._engines_for(options),
                 self.config,
                 session_id=session_id,
                 lang=options.lang,
                 avatar=options.avatar,
-                voice=options.voice or self._avatar_voice(options.avatar),
+                voice=options.voice or self._avatar_voice(options.avatar, options),
                 system_prompt=options.system_prompt,
                 greeting=options.greeting,
                 on_turn_end=lambda turn: self._turn_ended(live, turn),

@@ -44,6 +44,8 @@ router = APIRouter()
 # sessions share the cores. Samples likewise, one synthesis at a time.
 _ADD_LOCK = threading.Lock()
 _SAMPLE_LOCK = threading.Lock()
+# What the listing shows of another backend's voice, beside name, lang, sample.
+DESCRIBED = ("gender", "description", "backend")
 
 
 def _jobs(request: Request) -> JobTable:
@@ -65,9 +67,19 @@ def _sample_url(name: str) -> str:
     return f"/api/voices/{name}/sample"
 
 
-def _voice_lang(name: str, users: dict[str, VoiceInfo]) -> str | None:
+def _described(tts: Any, name: str) -> dict[str, Any] | None:
+    """What another TTS backend says of its voice (Piper's ``joe``: its
+    languages, gender, a description), or None."""
+    describe = getattr(tts, "describe_voice", None)
+    return describe(name) if describe is not None else None
+
+
+def _voice_lang(name: str, users: dict[str, VoiceInfo], tts: Any = None) -> str | None:
     user = users.get(name)
-    return user.lang if user is not None else stock_lang(name)
+    if user is not None:
+        return user.lang
+    described = _described(tts, name)
+    return described["langs"][0] if described else stock_lang(name)
 
 
 def _catalogue(request: Request) -> tuple[list[str], dict[str, VoiceInfo]]:
@@ -85,7 +97,15 @@ async def get_voices(request: Request) -> dict[str, Any]:
     names, users = await asyncio.to_thread(_catalogue, request)
     tts_config = request.app.state.manager.config.tts
     stock: dict[str, list[dict[str, Any]]] = {lang: [] for lang in LANGS}
+    tts = request.app.state.manager.engines.tts
     for name in names:
+        described = _described(tts, name)
+        if described is not None:  # another backend's voice, listed under each of its languages
+            for lang in described["langs"]:
+                if lang in stock:
+                    entry = {"name": name, "lang": lang, "sample": _sample_url(name)}
+                    stock[lang].append({**entry, **{k: described[k] for k in DESCRIBED}})
+            continue
         lang = stock_lang(name)
         if name not in users and lang in stock:
             stock[lang].append({"name": name, "lang": lang, "sample": _sample_url(name)})
@@ -110,9 +130,9 @@ async def get_sample(name: str, request: Request) -> FileResponse:
     names, users = await asyncio.to_thread(_catalogue, request)
     if name not in names:
         raise HTTPException(404, f"no voice {name!r}")
-    lang = _voice_lang(name, users) or "en"
-    path = sample_path(_weights(request), name, users.get(name))
     tts = request.app.state.manager.engines.tts
+    lang = _voice_lang(name, users, tts) or "en"
+    path = sample_path(_weights(request), name, users.get(name))
 
     def make() -> None:
         with _SAMPLE_LOCK:

@@ -526,7 +526,11 @@
         if (!stock.length) continue;
         const group = document.createElement('optgroup');
         group.label = label;
-        for (const v of stock) group.append(new Option(v.name, v.name));
+        for (const v of stock) {
+          // Another backend's voice (Piper's "joe") says what it is.
+          const about = [v.gender, v.description].filter(Boolean).join(', ');
+          group.append(new Option(about ? `${v.name} (${about})` : v.name, v.name));
+        }
         options.push(group);
       }
     }

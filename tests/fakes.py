@@ -430,3 +430,58 @@ def served(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+# ------------------------------------------- an OpenAI-compatible LLM server
+def openai_server_app(state: dict[str, Any]) -> Any:
+    """A FastAPI app speaking the OpenAI chat-completions protocol as vLLM
+    serves it: ``GET /v1/models`` lists ``state["models"]`` owned by
+    ``state["owned_by"]`` (vLLM's ModelCard says "vllm", llama.cpp's server
+    "llamacpp"); ``POST /v1/chat/completions`` records each JSON body in
+    ``state["requests"]`` and streams ``state["reply"]`` word by word as SSE
+    chunks, after ``state["first_delay_s"]`` and ``state["word_delay_s"]``
+    between words (a stalled or slow server)."""
+    import json
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import StreamingResponse
+
+    state.setdefault("requests", [])
+    app = FastAPI()
+
+    async def models() -> dict[str, Any]:
+        listed = state.get("models", ["qwen"])
+        owner = state.get("owned_by", "vllm")
+        return {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "owned_by": owner} for m in listed],
+        }
+
+    async def chat(request: Request) -> StreamingResponse:
+        body = await request.json()
+        state["requests"].append(body)
+
+        async def chunks() -> AsyncIterator[str]:
+            await asyncio.sleep(state.get("first_delay_s", 0.0))
+            for i, word in enumerate(state.get("reply", "Hello there.").split(" ")):
+                if i:
+                    await asyncio.sleep(state.get("word_delay_s", 0.0))
+                delta = {"content": (" " if i else "") + word}
+                chunk = {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": body.get("model", ""),
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                }
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    # This module's annotations are strings (__future__) and these classes are local.
+    models.__annotations__ = {"return": dict}
+    chat.__annotations__ = {"request": Request, "return": StreamingResponse}
+    app.get("/v1/models")(models)
+    app.post("/v1/chat/completions")(chat)
+    return app

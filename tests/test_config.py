@@ -73,8 +73,8 @@ def test_an_unknown_backend_stops_the_loaders_before_any_model_loads(tmp_path):
         load_chat_model(config.llm.model_copy(update={"backend": "nope"}), tmp_path)
     with pytest.raises(ConfigError, match="cosyvoice, edge-tts, gpt-sovits, kokoro"):
         load_synthesizer(config.tts.model_copy(update={"backend": "nope"}), tmp_path)
-    with pytest.raises(ConfigError, match=r"s2s\.backend: unknown backend 'glm-4-voice'"):
-        asyncio.run(load_engines(load_config(**{"s2s.backend": "glm-4-voice"})))
+    with pytest.raises(ConfigError, match=r"s2s\.backend: unknown backend 'moshi'"):
+        asyncio.run(load_engines(load_config(**{"s2s.backend": "moshi"})))
 
 
 def test_the_cli_refuses_an_unknown_backend_before_loading_models(monkeypatch, capsys):
@@ -82,3 +82,22 @@ def test_the_cli_refuses_an_unknown_backend_before_loading_models(monkeypatch, c
     assert main(["calibrate"]) == 2
     err = capsys.readouterr().err
     assert "asr.backend: unknown backend 'whisperx' (known here: faster-whisper, funasr)" in err
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_shipped_config_loads_with_registered_backends(path: Path):
+    from models.backends import check_backends
+
+    config = load_config(path)  # unknown keys or bad values would raise here
+    check_backends(config)
+
+
+def test_the_gpu_config_runs_its_stages_on_cuda_and_its_llm_on_vllm():
+    config = load_config(Path(__file__).parent.parent / "configs" / "gpu.yaml")
+    assert (config.asr.backend, config.asr.device) == ("funasr", "cuda:0")
+    assert (config.llm.backend, config.llm.server) == ("openai", "vllm")
+    assert config.llm.base_url == "http://127.0.0.1:8001/v1"
+    assert (config.tts.backend, config.avatar.backend) == ("cosyvoice", "musetalk")
+    assert isinstance(config.server.max_sessions, int) and config.server.max_sessions > 4

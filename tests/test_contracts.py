@@ -5,7 +5,8 @@ embedded llama.cpp, the photo avatar) run for real, the heavy ones loaded once
 per module. The others (FunASR, CosyVoice, edge-tts, GPT-SoVITS's api_v2 server, an
 OpenAI-compatible endpoint such as vLLM) run against fakes of their upstream
 modules with the upstream call signatures (tests/upstream_fakes.py), so our
-side of each call is checked; MuseTalk, not built yet, must refuse to load. A backend with no
+side of each call is checked; MuseTalk runs its real code on tiny random networks on the
+CPU (tests/test_musetalk.py, skipped without torch). A backend with no
 case here fails ``test_every_registered_backend_has_a_contract_case``.
 """
 
@@ -34,7 +35,6 @@ from models.base import (
     MEDIA_SAMPLE_RATE,
     SAMPLES_PER_VIDEO_FRAME,
     AvatarModel,
-    BackendUnavailable,
     ChatModel,
     Speech,
     SpeechConversation,
@@ -44,6 +44,12 @@ from models.base import (
     TextDelta,
     Transcript,
     VADModel,
+)
+from tests.test_glm4voice import (  # noqa: F401 - fixtures of the glm-4-voice case
+    glm4voice,
+    tiny_server,
+    tiny_weights,
+    upstream_modules,
 )
 from tests.upstream_fakes import (
     FakeCommunicate,
@@ -226,6 +232,16 @@ def kokoro() -> SpeechSynthesizer:
     return load_synthesizer(TTSConfig(backend="kokoro"), weights())
 
 
+@pytest.fixture(scope="module")
+def piper_tts() -> SpeechSynthesizer:
+    from models.tts import load_synthesizer
+
+    pytest.importorskip("piper", reason="piper-tts missing: `pip install piper-tts==1.8.0`")
+    if not (weights() / "piper" / "en_US-joe-medium.onnx").is_file():
+        pytest.skip("weights/piper missing: run `videochat weights`")
+    return load_synthesizer(TTSConfig(backend="piper"), weights())
+
+
 def embedded_llm() -> ChatModel:
     from models.llm import load_chat_model
 
@@ -243,6 +259,13 @@ def avatar(tmp_path: Path, name: str) -> AvatarModel:
 
     # An empty weights dir: the built-in astronaut, the default avatar.
     return load_avatar(AvatarConfig(backend=name, size=AVATAR_SIZE), tmp_path)
+
+
+def musetalk_tiny(tmp_path: Path) -> AvatarModel:
+    """MuseTalk on tiny random networks in the real weights layout, on the CPU."""
+    from tests.test_musetalk import tiny_model
+
+    return tiny_model(tmp_path, size=AVATAR_SIZE)  # type: ignore[no-any-return]
 
 
 # ------------------------------------- optional backends on upstream fakes
@@ -321,11 +344,13 @@ CASES: dict[str, dict[str, Callable[[pytest.FixtureRequest, Path], Any]]] = {
         "edge-tts": lambda request, tmp: request.getfixturevalue("edge_tts"),
         "cosyvoice": lambda request, tmp: request.getfixturevalue("cosyvoice"),
         "gpt-sovits": lambda request, tmp: request.getfixturevalue("gpt_sovits"),
+        "piper": lambda request, tmp: request.getfixturevalue("piper_tts"),
     },
-    "s2s": {},  # none built yet: FakeSpeechToSpeech below is checked instead
+    # GLM-4-Voice on tiny random models (tests/test_glm4voice.py; skipped without torch).
+    "s2s": {"glm-4-voice": lambda request, tmp: request.getfixturevalue("glm4voice")},
     "avatar": {
         "photo": lambda request, tmp: avatar(tmp, "photo"),
-        "musetalk": lambda request, tmp: avatar(tmp, "musetalk"),  # not built yet: refuses
+        "musetalk": lambda request, tmp: musetalk_tiny(tmp),
     },
 }
 
@@ -363,11 +388,13 @@ async def test_llm_contract(name: str, request: pytest.FixtureRequest, tmp_path:
 
 @pytest.mark.parametrize("name", backends.backend_names("avatar"))
 def test_avatar_contract(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    if name == "musetalk":  # not built yet: it refuses, saying what it will need
-        with pytest.raises(BackendUnavailable, match=r"not built yet.*GPU.*\[gpu\].*musetalk/"):
-            CASES["avatar"][name](request, tmp_path)
-        return
-    check_avatar(CASES["avatar"][name](request, tmp_path), AVATAR_SIZE)
+    model = CASES["avatar"][name](request, tmp_path)
+    try:
+        check_avatar(model, AVATAR_SIZE)
+    finally:
+        close = getattr(model, "close", None)  # musetalk: its worker thread
+        if callable(close):
+            close()
 
 
 def test_an_unknown_avatar_backend_is_refused_with_the_registered_ones() -> None:
@@ -513,6 +540,11 @@ class FakeSpeechToSpeech(SpeechToSpeech):
 
     def voices(self) -> list[str]:
         return ["fake"]
+
+
+@pytest.mark.parametrize("name", backends.backend_names("s2s"))
+async def test_s2s_contract(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    await check_speech_to_speech(CASES["s2s"][name](request, tmp_path))
 
 
 async def test_speech_to_speech_contract() -> None:

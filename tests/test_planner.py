@@ -7,6 +7,10 @@ scripted models, so the results do not depend on this machine's speed.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -14,11 +18,11 @@ import pytest
 
 from core.config import AUTO, Config, load_config
 from models.base import MEDIA_SAMPLE_RATE, Speech
-from models.calibration import Calibration, CPUFacts, LLMRates, TTSCost
+from models.calibration import Calibration, CPUFacts, LLMRates, OthersCPU, TTSCost
 from pipelines.clock import SentFrame
 from pipelines.planner import ReplyCosts, ReplyPlanner, ReplyProgress
 from pipelines.timebase import VirtualTime
-from server.machine import apply_plan, cache_key, load_cached, plan_for
+from server.machine import apply_plan, cache_key, describe, load_cached, plan_for
 from tests.fakes import ScriptedLLM, ToneTTS, fake_engines
 from tests.test_session import QUESTION_EN, make_session, speak, wait_until
 
@@ -69,6 +73,17 @@ def test_the_fast_machine_holds_two_conversations_the_slow_one_one():
     assert two["llm.first_piece_max_words"] == 0  # a sentence still takes longer
     assert fast.settings["llm.batch_threads"] == 1 and fast.settings["tts.parallel_calls"] == 1
     assert fast.settings["llm.nice"] == 10 and slow.settings["llm.nice"] == 0
+
+
+def test_the_first_token_limit_follows_the_prompt_rate():
+    config = yaml_config()
+    config.llm.first_token_timeout_s = AUTO
+    fast = plan_for(machine("fast"), config).settings["llm.first_token_timeout_s"]
+    slow = plan_for(machine("slow"), config).settings["llm.first_token_timeout_s"]
+    # A slow machine's longest uncached prompt takes longer: a later limit.
+    assert 15 <= fast < slow <= 60
+    config.llm.first_token_timeout_s = 12.0
+    assert plan_for(machine("slow"), config).pinned["llm.first_token_timeout_s"] == 12.0
 
 
 def test_pinned_settings_are_kept():
@@ -274,3 +289,63 @@ def test_the_answer_lag_is_learnt_per_language():
     assert planner.answer_lag("en") == 0.5  # an English reply is not slowed by Chinese ones
     planner.observe_answer_lag(0.8, "en")
     assert 0.5 < planner.answer_lag("en") < 0.8
+
+
+# ------------------------------------------------- a voice of another backend
+def slow_machine_with_piper(threads: tuple[str, ...] = ("1", "2")) -> Calibration:
+    """The slow machine, its Kokoro English measured beside Piper's (measured
+    there: 0.05 s per call, 0.08 s per second of audio)."""
+    cal = machine("slow")
+    for t in threads:
+        cal.tts["en"][t].more_backends["piper"] = TTSCost(0.05, 0.08, 14.8)
+    return cal
+
+
+def test_a_piper_voice_is_planned_with_piper_costs_in_english_only():
+    planner = ReplyPlanner(ReplyCosts.from_calibration(slow_machine_with_piper(), parallel_calls=2))
+    joe = planner.for_backend("piper")
+    assert joe is not planner and planner.for_backend("piper") is joe  # one per backend
+    assert planner.for_backend(None) is planner
+    assert joe.costs is not None and planner.costs is not None
+    assert joe.costs.tts_fixed_s == {"en": 0.05, "zh": 0.4}  # Chinese: Kokoro speaks it
+    assert joe.costs.tts_per_audio_s == {"en": 0.08, "zh": 1.01}
+    assert joe.costs.parallel_calls == 2
+    # Kokoro at 1.01 s per second of audio holds the answer back; Piper does not.
+    reply = ReplyProgress("en", written_chars=31, synthesized_chars=31, pending_pieces=0)
+    assert not planner.may_start(reply, buffered_audio_s=2.0)
+    assert joe.may_start(reply, buffered_audio_s=2.0)
+    assert not joe.merges("en")
+    assert joe.predicted_answer_lag("en") < planner.predicted_answer_lag("en")
+    # What it learns of the TTS is its own.
+    joe.observe_synthesis(31, "en", 5.0)
+    assert joe.slowdown > 1 and planner.slowdown == 1
+
+
+def test_a_backend_not_calibrated_is_planned_with_the_primary_costs(caplog):
+    planner = ReplyPlanner(ReplyCosts.from_calibration(machine("slow")))  # an older cache
+    with caplog.at_level("WARNING", logger="pipelines.planner"):
+        assert planner.for_backend("piper") is planner
+        assert planner.for_backend("piper") is planner
+    assert len([r for r in caplog.records if "calibrate --force" in r.getMessage()]) == 1
+    assert ReplyPlanner.immediate().for_backend("piper").costs is None
+
+
+def test_a_busy_machine_is_said_in_the_summary():
+    cal = machine("slow")
+    plan = plan_for(cal, yaml_config())
+    assert "Other programs" not in describe(cal, plan)
+    cal.others_cpu_share = 0.4
+    assert "Other programs used 40% of the CPU" in describe(cal, plan)
+    assert Calibration.from_dict(cal.to_dict()).others_cpu_share == 0.4
+
+
+def test_the_cpu_other_programs_use_is_measured():
+    others = OthersCPU()
+    # Another program spinning one core for a while (not yet reaped, so not
+    # this process's child time): at least a fifth of a 2-core machine.
+    spin = "import time\nend = time.time() + 0.8\nwhile time.time() < end: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin])
+    time.sleep(0.9)
+    share = others.share()
+    spinner.wait()
+    assert share >= 0.2 / max(1, (os.cpu_count() or 1) / 2)

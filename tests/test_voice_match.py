@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from models.speaker import SpeakerEncoder, l2_normalize
 from models.speaker.features import hz_to_mel, mel_filterbank, mel_to_hz, power_mel
+from models.speaker.speaker_count import MIN_SECOND_S, split_speakers, voiced
 from models.speaker.torch_legacy import MAGIC, load_legacy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,6 +94,66 @@ def test_sine_energy_in_its_band() -> None:
     assert energy[top].sum() > 0.95 * energy.sum()
 
 
+# ------------------------------------------------------ one speaker or two
+class SignEncoder(SpeakerEncoder):
+    """A stand-in encoder: a window's "voice" is the sign of its mean sample
+    (one of two orthogonal directions), plus a little noise."""
+
+    name = "sign"
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+
+    def embed(self, audio_16k: np.ndarray) -> np.ndarray:
+        v = 0.2 * self.rng.standard_normal(16)
+        v[0 if float(np.mean(audio_16k)) > 0 else 1] += 1.0
+        return l2_normalize(v)
+
+
+def _turns(*turns: tuple[float, float]) -> np.ndarray:
+    """Speech as (seconds, level) turns: the level's sign stands for the speaker."""
+    return np.concatenate([np.full(int(s * 16_000), lvl, np.float32) for s, lvl in turns])
+
+
+def test_two_speakers_split() -> None:
+    enc = SignEncoder()
+    split = split_speakers(enc, _turns((6.0, 0.1), (4.0, -0.1)))
+    assert split.two_speakers and split.similarity < 0.3
+    assert 0.3 < split.minor_share < 0.5 and 3.0 < split.minor_seconds < 5.0
+    # Taking turns, the second speaker in the middle.
+    assert split_speakers(enc, _turns((4.0, 0.1), (4.0, -0.1), (4.0, 0.1))).two_speakers
+
+
+def test_one_speaker_or_a_cough_is_not_two() -> None:
+    enc = SignEncoder()
+    one = split_speakers(enc, _turns((10.0, 0.1)))
+    assert not one.two_speakers and one.similarity > 0.8
+    cough = split_speakers(enc, _turns((9.0, 0.1), (1.0, -0.1)))
+    assert not cough.two_speakers and cough.minor_seconds < MIN_SECOND_S
+    assert split_speakers(enc, _turns((1.5, 0.1), (1.0, -0.1))).windows < 3  # too short to tell
+    assert not split_speakers(enc, _turns((1.5, 0.1), (1.0, -0.1))).two_speakers
+
+
+def test_voiced_joins_the_speech_frames() -> None:
+    audio = np.arange(10 * 4, dtype=np.float32)
+    flags = np.array([0, 1, 1, 0, 0, 1, 0, 0, 0, 0], bool)
+    assert voiced(audio, flags, 4).tolist() == [*range(4, 12), *range(20, 24)]
+
+
+def test_the_one_speaker_figures_survive_a_new_eval() -> None:
+    """docs/benchmarks.md: `--speakers` writes its sub-section into "Voice
+    matching"; a later `videochat eval voices` rewrites the section but keeps it."""
+    from evals.voices import SECTION, keep_speakers_section, splice_speakers
+
+    doc = f"# B\n\n{SECTION}\n\nold figures\n\n## Next\n\nmore\n"
+    once = splice_speakers(doc, "### One speaker per clip\n\nv1\n")
+    assert once.index("old figures") < once.index("v1") < once.index("## Next")
+    twice = splice_speakers(once, "### One speaker per clip\n\nv2\n")
+    assert "v1" not in twice and twice.count("### One speaker") == 1 and "## Next" in twice
+    rerun = keep_speakers_section(twice, f"{SECTION}\n\nnew figures\n")
+    assert "new figures" in rerun and "v2" in rerun and "old figures" not in rerun
+
+
 # ------------------------------------------------- encoders and the matcher
 @pytest.fixture(scope="module")
 def voice():
@@ -131,6 +194,44 @@ def test_match_held_out_voice(voice) -> None:
     assert result.similarity >= result.nearest_similarity
     assert result.style.shape == (510, 1, 256) and result.style.dtype == np.float32
     assert seen and seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)
+
+
+def test_stock_cache_key_names_the_front_end() -> None:
+    """A new front end gives every stock voice a new embedding: the cached
+    table must not be reused (and the stale one is dropped: same prefix)."""
+    from tools.voice_match import _cache_key
+
+    class Voice:
+        def __init__(self, front_end: str) -> None:
+            self.front_end = front_end
+            self.stock = {"af_x": np.ones((2, 1, 4), np.float32)}
+
+        def encoder(self, name: str) -> SimpleNamespace:
+            return SimpleNamespace(front_end=self.front_end)
+
+    old, new = (
+        _cache_key(Voice(fe), "voicefilter", "en", ["af_x"])  # type: ignore[arg-type]
+        for fe in ("wheel", "voicefilter")
+    )
+    assert old != new and old.rsplit("_", 1)[0] == new.rsplit("_", 1)[0]
+
+
+@pytest.mark.skipif(not HAVE_SPEAKER, reason="weights missing: run `videochat weights`")
+def test_voicefilter_front_ends() -> None:
+    from models.speaker.voicefilter import FRONT_ENDS, VoiceFilterEncoder
+
+    encoders = {fe: VoiceFilterEncoder.load(WEIGHTS / "speaker", 1, fe) for fe in FRONT_ENDS}
+    t = np.arange(32_000) / 16_000
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32)
+    # Centred (as librosa's STFT): one frame per hop; the wheel's: only whole windows.
+    assert len(encoders["voicefilter"].features(audio)) == 1 + 32_000 // 160
+    assert len(encoders["wheel"].features(audio)) == 1 + (32_000 - 512) // 160
+    a, b = (e.embed(audio) for e in encoders.values())
+    assert np.linalg.norm(a) == pytest.approx(1.0, abs=1e-4)
+    assert np.linalg.norm(b) == pytest.approx(1.0, abs=1e-4)
+    assert not np.allclose(a, b)
+    with pytest.raises(ValueError, match="unknown front end"):
+        VoiceFilterEncoder(object(), "nope")
 
 
 def test_match_rejects_unknown_lang() -> None:

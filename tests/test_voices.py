@@ -1,7 +1,8 @@
 """User voices: adding (decode, check, match), listing and removing them from the
 CLI and over REST, every bad input, Kokoro speaking with one, and sessions
 using one (given, or the avatar's default). The matching itself
-(tools/voice_match.py) is replaced by a stand-in of the same signature."""
+(tools/voice_match.py) is replaced by a stand-in of the same signature; the
+one-speaker check is the real one."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ from tools.voice_library import VoiceError, add_voice, list_voices, remove_voice
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 KOKORO = WEIGHTS / "kokoro"
 pytestmark = pytest.mark.skipif(
-    not (KOKORO / KOKORO_MODEL_FILE).is_file(), reason="weights/kokoro missing"
+    not (KOKORO / KOKORO_MODEL_FILE).is_file()
+    or not (WEIGHTS / "speaker" / "voicefilter_embedder.int8.onnx").is_file(),
+    reason="weights/kokoro or weights/speaker missing: run `videochat weights`",
 )
 API_KEY = "test-api-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -82,6 +85,7 @@ def weights(tmp_path: Path) -> Path:
     root = tmp_path / "weights"
     root.mkdir()
     (root / "kokoro").symlink_to(KOKORO)
+    (root / "speaker").symlink_to(WEIGHTS / "speaker")  # the one-speaker check's encoder
     return root
 
 
@@ -113,12 +117,20 @@ def clips(kokoro: KokoroSynthesizer, tmp_path_factory: pytest.TempPathFactory) -
         kokoro, "今天天气很好，我们一起去公园散步，然后在湖边喝一杯茶吧。", "zh", "zm_yunxi"
     )
     short = _speech(kokoro, "Hello there.", "en", "am_michael")
+    # A second, clearly different speaker (a woman after a man) in one clip.
+    her = _speech(
+        kokoro,
+        "Thank you, and now it is my turn to read a few lines of this old story aloud.",
+        "en",
+        "af_heart",
+    )
     rng = np.random.default_rng(7)
     out = {
         "en": _wav(d / "en.wav", np.concatenate([quiet, en, quiet])),
         "zh": _wav(d / "zh.wav", np.concatenate([quiet, zh, quiet])),
         "short": _wav(d / "short.wav", np.concatenate([quiet, short, quiet])),
         "long": _wav(d / "long.wav", np.concatenate([np.concatenate([en, quiet])] * 8)),
+        "two": _wav(d / "two.wav", np.concatenate([quiet, en, quiet, her, quiet])),
         "silence": _wav(d / "silence.wav", np.zeros(5 * SR, np.float32)),
         "noise": _wav(d / "noise.wav", (0.1 * rng.standard_normal(5 * SR)).astype(np.float32)),
         "text": d / "notes.wav",
@@ -210,6 +222,7 @@ BAD_INPUT = [
     ("long", "at most 30 s", 400),
     ("silence", "silent", 400),
     ("noise", "no speech found", 400),
+    ("two", "more than one speaker", 400),
 ]
 
 
@@ -219,6 +232,18 @@ def test_bad_clips(weights: Path, clips, source: str, match: str, status: int, m
         add_voice("bad", clips[source], weights, lang="en")
     assert err.value.status == status
     assert leftovers(weights / "voices") == [] and matcher.calls == []
+
+
+def test_one_speaker_check(clips: dict[str, Path]) -> None:
+    """The real check (the configured speaker encoder): a man then a woman is
+    refused; one voice of the project's TTS, English or Chinese, passes."""
+    limits = voice_library.VoiceLimits()
+    for source in ("en", "zh", "webm"):
+        clip = voice_library.check_clip(voice_library.decode_audio(clips[source], limits), limits)
+        voice_library.check_one_speaker(clip, WEIGHTS)  # no VoiceError
+    two = voice_library.check_clip(voice_library.decode_audio(clips["two"], limits), limits)
+    with pytest.raises(VoiceError, match="more than one speaker"):
+        voice_library.check_one_speaker(two, WEIGHTS)
 
 
 BAD_NAMES = ["../evil", "a/b", "", "-dash", "x" * 41, "anne\n", "bell\x07", "sp ace", "é"]
@@ -235,6 +260,8 @@ def test_stock_names_and_duplicates(weights: Path, clips) -> None:
     with pytest.raises(VoiceError, match="built-in voice") as err:
         add_voice("af_heart", clips["en"], weights, lang="en")
     assert err.value.status == 400
+    with pytest.raises(VoiceError, match="built-in voice"):  # Piper's voice
+        add_voice("joe", clips["en"], weights, lang="en")
     add_voice("taken", clips["en"], weights, lang="en")
     before = leftovers(weights / "voices")
     with pytest.raises(VoiceError, match="exists") as err:
@@ -301,6 +328,7 @@ def test_cli(weights: Path, clips, monkeypatch: pytest.MonkeyPatch, capsys) -> N
         ([*add, "x", "--audio", str(clips["text"]), "--lang", "en"], "decoded as audio"),
         ([*add, "x", "--audio", str(clips["short"]), "--lang", "en"], "at least 3 s"),
         ([*add, "x", "--audio", str(clips["noise"]), "--lang", "en"], "no speech"),
+        ([*add, "x", "--audio", str(clips["two"]), "--lang", "en"], "more than one speaker"),
         ([*add, "x", "--audio", str(weights / "nope.wav"), "--lang", "en"], "no such file"),
         (["voice", "remove", "af_heart"], "cannot be removed"),
         (["voice", "remove", "nobody"], "no voice"),
@@ -419,6 +447,7 @@ def test_rest_bad_input(app: FastAPI, weights: Path, clips) -> None:
             ("x", clips["short"], {"lang": "en"}, 400, "at least 3 s"),
             ("x", clips["long"], {"lang": "en"}, 400, "at most 30 s"),
             ("x", clips["silence"], {"lang": "en"}, 400, "silent"),
+            ("x", clips["two"], {"lang": "en"}, 400, "more than one speaker"),
             ("x", clips["noise"], {"lang": "en"}, 400, "no speech"),
             ("../x", clips["en"], {"lang": "en"}, 400, "bad voice name"),
             ("x\n", clips["en"], {"lang": "en"}, 400, "control character"),

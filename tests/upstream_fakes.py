@@ -335,7 +335,9 @@ class FakeOpenAI:
 
     requests: list[dict[str, Any]] = []
 
-    def __init__(self, *, base_url: str, api_key: str, max_retries: int) -> None:
+    def __init__(
+        self, *, base_url: str, api_key: str, max_retries: int, timeout: Any = None
+    ) -> None:
         self.chat = types.SimpleNamespace(completions=types.SimpleNamespace(create=self._create))
 
     async def _create(self, **request: Any) -> FakeStream:
@@ -354,6 +356,67 @@ def install_funasr(monkeypatch: pytest.MonkeyPatch) -> None:
         **{
             "funasr.utils": {},
             "funasr.utils.postprocess_utils": {"rich_transcription_postprocess": strip_tags},
+        },
+    )
+
+
+class RecordingAutoModel(FakeAutoModel):
+    """``funasr.AutoModel(**kwargs)`` (funasr/auto/auto_model.py at 3c58cb5,
+    ``AutoModel.__init__``: ``model``, ``device``, ``ncpu``, ``disable_update``
+    ...) that keeps its keyword arguments; SenseVoice answers ``sensevoice_raw``,
+    its output before rich_transcription_postprocess."""
+
+    made: list[RecordingAutoModel] = []
+    sensevoice_raw = "<|zh|><|NEUTRAL|><|Speech|><|withitn|>今天天气"
+
+    def __init__(self, model: str, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.kwargs = {"model": model, **kwargs}
+        RecordingAutoModel.made.append(self)
+
+    def generate(self, input: np.ndarray, **kwargs: Any) -> list[dict[str, str]]:
+        if "sensevoice" in Path(self.model).name.lower():
+            self.calls.append({"samples": len(input), **kwargs})
+            return [{"key": "utt", "text": self.sensevoice_raw}]
+        return super().generate(input, **kwargs)
+
+
+# funasr/utils/postprocess_utils.py at 3c58cb5 (emo_dict, event_dict, emoji_dict):
+# what rich_transcription_postprocess makes of SenseVoice's tags.
+_EMOTIONS = {"<|HAPPY|>": "😊", "<|SAD|>": "😔", "<|ANGRY|>": "😡", "<|NEUTRAL|>": ""}
+_EVENTS = {"<|BGM|>": "🎼", "<|Applause|>": "👏", "<|Laughter|>": "😀", "<|Speech|>": ""}
+
+
+def rich_postprocess_like_upstream(text: str) -> str:
+    """rich_transcription_postprocess's visible behaviour on one segment: no
+    speech becomes "❓", an event's emoji goes first, the emotion's last, the
+    other tags vanish."""
+    import re
+
+    text = text.replace("<|nospeech|><|Event_UNK|>", "❓")
+    events = "".join(e for tag, e in _EVENTS.items() if tag in text)
+    emotion = next((e for tag, e in _EMOTIONS.items() if tag in text), "")
+    return events + re.sub(r"<\|[^|]*\|>", "", text).strip() + emotion
+
+
+def install_funasr_upstream(monkeypatch: pytest.MonkeyPatch, cuda: bool = False) -> None:
+    """funasr with RecordingAutoModel and upstream-like post-processing, and a
+    torch whose ``cuda.is_available()`` says ``cuda``."""
+    monkeypatch.setattr(RecordingAutoModel, "made", [])
+    torch = {
+        "__version__": "2.13.0+cu128" if cuda else "2.13.0+cpu",
+        "cuda": types.SimpleNamespace(is_available=lambda: cuda),
+        "version": types.SimpleNamespace(cuda="12.8" if cuda else None),
+    }
+    fake_modules(
+        monkeypatch,
+        torch=torch,
+        funasr={"AutoModel": RecordingAutoModel},
+        **{
+            "funasr.utils": {},
+            "funasr.utils.postprocess_utils": {
+                "rich_transcription_postprocess": rich_postprocess_like_upstream
+            },
         },
     )
 

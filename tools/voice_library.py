@@ -33,6 +33,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.lang import detect_lang
+from models.speaker.speaker_count import voiced
+from models.tts.piper import PIPER_VOICE
 from tools.avatar_library import (
     NAME_RE,
     TMP_DIR,
@@ -143,6 +145,11 @@ def voices_dir(weights_dir: str | Path) -> Path:
     return Path(weights_dir) / VOICES_DIR
 
 
+# Voices of the other TTS backends (tts.more_backends): a user voice of the
+# same name would never be reached, as the router gives the name to them.
+OTHER_BACKEND_VOICES = frozenset({PIPER_VOICE})
+
+
 def stock_voice_names(weights_dir: str | Path) -> list[str]:
     """Kokoro's own voices (the names in weights/kokoro/voices.npz; [] without it)."""
     path = Path(weights_dir) / "kokoro" / "voices.npz"
@@ -177,7 +184,7 @@ def check_voice_name(name: str, weights_dir: str | Path) -> str:
         check_name(name, "voice")
     except AvatarError as exc:
         raise VoiceError(str(exc)) from None
-    if name in stock_voice_names(weights_dir):
+    if name in stock_voice_names(weights_dir) or name in OTHER_BACKEND_VOICES:
         raise VoiceError(f"{name!r} is a built-in voice; choose another name")
     return name
 
@@ -290,6 +297,7 @@ def speech_probabilities(audio: np.ndarray) -> np.ndarray:
 class CheckedClip:
     audio: np.ndarray  # trimmed of leading and trailing silence
     speech_seconds: float
+    speech: np.ndarray  # only its speech, pauses left out (the one-speaker check)
 
 
 def check_clip(audio: np.ndarray, limits: VoiceLimits) -> CheckedClip:
@@ -319,7 +327,29 @@ def check_clip(audio: np.ndarray, limits: VoiceLimits) -> CheckedClip:
     pad = int(PAD_S * SAMPLE_RATE)
     start = max(0, int(spoken[0]) * FRAME - pad)
     end = min(audio.size, (int(spoken[-1]) + 1) * FRAME + pad)
-    return CheckedClip(np.ascontiguousarray(audio[start:end]), round(seconds, 2))
+    return CheckedClip(
+        np.ascontiguousarray(audio[start:end]), round(seconds, 2), voiced(audio, speech, FRAME)
+    )
+
+
+SpeakerCheck = Callable[[CheckedClip, Path], None]
+
+
+def check_one_speaker(clip: CheckedClip, weights_dir: Path) -> None:
+    """VoiceError when the clip clearly holds two speakers (models/speaker/
+    speaker_count.py; the configured speaker encoder). Two similar voices pass
+    as one: only a clear second speaker is refused, never a single one."""
+    from models.speaker.speaker_count import split_speakers
+    from tools.voice_match import configured_encoder
+
+    split = split_speakers(configured_encoder(weights_dir), clip.speech)
+    log.info("speaker split: %s", split)
+    if split.two_speakers:
+        raise VoiceError(
+            "the clip holds more than one speaker (about "
+            f"{split.minor_seconds:.0f} s of it is another voice): use a clip of one "
+            "person speaking alone"
+        )
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -376,10 +406,12 @@ def add_voice(
     limits: VoiceLimits | None = None,
     progress: Progress | None = None,
     match: Matcher | None = None,
+    one_speaker: SpeakerCheck | None = None,
 ) -> VoiceInfo:
     """Decode, check and match a clip into ``weights_dir/voices/<name>/``.
     ``recognize`` (audio -> "en" | "zh"): the language when neither ``lang``
-    nor ``text`` tells it. Raises VoiceError on bad input, leaving nothing."""
+    nor ``text`` tells it. ``one_speaker``: the check that the clip holds one
+    speaker (``check_one_speaker``). Raises VoiceError on bad input, leaving nothing."""
     t0 = time.perf_counter()
     limits = limits or VoiceLimits()
     progress = progress or (lambda fraction, message: None)
@@ -403,6 +435,8 @@ def add_voice(
     audio = decode_audio(src, limits)
     progress(0.05, "finding the speech")
     clip = check_clip(audio, limits)
+    progress(0.08, "checking it is one speaker")
+    (one_speaker or check_one_speaker)(clip, weights)
     progress(0.1, "language")
     lang = clip_lang(lang, text, recognize, clip.audio)
     progress(0.15, "matching the voice")

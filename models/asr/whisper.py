@@ -24,16 +24,20 @@ from typing import Any
 
 import numpy as np
 
-from core.config import ASRConfig
+from core.config import ASRConfig, Config
 from models.asr.common import LANGUAGES, forced_language
 from models.backends import backend
 from models.base import (
     VAD_SAMPLE_RATE,
+    BackendNeeds,
     BackendUnavailable,
+    PackageNeed,
     SpeechRecognizer,
     Transcript,
+    WeightNeed,
     mono_float32,
 )
+from models.needs import MB, VIDEOCHAT_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +233,24 @@ class WhisperRecognizer(SpeechRecognizer):
         if warmup:
             noise = np.random.default_rng(0).normal(0, 0.01, VAD_SAMPLE_RATE).astype(np.float32)
             self.transcribe(noise, "en")
+
+    @classmethod
+    def needs(cls, config: Config) -> BackendNeeds:
+        """What ``videochat doctor`` checks."""
+        # asr.model names another backend's model when another backend is selected.
+        name = config.asr.model if config.asr.backend == "faster-whisper" else "whisper-base"
+        fetch = (
+            VIDEOCHAT_WEIGHTS
+            if name == "whisper-base"
+            else f"a CTranslate2 Whisper folder into weights/{name}/, e.g. huggingface-cli "
+            f"download Systran/faster-whisper-large-v3 --local-dir weights/{name}"
+        )
+        return BackendNeeds(
+            packages=(PackageNeed("faster_whisper", "pip install -e ."),),
+            weights=(
+                WeightNeed(f"{name}/model.bin", 140 * MB if name == "whisper-base" else MB, fetch),
+            ),
+        )
 
     @classmethod
     def from_config(cls, config: ASRConfig, weights_dir: Path) -> WhisperRecognizer:

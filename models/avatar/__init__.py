@@ -2,7 +2,8 @@
 
 * ``photo`` (the default, models/avatar/model.py): CPU renderers of photo and
   video avatars, their assets and the mouth track.
-* ``musetalk`` (models/avatar/musetalk.py): MuseTalk 1.5 on a GPU, not built yet.
+* ``musetalk`` (models/avatar/musetalk.py): MuseTalk 1.5 on a GPU
+  (run here only on tiny random networks on the CPU; docs/backends.md).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from core.config import AvatarConfig
+from core.config import AvatarConfig, Config
 from models.avatar.assets import (
     ASTRONAUT_META,
     AvatarAssets,
@@ -24,7 +24,8 @@ from models.avatar.buffered import BufferedAvatarStream
 from models.avatar.photo import PhotoAvatarStream
 from models.avatar.video import VideoAvatarAssets, VideoAvatarStream
 from models.backends import backend
-from models.base import AvatarModel
+from models.base import AvatarModel, BackendNeeds, PackageNeed, WeightNeed
+from models.needs import VIDEOCHAT_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,20 @@ Assets = AvatarAssets | VideoAvatarAssets
 @backend("avatar", "photo")
 class PhotoAvatarModel(AvatarModel):
     """Loads every avatar once; ``new_stream`` is cheap."""
+
+    @classmethod
+    def needs(cls, config: Config) -> BackendNeeds:
+        """What ``videochat doctor`` checks: the default avatar's picture."""
+        name = config.avatar.default
+        fetch = (
+            VIDEOCHAT_WEIGHTS
+            if name == "astronaut"
+            else f"videochat avatar add {name} --photo FILE  (or --video FILE)"
+        )
+        return BackendNeeds(
+            packages=(PackageNeed("cv2", "pip install -e ."),),
+            weights=(WeightNeed(f"avatars/{name}/image.png", 1, fetch),),
+        )
 
     @classmethod
     def from_config(cls, config: AvatarConfig, weights_dir: Path) -> PhotoAvatarModel:

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.config import LLMConfig
+from core.config import Config, LLMConfig
 from models.backends import backend
-from models.base import BackendUnavailable
+from models.base import BackendNeeds, BackendUnavailable, PackageNeed, WeightNeed
 from models.llm.openai_compatible import OpenAICompatibleChat
+from models.needs import MB, VIDEOCHAT_WEIGHTS
 from models.threads import run_in_low_priority_thread
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,14 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
         # Where llama.cpp saves and restores slots: the persona's KV cache is
         # computed once and copied into every slot.
         self._slot_dir = tempfile.TemporaryDirectory(prefix="videochat-slots-")
+
+    @classmethod
+    def needs(cls, config: Config) -> BackendNeeds:
+        """What ``videochat doctor`` checks (its own: ``openai``'s is not inherited)."""
+        return BackendNeeds(
+            packages=(PackageNeed("xllamacpp", "pip install -e ."),),
+            weights=(WeightNeed(config.llm.model_file, 100 * MB, VIDEOCHAT_WEIGHTS),),
+        )
 
     @classmethod
     def from_config(

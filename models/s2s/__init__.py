@@ -1,7 +1,8 @@
 """Speech to speech: end-to-end models that take the place of ASR + LLM + TTS
 (the ``SpeechToSpeech`` contract in models/base.py), one backend per module,
-registered by name. None is built yet (GLM-4-Voice is planned); the config's
-``s2s.backend`` stays empty until one is.
+registered by name: ``glm-4-voice`` (glm4voice.py, with its token router,
+model server, client, audio ends and checkpoint mapping beside it). The
+config's ``s2s.backend`` is empty by default: the cascade.
 """
 
 from __future__ import annotations

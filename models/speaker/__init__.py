@@ -25,6 +25,9 @@ class SpeakerEncoder(ABC):
 
     name: str
     sample_rate: int = 16_000
+    # Names the features the encoder computes: embeddings cached elsewhere
+    # (tools/voice_match.py's stock table) are keyed by it.
+    front_end: str = "1"
 
     @abstractmethod
     def embed(self, audio_16k: np.ndarray) -> np.ndarray:

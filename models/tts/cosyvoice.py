@@ -29,9 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from core.config import TTSConfig
+from core.config import Config, TTSConfig
 from models.backends import backend
-from models.base import BackendUnavailable, Speech, SpeechSynthesizer
+from models.base import (
+    BackendNeeds,
+    BackendUnavailable,
+    PackageNeed,
+    Speech,
+    SpeechSynthesizer,
+    WeightNeed,
+)
+from models.needs import MB, TORCH
 from models.tts.common import normalize_lang
 from models.tts.user_voices import UserVoice, clip_seconds, user_voice, user_voice_names
 
@@ -146,6 +154,32 @@ class CosyVoiceSynthesizer(SpeechSynthesizer):
             )
         self.voice_en = voice_en if voice_en in available else None
         self.voice_zh = voice_zh if voice_zh in available else None
+
+    @classmethod
+    def needs(cls, config: Config) -> BackendNeeds:
+        """What ``videochat doctor`` checks."""
+        # The backend takes version 3 when its folder is there, else version 2.
+        v3 = "Fun-CosyVoice3-0.5B-2512"
+        name = v3 if (config.weights_path / "cosyvoice" / v3).is_dir() else "CosyVoice2-0.5B"
+        return BackendNeeds(
+            packages=(
+                TORCH,
+                PackageNeed(
+                    "cosyvoice",
+                    "a CosyVoice checkout on PYTHONPATH (docs/backends.md, 'CosyVoice from "
+                    "source'); not the unrelated PyPI package 'cosyvoice'",
+                ),
+            ),
+            weights=(
+                WeightNeed(
+                    f"cosyvoice/{name}/",
+                    1500 * MB,
+                    f"modelscope download --model iic/{name} --local_dir weights/cosyvoice/{name}",
+                ),
+            ),
+            cuda=True,
+            gpu_memory_gb=4.0,
+        )
 
     @classmethod
     def from_config(cls, config: TTSConfig, weights_dir: Path) -> CosyVoiceSynthesizer:

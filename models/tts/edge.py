@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from core.config import TTSConfig
+from core.config import Config, TTSConfig
 from core.lang import CJK_CHARS
 from models.backends import backend
-from models.base import BackendUnavailable, Speech, SpeechSynthesizer
+from models.base import BackendNeeds, BackendUnavailable, PackageNeed, Speech, SpeechSynthesizer
 from models.phonemes import parse_phonemes
 from models.tts.common import normalize_lang
 
@@ -220,6 +220,14 @@ class EdgeTTSSynthesizer(SpeechSynthesizer):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
         self._phonemes = WordPhonemes()
+
+    @classmethod
+    def needs(cls, config: Config) -> BackendNeeds:
+        """What ``videochat doctor`` checks."""
+        return BackendNeeds(
+            packages=(PackageNeed("edge_tts", "pip install -e '.[edge]'"),),
+            external="internet access to Microsoft's Edge read-aloud service",
+        )
 
     @classmethod
     def from_config(cls, config: TTSConfig, weights_dir: Path) -> EdgeTTSSynthesizer:

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from core.config import TTSConfig
+from core.config import Config, TTSConfig
 from models.backends import backend
-from models.base import BackendUnavailable, Speech, SpeechSynthesizer
+from models.base import BackendNeeds, BackendUnavailable, Speech, SpeechSynthesizer
 from models.tts.common import normalize_lang
 from models.tts.user_voices import UserVoice, clip_seconds, user_voice, user_voice_names
 
@@ -78,9 +78,7 @@ class WavStreamParser:
             if len(head) < pos + 8 + size:
                 return b""
             if chunk == b"fmt ":
-                fmt, channels, rate, _, _, bits = struct.unpack(
-                    "<HHIIHH", head[pos + 8 : pos + 24]
-                )
+                fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", head[pos + 8 : pos + 24])
                 if fmt != 1 or channels != 1 or bits != 16:
                     raise RuntimeError(
                         f"GPT-SoVITS sent {channels}-channel {bits}-bit audio (format {fmt}); "
@@ -140,6 +138,13 @@ class GPTSoVITSSynthesizer(SpeechSynthesizer):
             )
         self.voice_en = voice_en if voice_en in available else None
         self.voice_zh = voice_zh if voice_zh in available else None
+
+    @classmethod
+    def needs(cls, config: Config) -> BackendNeeds:
+        """What ``videochat doctor`` checks: the server it talks to."""
+        return BackendNeeds(
+            external=f"a GPT-SoVITS api_v2.py server at tts.base_url ({config.tts.base_url})"
+        )
 
     @classmethod
     def from_config(cls, config: TTSConfig, weights_dir: Path) -> GPTSoVITSSynthesizer:

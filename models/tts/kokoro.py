@@ -24,10 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import TTSConfig
+from core.config import Config, TTSConfig
 from core.lang import CJK_CHARS
 from models.backends import backend
-from models.base import BackendUnavailable, Speech, SpeechSynthesizer
+from models.base import (
+    BackendNeeds,
+    BackendUnavailable,
+    PackageNeed,
+    Speech,
+    SpeechSynthesizer,
+    WeightNeed,
+)
+from models.needs import MB, VIDEOCHAT_WEIGHTS
 from models.tts import user_voices
 from models.tts.common import normalize_lang
 
@@ -139,6 +147,20 @@ class KokoroSynthesizer(SpeechSynthesizer):
             # First calls pay for onnxruntime's allocations and jieba's dictionary.
             self.synthesize("Hello there.", "en")
             self.synthesize("你好。", "zh")
+
+    @classmethod
+    def needs(cls, config: Config) -> BackendNeeds:
+        """What ``videochat doctor`` checks."""
+        return BackendNeeds(
+            packages=(
+                PackageNeed("kokoro_onnx", "pip install -e ."),
+                PackageNeed("misaki", "pip install -e ."),
+            ),
+            weights=(
+                WeightNeed("kokoro/kokoro-v1.0.int8.onnx", 90 * MB, VIDEOCHAT_WEIGHTS),
+                WeightNeed("kokoro/voices.npz", 25 * MB, VIDEOCHAT_WEIGHTS),
+            ),
+        )
 
     @classmethod
     def from_config(cls, config: TTSConfig, weights_dir: Path) -> KokoroSynthesizer:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.config import VADConfig
+from core.config import Config, VADConfig
 from models.backends import backend
-from models.base import VADModel, VoiceActivityDetector
+from models.base import BackendNeeds, VADModel, VoiceActivityDetector
 
 
 class EnergyVoiceDetector(VoiceActivityDetector):
@@ -42,6 +42,11 @@ class EnergyVADModel(VADModel):
     ) -> None:
         self._args = (frame_samples, silence_db, speech_db)
         EnergyVoiceDetector(*self._args)  # validate
+
+    @classmethod
+    def needs(cls, config: Config) -> BackendNeeds:
+        """What ``videochat doctor`` checks: nothing beyond numpy."""
+        return BackendNeeds()
 
     @classmethod
     def from_config(cls, config: VADConfig) -> EnergyVADModel:

