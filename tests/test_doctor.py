@@ -157,13 +157,11 @@ def test_a_class_declares_its_own_needs_and_a_subclass_does_not_inherit_them(tmp
 
 
 def test_every_backend_declares_its_needs_on_its_class_not_in_the_doctor(tmp_path):
-    """The doctor keeps no second list: only MuseTalk is still in its table."""
+    """The doctor keeps no second list."""
     config = config_in(tmp_path)
-    assert set(doctor.UNDECLARED_NEEDS) == {("avatar", "musetalk")}
+    assert not hasattr(doctor, "UNDECLARED_NEEDS")
     for stage in CONTRACTS:
         for name in backend_names(stage):  # type: ignore[arg-type]
-            if (stage, name) in doctor.UNDECLARED_NEEDS:
-                continue
             cls = backend_class(stage, name)  # type: ignore[arg-type]
             assert "needs" in vars(cls), f"{stage} {name}: no needs() on {cls.__name__}"
             assert isinstance(cls.needs(config), BackendNeeds), f"{stage} {name}"

@@ -4,10 +4,9 @@ CUDA GPU and its memory), what of it is here, and the command that gets what
 is missing. Commands are printed, never run; no model is loaded, so it takes
 seconds.
 
-A backend declares its needs next to its code: a ``needs(config)``
-classmethod returning ``models.base.BackendNeeds`` (docs/backends.md). Every
-backend does but MuseTalk, whose needs ``UNDECLARED_NEEDS`` below still holds
-until they move onto its class; a class's own declaration wins over the table.
+Every backend declares its needs next to its code: a ``needs(config)``
+classmethod returning ``models.base.BackendNeeds`` (docs/backends.md); the
+doctor keeps no list of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import importlib.util
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,60 +24,6 @@ from core.config import Config
 from models.backends import CONTRACTS, REQUIRED_STAGES, Stage, backend_class, backend_names
 from models.base import BackendNeeds, PackageNeed, WeightNeed
 from models.needs import GB, MB, TORCH
-
-
-# ------------------------------------- needs not yet declared on their class
-def _musetalk(config: Config) -> BackendNeeds:
-    """MuseTalk 1.5 in upstream's layout (TMElyralab/MuseTalk at 0a89dec,
-    download_weights.sh and README.md "Download weights") under
-    weights/musetalk/: the files our loader reads (models/avatar/musetalk_nets.py,
-    ``MuseTalkPaths``). Upstream's DWPose, S3FD face detector and BiSeNet face
-    parser serve its own avatar preparation, which ours replaces with FaceMesh
-    landmarks (models/avatar/musetalk_prepare.py); weights/README.md lists them.
-    Sizes are lower bounds of the published files."""
-    hf = "huggingface-cli download"
-    root = "weights/musetalk"
-    return BackendNeeds(
-        packages=(
-            TORCH,
-            PackageNeed("diffusers", "pip install diffusers"),
-            PackageNeed("transformers", "pip install transformers"),
-        ),
-        weights=(
-            WeightNeed(
-                "musetalk/musetalkV15/unet.pth",
-                3 * GB,
-                f"{hf} TMElyralab/MuseTalk --local-dir {root} --include 'musetalkV15/unet.pth'",
-            ),
-            WeightNeed(
-                "musetalk/musetalkV15/musetalk.json",
-                100,
-                f"{hf} TMElyralab/MuseTalk --local-dir {root} "
-                "--include 'musetalkV15/musetalk.json'",
-            ),
-            WeightNeed(
-                "musetalk/sd-vae/",
-                300 * MB,
-                f"{hf} stabilityai/sd-vae-ft-mse --local-dir {root}/sd-vae "
-                "--include config.json diffusion_pytorch_model.bin",
-            ),
-            WeightNeed(
-                "musetalk/whisper/",
-                140 * MB,
-                f"{hf} openai/whisper-tiny --local-dir {root}/whisper "
-                "--include config.json pytorch_model.bin preprocessor_config.json",
-            ),
-        ),
-        cuda=True,
-        gpu_memory_gb=6.0,
-    )
-
-
-# MuseTalk's needs move onto its class (models/avatar/musetalk.py) next; every
-# other backend declares its own (tests/test_doctor.py).
-UNDECLARED_NEEDS: dict[tuple[Stage, str], Callable[[Config], BackendNeeds]] = {
-    ("avatar", "musetalk"): _musetalk,
-}
 
 
 # ------------------------------------------------------------------ the checks
@@ -122,7 +66,7 @@ class BackendCheck:
     stage: str
     name: str
     selected: bool  # the config chooses it
-    declared: bool  # its needs are known (its class or UNDECLARED_NEEDS)
+    declared: bool  # its class declares its needs
     # Loaded beside the selected one when it can run (tts.more_backends), left
     # out with a log line when it cannot: listed, never a reason to fail.
     offered: bool = False
@@ -165,14 +109,13 @@ class Report:
 def needs_of(stage: Stage, name: str, config: Config) -> BackendNeeds | None:
     """What the backend's class itself declares (its own ``needs`` classmethod:
     one inherited from another backend, as embedded's from openai's, describes
-    that one), else the table's entry."""
+    that one); None for a backend that declares nothing."""
     cls = backend_class(stage, name)
     if "needs" in vars(cls):
         needs = cls.needs(config)  # type: ignore[attr-defined]
         if isinstance(needs, BackendNeeds):
             return needs
-    fallback = UNDECLARED_NEEDS.get((stage, name))
-    return fallback(config) if fallback is not None else None
+    return None
 
 
 def _distributions() -> dict[str, list[str]]:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.config import AvatarConfig
+from core.config import AvatarConfig, Config
 from models.avatar.assets import AvatarAssets
 from models.avatar.model import PhotoAvatarModel
 from models.avatar.musetalk_nets import AUDIO_RATE, MuseTalkNets, MuseTalkPaths, frame_window
@@ -43,7 +43,14 @@ from models.avatar.musetalk_stream import MuseTalkStream
 from models.avatar.musetalk_worker import BatchMeasure, BatchWorker, measure
 from models.avatar.video import VideoAvatarAssets
 from models.backends import backend
-from models.base import MEDIA_SAMPLE_RATE, AvatarModel
+from models.base import (
+    MEDIA_SAMPLE_RATE,
+    AvatarModel,
+    BackendNeeds,
+    PackageNeed,
+    WeightNeed,
+)
+from models.needs import GB, MB, TORCH
 
 if TYPE_CHECKING:
     import torch
@@ -88,6 +95,52 @@ def sources_of(assets: AvatarAssets | VideoAvatarAssets, folder: Path | None) ->
 class MuseTalkAvatarModel(AvatarModel):
     """Loads the networks and every avatar's MuseTalk data once, starts the
     one worker; ``new_stream`` is cheap."""
+
+    @classmethod
+    def needs(cls, config: Config) -> BackendNeeds:
+        """MuseTalk 1.5 in upstream's layout (TMElyralab/MuseTalk at 0a89dec,
+        download_weights.sh and README.md "Download weights") under
+        weights/musetalk/: the files our loader reads (models/avatar/musetalk_nets.py,
+        ``MuseTalkPaths``). Upstream's DWPose, S3FD face detector and BiSeNet face
+        parser serve its own avatar preparation, which ours replaces with FaceMesh
+        landmarks (models/avatar/musetalk_prepare.py); weights/README.md lists them.
+        Sizes are lower bounds of the published files."""
+        hf = "huggingface-cli download"
+        root = "weights/musetalk"
+        return BackendNeeds(
+            packages=(
+                TORCH,
+                PackageNeed("diffusers", "pip install diffusers"),
+                PackageNeed("transformers", "pip install transformers"),
+            ),
+            weights=(
+                WeightNeed(
+                    "musetalk/musetalkV15/unet.pth",
+                    3 * GB,
+                    f"{hf} TMElyralab/MuseTalk --local-dir {root} --include 'musetalkV15/unet.pth'",
+                ),
+                WeightNeed(
+                    "musetalk/musetalkV15/musetalk.json",
+                    100,
+                    f"{hf} TMElyralab/MuseTalk --local-dir {root} "
+                    "--include 'musetalkV15/musetalk.json'",
+                ),
+                WeightNeed(
+                    "musetalk/sd-vae/",
+                    300 * MB,
+                    f"{hf} stabilityai/sd-vae-ft-mse --local-dir {root}/sd-vae "
+                    "--include config.json diffusion_pytorch_model.bin",
+                ),
+                WeightNeed(
+                    "musetalk/whisper/",
+                    140 * MB,
+                    f"{hf} openai/whisper-tiny --local-dir {root}/whisper "
+                    "--include config.json pytorch_model.bin preprocessor_config.json",
+                ),
+            ),
+            cuda=True,
+            gpu_memory_gb=6.0,
+        )
 
     @classmethod
     def from_config(cls, config: AvatarConfig, weights_dir: Path) -> MuseTalkAvatarModel:
