@@ -260,6 +260,11 @@ class SpeechSynthesizer(ABC):
     @abstractmethod
     def voices(self) -> list[str]: ...
 
+    def describe_voice(self, voice: str) -> dict[str, Any] | None:
+        """What the backend says of one of its voices beyond its name (Piper's:
+        its languages, gender, a description), or None: nothing to add."""
+        return None
+
 
 # ------------------------------------------------------------- Speech to speech
 @dataclass(frozen=True)

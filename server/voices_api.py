@@ -70,8 +70,7 @@ def _sample_url(name: str) -> str:
 def _described(tts: Any, name: str) -> dict[str, Any] | None:
     """What another TTS backend says of its voice (Piper's ``joe``: its
     languages, gender, a description), or None."""
-    describe = getattr(tts, "describe_voice", None)
-    return describe(name) if describe is not None else None
+    return tts.describe_voice(name) if tts is not None else None
 
 
 def _voice_lang(name: str, users: dict[str, VoiceInfo], tts: Any = None) -> str | None:

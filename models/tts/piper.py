@@ -168,9 +168,9 @@ class PiperSynthesizer(SpeechSynthesizer):
     def voices(self) -> list[str]:
         return [PIPER_VOICE]
 
-    def describe_voice(self, name: str) -> dict[str, Any] | None:
+    def describe_voice(self, voice: str) -> dict[str, Any] | None:
         """What GET /api/voices shows about a voice of this backend."""
-        if name != PIPER_VOICE:
+        if voice != PIPER_VOICE:
             return None
         return {
             "langs": list(PIPER_LANGS),

@@ -72,8 +72,7 @@ class VoicesRouter(SpeechSynthesizer):
         """What a backend says about one of its voices (languages, gender, a
         description), or None."""
         owner = self._owners.get(voice)
-        describe = getattr(self.more[owner], "describe_voice", None) if owner else None
-        return describe(voice) if describe is not None else None
+        return self.more[owner].describe_voice(voice) if owner else None
 
     # -- synthesis
     def _route(
