@@ -118,11 +118,13 @@ def clips(kokoro: KokoroSynthesizer, tmp_path_factory: pytest.TempPathFactory) -
     )
     short = _speech(kokoro, "Hello there.", "en", "am_michael")
     # A second, clearly different speaker (a woman after a man) in one clip.
+    # bf_emma: the groups' similarity is 0.35 against the 0.5 limit (af_heart's
+    # 0.49 was too close to hold on every CPU's int8 arithmetic).
     her = _speech(
         kokoro,
         "Thank you, and now it is my turn to read a few lines of this old story aloud.",
         "en",
-        "af_heart",
+        "bf_emma",
     )
     rng = np.random.default_rng(7)
     out = {
