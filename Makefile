@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: venv install weights calibrate run test chromium bench lint soak docker-test
+.PHONY: venv install weights calibrate run test chromium redis bench lint soak docker-test
 
 venv install: $(INSTALLED)
 
@@ -57,7 +57,11 @@ run: calibrate
 chromium:
 	command -v chromium || (apt-get update && apt-get install -y chromium)
 
-test: install $(TORCH_TESTS) calibrate chromium
+# redis-server from Debian: the cluster tests start their own on 127.0.0.1.
+redis:
+	command -v redis-server || (apt-get update && apt-get install -y --no-install-recommends redis-server)
+
+test: install $(TORCH_TESTS) calibrate chromium redis
 	$(BIN)/python -m pytest -m "not browser and not docker" -q
 	@unshare -n true 2>/dev/null || { \
 		echo "error: 'unshare -n' is not permitted here: the browser tests must run in a" >&2; \

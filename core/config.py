@@ -247,6 +247,22 @@ class VoicesConfig(_Section):
     match_budget_s: float = 60.0  # time the style search may take per added voice
 
 
+class ClusterConfig(_Section):
+    """Several nodes behind one API (server/cluster.py, docs/cluster.md)."""
+
+    # redis://host:port/db of the shared registry; empty: a single node.
+    redis_url: str = ""
+    node_id: str = ""  # empty: "<server.host>:<server.port>"
+    # Where the other nodes (and a browser, without one public URL that routes
+    # to the node) reach this node's HTTP; empty: http://<server.host>:<server.port>.
+    node_url: str = ""
+    heartbeat_s: float = Field(default=1.0, gt=0)
+    # A node whose heartbeat is this old is dead: its sessions end (node_lost).
+    node_ttl_s: float = Field(default=5.0, gt=0)
+    # A session of a dead node may reconnect with its token this long after.
+    reconnect_window_s: float = Field(default=300.0, ge=0)
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VIDEOCHAT_",
@@ -266,6 +282,7 @@ class Config(BaseSettings):
     avatar: AvatarConfig = Field(default_factory=AvatarConfig)
     avatars: AvatarsConfig = Field(default_factory=AvatarsConfig)
     voices: VoicesConfig = Field(default_factory=VoicesConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @classmethod
     def settings_customise_sources(

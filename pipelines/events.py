@@ -50,6 +50,9 @@ class EndReason(StrEnum):
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     SERVER_SHUTDOWN = "server_shutdown"
     CONNECTION_FAILED = "connection_failed"
+    # The node holding the session stopped (cluster): the same token reconnects
+    # on a live node and the conversation continues.
+    NODE_LOST = "node_lost"
 
 
 # ------------------------------------------------------------ server -> page

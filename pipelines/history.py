@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from models.base import ChatMessage
 
 
@@ -24,6 +26,15 @@ class ChatHistory:
         if text and self._turns and self._turns[-1]["role"] == "user":
             self._turns.append({"role": "assistant", "content": text})
             self._trim()
+
+    def restore(self, turns: Sequence[ChatMessage]) -> None:
+        """Continue from earlier turns (a reconnect), trimmed as usual."""
+        self._turns = [
+            {"role": m["role"], "content": m["content"]}
+            for m in turns
+            if m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
+        ]
+        self._trim()
 
     def drop_unanswered(self) -> None:
         """Forget a trailing user message that got no answer (the LLM failed),

@@ -24,12 +24,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from core.config import Config
+from models.base import ChatMessage
 from models.registry import Engines
 from models.tts.voices_router import voice_backend
 from models.vad.turn import TurnDetector
@@ -90,6 +91,7 @@ class Session:
         on_turn_end: Callable[[Turn], None] | None = None,
         planner: ReplyPlanner | None = None,
         time_source: TimeSource = REAL_TIME,
+        history: Sequence[ChatMessage] | None = None,
     ) -> None:
         self.id = session_id or self.new_id()
         # Process-wide (it learns the machine's load); without one (tests with
@@ -109,6 +111,8 @@ class Session:
         self.history = ChatHistory(
             system_prompt or config.llm.system_prompt, config.llm.max_history_messages
         )
+        if history:  # a reconnect continues where the conversation was
+            self.history.restore(history)
         self.greeting = greeting
         self.clock = MediaClock(
             self.avatar,
@@ -416,9 +420,7 @@ class Session:
     def _send_latency(self, turn: Turn) -> None:
         if not turn.latency_sent:
             turn.latency_sent = True
-            self.emit(
-                TurnEvent(index=turn.index, latency=turn.latency(), playback=turn.playback())
-            )
+            self.emit(TurnEvent(index=turn.index, latency=turn.latency(), playback=turn.playback()))
 
     async def _cancel_turn(self) -> None:
         task = self._turn_task
@@ -437,6 +439,7 @@ class Session:
             "state": self.state,
             "lang": self.lang,
             "avatar": self.avatar_name,
+            "voice": self.voice,
             "created": self.created,
             "turns": len(self.turns),
             "frames_sent": self.clock.frames_sent,

@@ -20,9 +20,11 @@ from models.base import BackendUnavailable
 from models.registry import Engines, load_engines
 from pipelines.events import MAX_TEXT_CHARS, EndReason, protocol_schema
 from pipelines.planner import ReplyCosts, ReplyPlanner
+from pipelines.session import Session
 from pipelines.splitter import warm_up as warm_up_splitter
 from server.auth import load_or_create_api_key, require_api_key
 from server.avatars_api import router as avatars_router
+from server.cluster import ClusterRegistry, keep_beating
 from server.guards import BodyLimit, ClientRateLimit, SessionCORS
 from server.machine import apply_plan, plan_machine
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -53,6 +55,13 @@ def freeze_startup_objects() -> None:
         gc.get_freeze_count(),
         time.perf_counter() - started,
     )
+
+
+def connected(sessions: SessionManager, session_id: str) -> Session:
+    """The running session, or 409 for one that exists but is not connected."""
+    if session_id not in sessions.live:
+        raise HTTPException(409, f"session {session_id!r} is not connected")
+    return sessions.get(session_id)
 
 
 class SayRequest(BaseModel):
@@ -92,7 +101,17 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
                 raise SystemExit(f"cannot start: {exc}") from None
         warm_up_splitter()  # jieba's dictionary, before the first Chinese turn
         freeze_startup_objects()
-        app.state.manager = SessionManager(loaded, config, metrics, planner)
+        cluster = ClusterRegistry(config) if config.cluster.redis_url else None
+        app.state.manager = SessionManager(loaded, config, metrics, planner, cluster)
+        beating = None
+        if cluster is not None:
+            beating = asyncio.create_task(keep_beating(cluster, app.state.manager))
+            log.info(
+                "cluster: node %s at %s, registry %s",
+                cluster.node_id,
+                cluster.node_url,
+                config.cluster.redis_url,
+            )
         host = config.server.host if config.server.host != "0.0.0.0" else "127.0.0.1"
         if key_made:
             log.warning(
@@ -106,9 +125,19 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
         log.info("ready: open http://%s:%d in Chromium or Firefox", host, config.server.port)
         yield
         await app.state.manager.drain()  # SIGTERM: no new sessions, live ones told
+        if beating is not None and cluster is not None:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
+            await cluster.leave()
         if engines is None:
             await loaded.close()
 
+    if config.cluster.redis_url and not config.server.api_key:
+        # Every node must accept the same key; a key made per node would not.
+        raise ConfigError(
+            "cluster.redis_url is set: give every node the same server.api_key "
+            "(e.g. VIDEOCHAT_SERVER__API_KEY)"
+        )
     app = FastAPI(
         title="videochat",
         summary="A real-time digital human: sessions over REST, media over WebRTC.",
@@ -139,13 +168,40 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
         """ "ok", or "degraded" with the failing stages (e.g. the LLM endpoint)."""
         sessions = manager(request)
         failing = sessions.engines.health.report()
+        cluster = sessions.cluster
+        if cluster is not None and not cluster.available:
+            failing = [*failing, "cluster registry (Redis)"]
         return {
             "status": "degraded" if failing else "ok",
             "failing": failing,
             "sessions": len(sessions.live),
             "capacity": sessions.capacity,
             "draining": sessions.draining,
+            "modes": sessions.modes(),
+            "node": sessions.node_id,
             "machine": getattr(request.app.state, "machine", None),
+        }
+
+    @app.get("/api/cluster", dependencies=[Depends(require_api_key)])
+    async def cluster_info(request: Request) -> dict:
+        """The cluster's nodes as the registry has them (API key); a single
+        node lists itself."""
+        sessions = manager(request)
+        if sessions.cluster is None:
+            this = {
+                "id": None,
+                "url": None,
+                "capacity": sessions.capacity,
+                "sessions": len(sessions.live),
+                "alive": True,
+            }
+            return {"cluster": False, "registry": None, "nodes": [this]}
+        nodes = await sessions.cluster.nodes()
+        return {
+            "cluster": True,
+            "registry": "ok",
+            "node": sessions.cluster.node_id,
+            "nodes": [node.public() for node in nodes],
         }
 
     @app.get("/api/machine")
@@ -176,7 +232,7 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.post("/offer", response_model=Answer)
-    async def offer(body: Offer, request: Request) -> Answer:
+    async def offer(body: Offer, request: Request) -> Answer | Response:
         """Answer a browser's WebRTC offer. With a session token (body or Bearer
         header): that minted session. Without one: a new session, from the
         server's own page only (``server.open_page``)."""
@@ -191,54 +247,67 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
     async def create_session(options: SessionOptions, request: Request) -> Minted:
         """Mint a session for a browser (API key): its options and a token that
         connects it (``POST /offer``) within ``server.session_token_ttl_s``."""
-        return manager(request).mint(options)
+        return await manager(request).mint(options)
 
     @app.get("/api/sessions", dependencies=[Depends(require_api_key)])
     async def list_sessions(request: Request) -> list[dict]:
+        return await manager(request).summaries()
+
+    # Calls about one session: the API key or that session's token; in a
+    # cluster, passed to the node that runs the session (elsewhere()).
+    @app.get("/api/sessions/{session_id}", response_model=None)
+    async def get_session(session_id: str, request: Request) -> dict | Response:
+        """One session with its turns and history."""
         sessions = manager(request)
-        return [sessions.summary(sid) for sid in (*sessions.live, *sessions.waiting)]
+        await sessions.authorize(session_id, request)
+        return await sessions.elsewhere(session_id, request) or await sessions.summary(
+            session_id, detail=True
+        )
 
-    @app.get("/api/sessions/{session_id}")
-    async def get_session(session_id: str, request: Request) -> dict:
-        """One session with its turns (API key, or the session's own token)."""
-        manager(request).authorize(session_id, request)
-        return manager(request).summary(session_id, detail=True)
-
-    @app.get("/api/sessions/{session_id}/transcript")
-    async def get_transcript(session_id: str, request: Request) -> dict:
+    @app.get("/api/sessions/{session_id}/transcript", response_model=None)
+    async def get_transcript(session_id: str, request: Request) -> dict | Response:
         """What the user said and what the avatar said, turn by turn."""
-        manager(request).authorize(session_id, request)
-        session = manager(request).get(session_id)
-        return {
-            "id": session_id,
-            "turns": [
-                {"user": t.user_text, "avatar": t.heard_text, "source": t.source}
-                for t in session.turns
-            ],
-        }
+        sessions = manager(request)
+        await sessions.authorize(session_id, request)
+        forwarded = await sessions.elsewhere(session_id, request)
+        if forwarded is not None:
+            return forwarded
+        return {"id": session_id, "turns": await sessions.transcript(session_id)}
 
-    @app.post("/api/sessions/{session_id}/say", status_code=202)
-    async def say(session_id: str, body: SayRequest, request: Request) -> dict:
+    @app.post("/api/sessions/{session_id}/say", status_code=202, response_model=None)
+    async def say(session_id: str, body: SayRequest, request: Request) -> dict | Response:
         """Make the avatar say a text (it interrupts what it is saying)."""
-        manager(request).authorize(session_id, request)
-        session = manager(request).get(session_id)
+        sessions = manager(request)
+        await sessions.authorize(session_id, request)
+        forwarded = await sessions.elsewhere(session_id, request)
+        if forwarded is not None:
+            return forwarded
+        session = connected(sessions, session_id)
         try:
             turn = session.say(body.text)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
         return {"id": session_id, "turn": turn.index}
 
-    @app.post("/api/sessions/{session_id}/interrupt")
-    async def interrupt(session_id: str, request: Request) -> dict:
-        manager(request).authorize(session_id, request)
-        manager(request).get(session_id).interrupt("api")
+    @app.post("/api/sessions/{session_id}/interrupt", response_model=None)
+    async def interrupt(session_id: str, request: Request) -> dict | Response:
+        sessions = manager(request)
+        await sessions.authorize(session_id, request)
+        forwarded = await sessions.elsewhere(session_id, request)
+        if forwarded is not None:
+            return forwarded
+        connected(sessions, session_id).interrupt("api")
         return {"id": session_id, "interrupted": True}
 
     @app.delete("/api/sessions/{session_id}")
-    async def delete_session(session_id: str, request: Request) -> JSONResponse:
+    async def delete_session(session_id: str, request: Request) -> Response:
         """Hang up (API key, or the session's own token)."""
-        manager(request).authorize(session_id, request)
-        if not await manager(request).close(session_id, EndReason.DELETED):
+        sessions = manager(request)
+        await sessions.authorize(session_id, request)
+        forwarded = await sessions.elsewhere(session_id, request)
+        if forwarded is not None:
+            return forwarded
+        if not await sessions.close(session_id, EndReason.DELETED):
             raise HTTPException(404, f"no session {session_id!r}")
         return JSONResponse({"closed": session_id})
 

@@ -10,7 +10,15 @@ The life of a session:
    watcher started: no connection within ``handshake_timeout_s``, no speech
    or text for ``idle_timeout_s``, or ``max_duration_s`` reached, ends it.
 3. ``close`` with a reason (hang-up, deleted, idle, ...): the page is told
-   (an ``ended`` event), the peer closed, the webhook called.
+   (an ``ended`` event), the peer closed, the webhook called. A session that
+   ended for a resumable reason (its peer failed, its node was lost) is kept
+   ``cluster.reconnect_window_s``: an offer with its token continues it, with
+   its history and transcript.
+
+With ``cluster.redis_url`` the records of waiting and ended sessions live in
+Redis (server/cluster.py) instead of this process: any node mints (placing
+the session on the least loaded node), answers the REST API (passing calls
+for a session another node runs to that node) and takes a reconnect.
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ from typing import Any, Literal
 import httpx
 from aiortc import RTCPeerConnection
 from fastapi import HTTPException, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from core.config import Config
+from models.base import ChatMessage
 from models.registry import Engines
 from pipelines.events import MAX_TEXT_CHARS, EndedEvent, EndReason
 from pipelines.planner import ReplyPlanner
@@ -38,6 +48,7 @@ from pipelines.session import Session
 from pipelines.turn import Turn
 from server.auth import bearer, is_api_key, new_session_token, unauthorized
 from server.avatars_api import sync_with_disk
+from server.cluster import ClusterRegistry, RegistryUnavailable, SessionRecord
 from server.metrics import Metrics
 from server.rtc import answer_offer, check_offer
 from tools.avatar_library import read_info
@@ -49,6 +60,8 @@ ENDED_FLUSH_S = 0.2  # lets the "ended" event leave before the peer closes
 WEBHOOK_TIMEOUT_S = 5.0
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 Mode = Literal["cascade", "end-to-end"]
+# Ends a reconnect with the same token may continue.
+RESUMABLE = frozenset({EndReason.NODE_LOST, EndReason.CONNECTION_FAILED})
 
 
 class SessionOptions(BaseModel):
@@ -81,6 +94,8 @@ class Minted(BaseModel):
     session_id: str
     token: str
     expires_at: float  # Unix time: connect before this
+    node: str | None = None  # in a cluster: the node the session was placed on
+    connect_url: str | None = None  # ... and where its browser connects (POST /offer)
 
 
 class Offer(BaseModel):
@@ -98,15 +113,27 @@ class Answer(BaseModel):
     type: str
     session_id: str
     token: str  # this session's own credential (transcript, say, hang-up)
+    node: str | None = None  # in a cluster: the node that runs the session
+
+
+@dataclass
+class _Resume:
+    """What a session that ended for a resumable reason continues with."""
+
+    reason: str
+    ended_at: float
+    transcript: list[dict[str, Any]]
+    history: list[ChatMessage]
 
 
 @dataclass
 class _Waiting:
-    """A minted session that has not connected yet."""
+    """A minted session that has not connected yet, or one that may reconnect."""
 
     options: SessionOptions
     token: str
     expires_at: float  # Unix time
+    resume: _Resume | None = None
 
 
 @dataclass
@@ -117,6 +144,14 @@ class _Live:
     token: str
     opened: float = field(default_factory=time.monotonic)
     watcher: asyncio.Task[None] | None = None
+    earlier: list[dict[str, Any]] = field(default_factory=list)  # turns before a reconnect
+
+    def transcript(self) -> list[dict[str, Any]]:
+        return [*self.earlier, *(_transcript_entry(t) for t in self.session.turns)]
+
+
+def _transcript_entry(turn: Turn) -> dict[str, Any]:
+    return {"user": turn.user_text, "avatar": turn.heard_text, "source": turn.source}
 
 
 def release_free_heap() -> None:
@@ -142,17 +177,23 @@ class SessionManager:
         config: Config,
         metrics: Metrics | None = None,
         planner: ReplyPlanner | None = None,
+        cluster: ClusterRegistry | None = None,
     ) -> None:
         self.engines = engines
         # One for the process: it learns this machine's load across sessions.
         self.planner = planner or ReplyPlanner.immediate()
         self.config = config
         self.metrics = metrics or Metrics()
+        self.cluster = cluster
         self.live: dict[str, _Live] = {}
+        # Single node: minted sessions not connected yet, and resumable ones.
+        # In a cluster these records are in Redis.
         self.waiting: dict[str, _Waiting] = {}
         self._reserved = 0  # offers admitted and still being answered
         self.draining = False
         self._background: set[asyncio.Task[Any]] = set()
+        self._cluster_origins: set[str] = set()  # sessions' origins, read from Redis
+        self._closing: set[str] = set()  # closes under way (their peers' "closed" comes too)
 
     # ------------------------------------------------------------- views
     @property
@@ -163,54 +204,141 @@ class SessionManager:
     def capacity(self) -> int:
         return int(self.config.server.max_sessions)
 
+    @property
+    def node_id(self) -> str | None:
+        return self.cluster.node_id if self.cluster is not None else None
+
+    def modes(self) -> list[str]:
+        """The session modes this server offers (the page's switch)."""
+        return ["cascade", "end-to-end"] if self.engines.s2s is not None else ["cascade"]
+
+    def avatar_names(self) -> list[str]:
+        return list(self.engines.avatar.avatars())
+
+    def voice_names(self) -> list[str]:
+        return list(self.engines.tts.voices())
+
     def get(self, session_id: str) -> Session:
         live = self.live.get(session_id)
         if live is None:
             raise HTTPException(404, f"no session {session_id!r}")
         return live.session
 
-    def summary(self, session_id: str, detail: bool = False) -> dict[str, Any]:
+    def _local_summary(self, live: _Live, detail: bool) -> dict[str, Any]:
+        info = live.session.summary(detail=detail)
+        info["turns"] += len(live.earlier)
+        if self.cluster is not None:
+            info["node"] = self.cluster.node_id
+        return info
+
+    async def summary(self, session_id: str, detail: bool = False) -> dict[str, Any]:
+        live = self.live.get(session_id)
+        if live is not None:
+            return self._local_summary(live, detail)
+        if self.cluster is not None:
+            return (await self._record(session_id)).summary(detail=detail)
         waiting = self.waiting.get(session_id)
-        if waiting is not None:
+        if waiting is None:
+            raise HTTPException(404, f"no session {session_id!r}")
+        if waiting.resume is None:
             return {"id": session_id, "state": "waiting", "expires_at": waiting.expires_at}
-        return self.get(session_id).summary(detail=detail)
+        info: dict[str, Any] = {
+            "id": session_id,
+            "state": "ended",
+            "reason": waiting.resume.reason,
+            "ended_at": waiting.resume.ended_at,
+            "resumable": True,
+            "turns": len(waiting.resume.transcript),
+        }
+        if detail:
+            info["history"] = waiting.resume.history
+        return info
+
+    async def summaries(self) -> list[dict[str, Any]]:
+        """Every session (API key): this node's, or in a cluster every node's
+        as the registry has them (the same list from every node)."""
+        if self.cluster is not None:
+            return [record.summary() for record in await self.cluster.records()]
+        return [await self.summary(sid) for sid in (*self.live, *self.waiting)]
+
+    async def transcript(self, session_id: str) -> list[dict[str, Any]]:
+        live = self.live.get(session_id)
+        if live is not None:
+            return live.transcript()
+        if self.cluster is not None:
+            return (await self._record(session_id)).transcript
+        waiting = self.waiting.get(session_id)
+        if waiting is None or waiting.resume is None:
+            raise HTTPException(404, f"no session {session_id!r}")
+        return waiting.resume.transcript
+
+    async def _record(self, session_id: str) -> SessionRecord:
+        assert self.cluster is not None
+        record = await self.cluster.get(session_id)
+        if record is None:
+            raise HTTPException(404, f"no session {session_id!r}")
+        return record
 
     def origins(self) -> set[str]:
         """Origins that may call the API from a browser right now."""
-        found = set(self.config.server.allowed_origins)
+        found = set(self.config.server.allowed_origins) | self._cluster_origins
         for entry in (*self.live.values(), *self.waiting.values()):
             if entry.options.allowed_origin:
                 found.add(entry.options.allowed_origin)
         return found
 
     # ------------------------------------------------------------ access
-    def authorize(self, session_id: str, request: Request) -> None:
+    async def authorize(self, session_id: str, request: Request) -> None:
         """The API key, or this session's own token: else 401/403/404."""
         credential = bearer(request)
         if credential is None:
             raise unauthorized("this session")
         if is_api_key(credential, request):
-            if session_id not in self.live and session_id not in self.waiting:
-                raise HTTPException(404, f"no session {session_id!r}")
-            return
-        owner = self._session_of(credential)
+            if session_id in self.live or session_id in self.waiting:
+                return
+            if self.cluster is not None and await self.cluster.get(session_id) is not None:
+                return
+            raise HTTPException(404, f"no session {session_id!r}")
+        owner = await self._session_of(credential)
         if owner is None:
             raise HTTPException(401, "unknown or expired token", {"WWW-Authenticate": "Bearer"})
         if owner != session_id:
             raise HTTPException(403, "this token belongs to another session")
 
-    def _session_of(self, token: str) -> str | None:
-        self._forget_expired()
-        for sid, entry in (*self.live.items(), *self.waiting.items()):
-            if entry.token == token:
+    async def _session_of(self, token: str) -> str | None:
+        for sid, live in self.live.items():
+            if live.token == token:
                 return sid
-        return None
+        if self.cluster is not None:
+            return await self.cluster.session_of(token)
+        self._forget_expired()
+        return next((sid for sid, w in self.waiting.items() if w.token == token), None)
+
+    async def elsewhere(self, session_id: str, request: Request) -> Response | None:
+        """In a cluster: the answer of the node that runs ``session_id``, when
+        that is another live node (None: this node answers)."""
+        if self.cluster is None or session_id in self.live:
+            return None
+        record = await self._record(session_id)
+        if record.state != "live" or record.node == self.cluster.node_id:
+            return None
+        if await self.cluster.node_url_of(record.node) is None:
+            return None  # its node is gone: the record answers until the reaper ends it
+        try:
+            return await self.cluster.forward(request, record.node)
+        except HTTPException:
+            if request.method != "GET":
+                raise
+            return None  # its node does not answer (dying?): the record does
 
     def _forget_expired(self) -> None:
         now = time.time()
         for sid in [sid for sid, w in self.waiting.items() if w.expires_at <= now]:
-            del self.waiting[sid]
-            log.info("session %s: token expired unused", sid)
+            waiting = self.waiting.pop(sid)
+            if waiting.resume is None:
+                log.info("session %s: token expired unused", sid)
+            else:
+                log.info("session %s: reconnect window over", sid)
 
     def _origin_allowed(self, origin: str, options: SessionOptions, request: Request) -> bool:
         return (
@@ -220,15 +348,49 @@ class SessionManager:
         )
 
     # ------------------------------------------------------------- mint
-    def mint(self, options: SessionOptions) -> Minted:
+    async def mint(self, options: SessionOptions) -> Minted:
         self._check_choices(options)
-        self._forget_expired()
         session_id = Session.new_id()
         token = new_session_token()
         expires = time.time() + self.config.server.session_token_ttl_s
+        if self.cluster is not None:
+            return await self._mint_in_cluster(session_id, token, expires, options)
+        self._forget_expired()
         self.waiting[session_id] = _Waiting(options, token, expires)
         log.info("session %s minted (lang=%s avatar=%s)", session_id, options.lang, options.avatar)
         return Minted(session_id=session_id, token=token, expires_at=expires)
+
+    async def _mint_in_cluster(
+        self, session_id: str, token: str, expires: float, options: SessionOptions
+    ) -> Minted:
+        cluster = self._registry()
+        node = await cluster.place(session_id, expires, options.avatar, options.voice)
+        if node is None:
+            raise HTTPException(
+                503,
+                "Every node is busy: no machine of this cluster has room for another "
+                "conversation. Try again in a minute.",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        try:
+            await cluster.save_waiting(
+                session_id, node, options.model_dump(mode="json"), token, expires
+            )
+        except HTTPException:
+            await cluster.release(node, session_id)
+            raise
+        url = await cluster.node_url_of(node)
+        log.info("session %s minted on node %s (lang=%s)", session_id, node, options.lang)
+        return Minted(
+            session_id=session_id, token=token, expires_at=expires, node=node, connect_url=url
+        )
+
+    def _registry(self) -> ClusterRegistry:
+        """The registry, or a 503 while Redis is unreachable."""
+        assert self.cluster is not None
+        if not self.cluster.available:
+            raise RegistryUnavailable()
+        return self.cluster
 
     def _end_to_end(self, options: SessionOptions) -> bool:
         if options.mode is None:
@@ -267,6 +429,19 @@ class SessionManager:
         return info.voice
 
     # ------------------------------------------------------------- open
+    def _page_options(self, offer: Offer, request: Request) -> SessionOptions:
+        """The options of the page's own flow (an offer without a token)."""
+        origin = request.headers.get("origin")
+        if not self.config.server.open_page:
+            raise HTTPException(401, "an offer needs a session token (POST /api/sessions)")
+        if origin and not same_origin(origin, request):
+            raise HTTPException(
+                401, f"an offer from {origin} needs a session token minted by POST /api/sessions"
+            )
+        return SessionOptions(
+            avatar=offer.avatar, voice=offer.voice, lang=offer.lang, mode=offer.mode
+        )
+
     def _admit(self, offer: Offer, request: Request) -> tuple[str | None, SessionOptions, str]:
         """Who is offering: (minted session id or None, options, token)."""
         token = offer.token or bearer(request)
@@ -282,20 +457,87 @@ class SessionManager:
             if origin and not self._origin_allowed(origin, waiting.options, request):
                 raise HTTPException(403, f"origin {origin} may not connect to this session")
             return session_id, waiting.options, token
-        if not self.config.server.open_page:
-            raise HTTPException(401, "an offer needs a session token (POST /api/sessions)")
-        if origin and not same_origin(origin, request):
-            raise HTTPException(
-                401, f"an offer from {origin} needs a session token minted by POST /api/sessions"
-            )
-        options = SessionOptions(
-            avatar=offer.avatar, voice=offer.voice, lang=offer.lang, mode=offer.mode
-        )
-        return None, options, new_session_token()
+        return None, self._page_options(offer, request), new_session_token()
 
-    async def open(self, offer: Offer, request: Request) -> Answer:
+    async def open(self, offer: Offer, request: Request) -> Answer | Response:
+        if self.cluster is not None:
+            return await self._open_in_cluster(offer, request)
         session_id, options, token = self._admit(offer, request)
         check_offer(offer.sdp)  # 400 before any slot is taken
+        # The token is spent on this offer, unless the offer fails.
+        waiting = self.waiting.pop(session_id) if session_id is not None else None
+        try:
+            return await self._open_here(
+                offer, options, token, session_id, waiting.resume if waiting else None
+            )
+        except BaseException:
+            if waiting is not None and session_id is not None:
+                self.waiting[session_id] = waiting
+            raise
+
+    async def _open_in_cluster(self, offer: Offer, request: Request) -> Answer | Response:
+        """An offer on any node: answered here when the session is placed
+        here, else passed to its node; a resumable session is placed anew."""
+        cluster = self._registry()
+        check_offer(offer.sdp)
+        token = offer.token or bearer(request)
+        body: bytes | None = None
+        if not token:  # the page's own flow: mint (placed anywhere), then connect
+            minted = await self.mint(self._page_options(offer, request))
+            token = minted.token
+            offer = offer.model_copy(update={"token": token})
+            body = offer.model_dump_json().encode()
+        session_id = await cluster.session_of(token)
+        record = await cluster.get(session_id) if session_id else None
+        if record is None:
+            raise HTTPException(401, "unknown or expired session token")
+        now = time.time()
+        if record.state == "live":
+            if await cluster.node_url_of(record.node) is None:
+                raise HTTPException(
+                    503,
+                    "this session's node stopped answering; reconnect in a few seconds",
+                    {"Retry-After": str(int(self.config.cluster.node_ttl_s) + 1)},
+                )
+            raise HTTPException(409, "this token's session is already connected")
+        if record.state == "ended":
+            window = self.config.cluster.reconnect_window_s
+            if not record.resumable or now > record.ended_at + window:
+                raise HTTPException(401, "unknown or expired session token")
+            expires = now + self.config.server.session_token_ttl_s
+            node = await cluster.place(
+                record.id, expires, record.options.get("avatar"), record.options.get("voice")
+            )
+            if node is None:
+                raise HTTPException(
+                    503,
+                    "Every node is busy; reconnect in a minute.",
+                    {"Retry-After": str(RETRY_AFTER_S)},
+                )
+            await cluster.move(record.id, node, expires)
+            log.info("session %s resumes on node %s", record.id, node)
+            record.node, record.state, record.expires_at = node, "waiting", expires
+        elif record.expires_at <= now:
+            raise HTTPException(401, "unknown or expired session token")
+        options = SessionOptions(**record.options)
+        origin = request.headers.get("origin")
+        if origin and not self._origin_allowed(origin, options, request):
+            raise HTTPException(403, f"origin {origin} may not connect to this session")
+        if record.node != cluster.node_id:
+            return await cluster.forward(request, record.node, body)
+        resume = None
+        if record.transcript or record.history:
+            resume = _Resume(record.reason, record.ended_at, record.transcript, record.history)
+        return await self._open_here(offer, options, token, record.id, resume)
+
+    async def _open_here(
+        self,
+        offer: Offer,
+        options: SessionOptions,
+        token: str,
+        session_id: str | None,
+        resume: _Resume | None,
+    ) -> Answer:
         if self.draining:
             raise HTTPException(503, "this server is shutting down", {"Retry-After": "5"})
         if len(self.live) + self._reserved >= self.capacity:
@@ -309,26 +551,36 @@ class SessionManager:
         # Reserved with no await since the count was read: concurrent offers
         # see each other's reservations.
         self._reserved += 1
-        # The token is spent on this offer, unless the offer fails.
-        waiting = self.waiting.pop(session_id) if session_id is not None else None
         try:
-            if waiting is None:
+            if session_id is None:
                 self._check_choices(options)
-            live = await self._connect(offer, options, token, session_id)
-        except BaseException:
-            if waiting is not None and session_id is not None:
-                self.waiting[session_id] = waiting
-            raise
+            live = await self._connect(offer, options, token, session_id, resume)
         finally:
             self._reserved -= 1
         self.live[live.session.id] = live
         self.metrics.session_opened(len(self.live))
         live.watcher = self._spawn(self._watch(live))
+        if self.cluster is not None:
+            try:
+                await self.cluster.mark_live(live.session.id)
+            except HTTPException:  # the heartbeat re-asserts it when Redis is back
+                log.warning("session %s: live, but the registry did not hear it", live.session.id)
         local = live.pc.localDescription
-        return Answer(sdp=local.sdp, type=local.type, session_id=live.session.id, token=token)
+        return Answer(
+            sdp=local.sdp,
+            type=local.type,
+            session_id=live.session.id,
+            token=token,
+            node=self.node_id,
+        )
 
     async def _connect(
-        self, offer: Offer, options: SessionOptions, token: str, session_id: str | None
+        self,
+        offer: Offer,
+        options: SessionOptions,
+        token: str,
+        session_id: str | None,
+        resume: _Resume | None = None,
     ) -> _Live:
         if options.avatar and options.avatar not in self.engines.avatar.avatars():
             await sync_with_disk(self.config, self.engines.avatar)  # added by the CLI?
@@ -341,9 +593,11 @@ class SessionManager:
                 avatar=options.avatar,
                 voice=options.voice or self._avatar_voice(options.avatar, options),
                 system_prompt=options.system_prompt,
-                greeting=options.greeting,
+                # A reconnect continues the conversation: no second greeting.
+                greeting=None if resume is not None else options.greeting,
                 on_turn_end=lambda turn: self._turn_ended(live, turn),
                 planner=self.planner,
+                history=resume.history if resume is not None else None,
             )
         except KeyError as exc:
             raise HTTPException(400, str(exc.args[0] if exc.args else exc)) from None
@@ -364,11 +618,13 @@ class SessionManager:
                 400, "malformed offer: the SDP could not be parsed or negotiated"
             ) from None
         live = _Live(session, pc, options, token)
+        if resume is not None:
+            live.earlier = list(resume.transcript)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             if pc.connectionState == "connected":
-                self._notify(live, "session.started", {})
+                self._notify(live, "session.started", {"resumed": resume is not None})
             elif pc.connectionState in ("failed", "closed"):
                 closed = pc.connectionState == "closed"
                 await self.close(
@@ -376,7 +632,11 @@ class SessionManager:
                 )
 
         log.info(
-            "session %s opened (lang=%s avatar=%s)", session.id, options.lang, session.avatar_name
+            "session %s %s (lang=%s avatar=%s)",
+            session.id,
+            "resumed" if resume is not None else "opened",
+            options.lang,
+            session.avatar_name,
         )
         return live
 
@@ -406,8 +666,19 @@ class SessionManager:
             return True
         live = self.live.pop(session_id, None)
         if live is None:
-            return False
+            if session_id in self._closing:
+                return True
+            return await self._close_elsewhere(session_id, reason)
+        self._closing.add(session_id)
+        try:
+            await self._close_live(live, reason)
+        finally:
+            self._closing.discard(session_id)
+        return True
+
+    async def _close_live(self, live: _Live, reason: EndReason) -> None:
         session = live.session
+        session_id = session.id
         session.emit(EndedEvent(reason=reason))
         if live.pc.connectionState == "connected":
             await asyncio.sleep(ENDED_FLUSH_S)
@@ -425,7 +696,47 @@ class SessionManager:
             # alone did not (+4.9 MiB a cycle).
             gc.collect()
             release_free_heap()
-        self._notify(live, "session.ended", {"reason": reason, "turns": len(session.turns)})
+        resumable = reason in RESUMABLE and self.config.cluster.reconnect_window_s > 0
+        first = await self._record_end(live, reason, resumable)
+        if resumable and self.cluster is None:
+            self.waiting[session_id] = _Waiting(
+                live.options,
+                live.token,
+                time.time() + self.config.cluster.reconnect_window_s,
+                _Resume(reason, time.time(), live.transcript(), session.history.turns),
+            )
+        if first:
+            self._notify(
+                live,
+                "session.ended",
+                {"reason": reason, "turns": len(live.transcript()), "resumable": resumable},
+            )
+
+    async def _record_end(self, live: _Live, reason: EndReason, resumable: bool) -> bool:
+        """Tell the registry (cluster): True when this node is the one that
+        ended the session (a dead-node reaper may have been first)."""
+        if self.cluster is None:
+            return True
+        sid = live.session.id
+        try:
+            await self.cluster.save_turns(sid, live.transcript(), live.session.history.turns)
+            return await self.cluster.end(sid, reason, resumable)
+        except HTTPException:
+            log.warning("session %s: ended while the registry was unreachable", sid)
+            return True
+
+    async def _close_elsewhere(self, session_id: str, reason: EndReason) -> bool:
+        """DELETE of a session this node does not run: a waiting or ended one
+        is ended in the registry (a live one's DELETE went to its node)."""
+        if self.cluster is None:
+            return False
+        record = await self.cluster.get(session_id)
+        if record is None:
+            return False
+        if record.state != "ended":
+            await self.cluster.end(session_id, reason, resumable=False)
+        else:  # no more reconnects
+            await self.cluster.end_resumable(session_id)
         return True
 
     async def close_all(self, reason: EndReason = EndReason.SERVER_SHUTDOWN) -> None:
@@ -444,10 +755,41 @@ class SessionManager:
         if self._background:
             await asyncio.wait(self._background, timeout=WEBHOOK_TIMEOUT_S)
 
+    # ------------------------------------------------------------ cluster
+    async def after_heartbeat(self, rejoined: bool) -> None:
+        """Housekeeping after each heartbeat that reached Redis: end dead
+        nodes' sessions (once, cluster-wide) and, after an outage, drop local
+        sessions the cluster has since given to another node."""
+        cluster = self.cluster
+        assert cluster is not None
+        for record in await cluster.reap_dead_nodes():
+            self._notify_record(record, "session.ended")
+        self._cluster_origins = await cluster.origins()
+        if not rejoined:
+            return
+        for sid in list(self.live):
+            record = await cluster.get(sid)
+            if record is not None and record.node != cluster.node_id:
+                log.warning("session %s moved to node %s while Redis was away", sid, record.node)
+                await self.close(sid, EndReason.NODE_LOST)
+            else:
+                await cluster.mark_live(sid)
+
     # ------------------------------------------------------------ webhooks
     def _turn_ended(self, live: _Live, turn: Turn) -> None:
         self.metrics.observe_turn(turn)
         self._notify(live, "turn.completed", {"turn": turn.summary()})
+        if self.cluster is not None and self.cluster.available:
+            self._spawn(self._save_turns(live))
+
+    async def _save_turns(self, live: _Live) -> None:
+        assert self.cluster is not None
+        try:
+            await self.cluster.save_turns(
+                live.session.id, live.transcript(), live.session.history.turns
+            )
+        except HTTPException:
+            log.warning("session %s: turn not saved, the registry is unreachable", live.session.id)
 
     def _notify(self, live: _Live, event: str, data: dict[str, Any]) -> None:
         url = live.options.webhook_url
@@ -455,6 +797,21 @@ class SessionManager:
             return
         body = {"event": event, "session_id": live.session.id, "time": time.time(), **data}
         self._spawn(self._post(str(url), body, live.session.id))
+
+    def _notify_record(self, record: SessionRecord, event: str) -> None:
+        """A webhook for a session no node runs (a dead node's)."""
+        url = record.options.get("webhook_url")
+        if not url:
+            return
+        body = {
+            "event": event,
+            "session_id": record.id,
+            "time": time.time(),
+            "reason": record.reason,
+            "turns": len(record.transcript),
+            "resumable": record.resumable,
+        }
+        self._spawn(self._post(str(url), body, record.id))
 
     async def _post(self, url: str, body: dict[str, Any], session_id: str) -> None:
         try:

@@ -406,19 +406,28 @@ class FailingLLM(ScriptedLLM):
 
 
 @contextmanager
-def served(app: Any) -> Iterator[str]:
+def served(app: Any, port: int | None = None) -> Iterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 in a thread; yield its base URL.
-    Leaving the block shuts it down the way SIGTERM does (the lifespan ends)."""
+    Leaving the block shuts it down the way SIGTERM does (the lifespan ends).
+    The server's event loop is ``app.state.serving_loop`` (see on_server_loop)."""
     import socket
     import threading
 
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    if port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        app.state.serving_loop = loop
+        loop.run_until_complete(server.serve())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
@@ -430,6 +439,12 @@ def served(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+async def on_server_loop(app: Any, coro: Any) -> Any:
+    """Run ``coro`` on the event loop of a server started by ``served`` (its
+    sessions' tasks live there) and wait for its result."""
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, app.state.serving_loop))
 
 
 # ------------------------------------------- an OpenAI-compatible LLM server

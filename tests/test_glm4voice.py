@@ -943,17 +943,17 @@ async def test_each_session_picks_cascade_or_end_to_end() -> None:
     engines = fake_engines()
     manager = SessionManager(engines, Config())
     with pytest.raises(HTTPException, match="s2s.backend"):
-        manager.mint(SessionOptions(mode="end-to-end"))
+        await manager.mint(SessionOptions(mode="end-to-end"))
     assert manager._engines_for(SessionOptions()) is engines
     engines.s2s = ScriptedSpeechToSpeech({}, {})
-    manager.mint(SessionOptions(mode="end-to-end", voice="scripted"))
+    await manager.mint(SessionOptions(mode="end-to-end", voice="scripted"))
     # The default, with a model configured, is end-to-end; cascade leaves it out.
     assert manager._engines_for(SessionOptions()) is engines
     cascade = manager._engines_for(SessionOptions(mode="cascade"))
     assert cascade.s2s is None and cascade.asr is engines.asr and cascade.health is engines.health
     assert cascade.inference is engines.inference
     with pytest.raises(HTTPException, match="unknown voice"):
-        manager.mint(SessionOptions(mode="cascade", voice="scripted"))  # the TTS's voices
+        await manager.mint(SessionOptions(mode="cascade", voice="scripted"))  # the TTS's voices
 
 
 def test_it_declares_what_the_doctor_checks() -> None:

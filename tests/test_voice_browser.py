@@ -203,7 +203,7 @@ def test_upload_pick_play_and_talk_with_a_voice(
         session_id = page.evaluate("() => window.videochat.sessionId")
         assert [o.get("voice") for o in offers] == [UPLOADED], offers
         summary = api(server, "GET", f"/api/sessions/{session_id}").json()
-        assert summary.get("voice", UPLOADED) == UPLOADED, summary
+        assert summary["voice"] == UPLOADED, summary
         page.click("#hangup")
         page.wait_for_function("() => window.videochat.pc === null", timeout=10_000)
 
