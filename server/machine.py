@@ -32,6 +32,7 @@ CACHE_FILE = "calibration.json"
 # Share of the cores the plan may fill: the rest is for the event loop, Opus,
 # SRTP, ASR bursts and the odd other program.
 USABLE_SHARE = 0.85
+FASTER_VOICE_SHARE = 0.5  # another backend's voice this much cheaper is worth a note
 # A first piece of about this much audio is what a 4-word cap gives.
 SHORT_FIRST_PIECE_AUDIO_S = 1.2
 # A two-thread TTS call is chosen when it costs less than this share of a
@@ -248,6 +249,26 @@ def first_token_timeout(cal: Calibration) -> float:
     return round(min(max(seconds, low), high), 1)
 
 
+def faster_voices_notes(cal: Calibration) -> list[str]:
+    """A note per language where another TTS backend's voices (Piper's) cost
+    under half the main one's per second of audio. The plan does not switch
+    voices by itself (the voice is part of who the avatar is), but measured
+    on a 2-core AVX2 machine such a voice turned answers with pauses into
+    answers without (docs/benchmarks.md)."""
+    notes = []
+    for lang, by_threads in cal.tts.items():
+        main = by_threads["1"]
+        for name, other in main.more_backends.items():
+            if other.per_audio_s < FASTER_VOICE_SHARE * main.per_audio_s:
+                notes.append(
+                    f"{lang}: {name.capitalize()}'s voices cost {other.per_audio_s:.2f} s per "
+                    f"second of audio here against {main.per_audio_s:.2f} for the main TTS; "
+                    f"pick one (GET /api/voices, backend {name!r}) for faster answers "
+                    "without pauses"
+                )
+    return notes
+
+
 def plan_for(cal: Calibration, config: Config) -> MachinePlan:
     usable = cal.cpu.cores * USABLE_SHARE
     media = cal.media_cores
@@ -308,6 +329,7 @@ def plan_for(cal: Calibration, config: Config) -> MachinePlan:
     short_first = (
         next_ready_s <= SHORT_FIRST_PIECE_AUDIO_S * max(realtime, 0.01) + STALL_TOLERANCE_S
     )
+    plan.notes.extend(faster_voices_notes(cal))
     choices["llm.first_token_timeout_s"] = first_token_timeout(cal)
     choices["llm.first_piece_max_words"] = 4 if short_first else 0
     choices["llm.first_piece_max_cjk"] = 6 if short_first else 0
@@ -362,6 +384,7 @@ def describe(cal: Calibration, plan: MachinePlan) -> str:
     )
     pinned = f"; pinned in the config: {plan.pinned}" if plan.pinned else ""
     busy = f" {busy_note(cal)}" if cal.others_cpu_share > BUSY_SHARE else ""
+    notes = "".join(f" Note: {note}." for note in plan.notes)
     return (
         f"This machine: {cal.cpu.model}, {cal.cpu.cores} cores, {cal.cpu.kind} "
         f"({', '.join(cal.cpu.flags) or 'no SIMD flags read'}), {cal.cpu.memory_gib} GiB. "
@@ -369,7 +392,7 @@ def describe(cal: Calibration, plan: MachinePlan) -> str:
         f"{cal.render_ms:.1f} ms render + {cal.encode_ms:.1f} ms VP8 per frame "
         f"({plan.media_cores:.2f} cores per session). It {holds}; chosen: {plan.settings}"
         f"{pinned}. (Calibrated in {cal.seconds:.0f} s; `videochat calibrate --force` redoes it.)"
-        f"{busy}"
+        f"{notes}{busy}"
     )
 
 

@@ -53,6 +53,16 @@ def yaml_config() -> Config:
     return load_config()  # configs/cpu.yaml: the tunable settings are "auto"
 
 
+def test_a_much_cheaper_voice_of_another_backend_is_named_in_the_plan():
+    cal = machine("slow")
+    assert not any("Piper" in note for note in plan_for(cal, yaml_config()).notes)
+    cal.tts["en"]["1"].more_backends["piper"] = TTSCost(0.01, 0.10, 15.9)
+    plan = plan_for(cal, yaml_config())
+    (note,) = [note for note in plan.notes if "Piper" in note]
+    assert note.startswith("en: Piper's voices cost 0.10 s") and "'piper'" in note
+    assert "Piper" in describe(cal, plan)  # the paragraph the log and /api/machine show
+
+
 # ------------------------------------------------------------------ planning
 def test_the_fast_machine_holds_two_conversations_the_slow_one_one():
     fast, slow = plan_for(machine("fast"), yaml_config()), plan_for(machine("slow"), yaml_config())
