@@ -472,10 +472,12 @@ class ClusterRegistry:
         url = await self.node_url_of(node)
         if url is None:
             raise HTTPException(503, f"node {node} is not answering", {"Retry-After": "5"})
+        # Not the Origin: this node checked it against its own host, which the
+        # other node (reached at its internal URL) would not recognise.
         headers = {
             name: value
             for name, value in request.headers.items()
-            if name in ("authorization", "content-type", "origin", "accept")
+            if name in ("authorization", "content-type", "accept")
         }
         headers[FORWARDED_HEADER] = self.node_id
         target = url + request.url.path + (f"?{request.url.query}" if request.url.query else "")

@@ -481,12 +481,31 @@ class SessionManager:
         cluster = self._registry()
         check_offer(offer.sdp)
         token = offer.token or bearer(request)
-        body: bytes | None = None
-        if not token:  # the page's own flow: mint (placed anywhere), then connect
-            minted = await self.mint(self._page_options(offer, request))
-            token = minted.token
-            offer = offer.model_copy(update={"token": token})
-            body = offer.model_dump_json().encode()
+        if token:
+            return await self._offer_in_cluster(cluster, offer, request, token, None)
+        # The page's own flow: mint (placed anywhere), then connect; a failed
+        # connect gives the slot back at once rather than when the token expires.
+        minted = await self.mint(self._page_options(offer, request))
+        offer = offer.model_copy(update={"token": minted.token})
+        try:
+            answer = await self._offer_in_cluster(
+                cluster, offer, request, minted.token, offer.model_dump_json().encode()
+            )
+        except BaseException:
+            await cluster.end(minted.session_id, EndReason.CONNECTION_FAILED, resumable=False)
+            raise
+        if isinstance(answer, Response) and answer.status_code >= 400:
+            await cluster.end(minted.session_id, EndReason.CONNECTION_FAILED, resumable=False)
+        return answer
+
+    async def _offer_in_cluster(
+        self,
+        cluster: ClusterRegistry,
+        offer: Offer,
+        request: Request,
+        token: str,
+        body: bytes | None,
+    ) -> Answer | Response:
         session_id = await cluster.session_of(token)
         record = await cluster.get(session_id) if session_id else None
         if record is None:
@@ -768,9 +787,9 @@ class SessionManager:
         if not rejoined:
             return
         for sid in list(self.live):
-            record = await cluster.get(sid)
-            if record is not None and record.node != cluster.node_id:
-                log.warning("session %s moved to node %s while Redis was away", sid, record.node)
+            current = await cluster.get(sid)
+            if current is not None and current.node != cluster.node_id:
+                log.warning("session %s moved to node %s while Redis was away", sid, current.node)
                 await self.close(sid, EndReason.NODE_LOST)
             else:
                 await cluster.mark_live(sid)

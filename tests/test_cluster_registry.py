@@ -334,3 +334,28 @@ async def test_a_single_nodes_session_reconnects_after_its_peer_failed() -> None
                 await late.connect()
         finally:
             await client.pc.close()
+
+
+async def test_the_pages_own_flow_is_placed_anywhere_and_passed_on(redis: RedisServer) -> None:
+    with node(redis.url, "a") as (a, _), node(redis.url, "b") as (b, _):
+        first, second, third = Client(a), Client(a), Client(a)  # no token: the page's flow
+        try:
+            await first.connect()
+            await second.connect()
+            nodes = {
+                httpx.get(f"{a}/api/sessions/{c.session_id}", headers=KEY).json()["node"]
+                for c in (first, second)
+            }
+            assert nodes == {"a", "b"}  # the second was placed on b and passed there
+            with pytest.raises(Exception, match="503"):
+                await third.connect()
+            # The refused offer left no reservation behind.
+            cluster = httpx.get(f"{b}/api/cluster", headers=KEY).json()
+            assert sum(n["sessions"] for n in cluster["nodes"]) == 2
+            await first.close()
+            again = Client(b)
+            await again.connect()
+            await again.close()
+        finally:
+            for client in (first, second, third):
+                await client.pc.close()
