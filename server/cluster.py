@@ -46,10 +46,11 @@ ENDED_KEEP_MIN_S = 60.0  # an ended record stays readable at least this long
 
 # Least loaded live node with room (and the avatar and voice asked for);
 # reserves the slot in the same step. ARGV: prefix, session id, slot score,
-# now, avatar, voice, preferred node. Returns the node id or false.
+# now, avatar, voice, preferred node (wins ties), "1" when the preferred node
+# wins whenever it has room. Returns the node id or false.
 _PLACE = """
 local prefix, sid, score, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local avatar, voice, preferred = ARGV[5], ARGV[6], ARGV[7]
+local avatar, voice, preferred, stay = ARGV[5], ARGV[6], ARGV[7], ARGV[8] == '1'
 local best, best_load = nil, nil
 for _, node in ipairs(redis.call('SMEMBERS', prefix .. 'nodes')) do
   local info = redis.call('HMGET', prefix .. 'node:' .. node, 'capacity', 'avatars', 'voices')
@@ -66,6 +67,7 @@ for _, node in ipairs(redis.call('SMEMBERS', prefix .. 'nodes')) do
     local used, capacity = redis.call('ZCARD', slots), tonumber(info[1])
     if fits and used < capacity then
       local load = used / capacity
+      if stay and node == preferred then load = -1 end
       if best == nil or load < best_load or (load == best_load and node == preferred) then
         best, best_load = node, load
       end
@@ -344,9 +346,12 @@ class ClusterRegistry:
         avatar: str | None,
         voice: str | None,
         preferred: str | None = None,
+        stay: bool = False,
     ) -> str | None:
         """Reserve a slot for ``sid`` on the least loaded live node that has
-        room (and the avatar and voice); None when no node has."""
+        room (and the avatar and voice); None when no node has. ``preferred``
+        (default: this node) wins ties, and with ``stay`` wins whenever it
+        has room."""
         node = await self._call(
             "place",
             self._place(
@@ -358,6 +363,7 @@ class ClusterRegistry:
                     avatar or "",
                     voice or "",
                     preferred or self.node_id,
+                    "1" if stay else "0",
                 ],
             ),
         )

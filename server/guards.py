@@ -30,6 +30,8 @@ class SessionCORS(CORSMiddleware):
             allow_origins=(),
             allow_methods=("GET", "POST", "DELETE"),
             allow_headers=("Authorization", "Content-Type"),
+            # A busy server's wait: the widget on another origin honours it.
+            expose_headers=("Retry-After",),
             max_age=600,
         )
         self._origins = origins

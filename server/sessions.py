@@ -28,6 +28,7 @@ import ctypes
 import dataclasses
 import gc
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from pipelines.session import Session
 from pipelines.turn import Turn
 from server.auth import bearer, is_api_key, new_session_token, unauthorized
 from server.avatars_api import sync_with_disk
-from server.cluster import ClusterRegistry, RegistryUnavailable, SessionRecord
+from server.cluster import FORWARDED_HEADER, ClusterRegistry, RegistryUnavailable, SessionRecord
 from server.metrics import Metrics
 from server.rtc import answer_offer, check_offer
 from tools.avatar_library import read_info
@@ -60,8 +61,10 @@ ENDED_FLUSH_S = 0.2  # lets the "ended" event leave before the peer closes
 WEBHOOK_TIMEOUT_S = 5.0
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 Mode = Literal["cascade", "end-to-end"]
-# Ends a reconnect with the same token may continue.
-RESUMABLE = frozenset({EndReason.NODE_LOST, EndReason.CONNECTION_FAILED})
+# Ends a reconnect with the same token may continue: the peer failed, its
+# node died, or the peer closed without a DELETE (a browser whose network went
+# away closes its peer; the page's and the widget's own hang-up DELETE first).
+RESUMABLE = frozenset({EndReason.NODE_LOST, EndReason.CONNECTION_FAILED, EndReason.HANGUP})
 
 
 class SessionOptions(BaseModel):
@@ -442,6 +445,19 @@ class SessionManager:
             avatar=offer.avatar, voice=offer.voice, lang=offer.lang, mode=offer.mode
         )
 
+    async def _take_over(self, token: str) -> None:
+        """An offer with the token of a live session whose peer is not
+        connected (the browser noticed a lost network before the server did):
+        that peer is let go, the session kept for this offer. A connected
+        peer keeps its session: 409."""
+        live = next((live for live in self.live.values() if live.token == token), None)
+        if live is None:
+            return
+        if live.pc.connectionState == "connected":
+            raise HTTPException(409, "this token's session is already connected")
+        log.info("session %s: a new offer takes over from its lost peer", live.session.id)
+        await self.close(live.session.id, EndReason.CONNECTION_FAILED)
+
     def _admit(self, offer: Offer, request: Request) -> tuple[str | None, SessionOptions, str]:
         """Who is offering: (minted session id or None, options, token)."""
         token = offer.token or bearer(request)
@@ -450,8 +466,6 @@ class SessionManager:
             self._forget_expired()
             session_id = next((s for s, w in self.waiting.items() if w.token == token), None)
             if session_id is None:
-                if any(live.token == token for live in self.live.values()):
-                    raise HTTPException(409, "this token's session is already connected")
                 raise HTTPException(401, "unknown or expired session token")
             waiting = self.waiting[session_id]
             if origin and not self._origin_allowed(origin, waiting.options, request):
@@ -462,6 +476,8 @@ class SessionManager:
     async def open(self, offer: Offer, request: Request) -> Answer | Response:
         if self.cluster is not None:
             return await self._open_in_cluster(offer, request)
+        if offer.token or bearer(request):
+            await self._take_over(offer.token or bearer(request) or "")
         session_id, options, token = self._admit(offer, request)
         check_offer(offer.sdp)  # 400 before any slot is taken
         # The token is spent on this offer, unless the offer fails.
@@ -511,21 +527,33 @@ class SessionManager:
         if record is None:
             raise HTTPException(401, "unknown or expired session token")
         now = time.time()
-        if record.state == "live":
+        if record.state == "live" and record.node != cluster.node_id:
             if await cluster.node_url_of(record.node) is None:
                 raise HTTPException(
                     503,
                     "this session's node stopped answering; reconnect in a few seconds",
-                    {"Retry-After": str(int(self.config.cluster.node_ttl_s) + 1)},
+                    {"Retry-After": str(max(1, math.ceil(self.config.cluster.node_ttl_s)))},
                 )
-            raise HTTPException(409, "this token's session is already connected")
+            return await cluster.forward(request, record.node, body)  # it decides
+        # A request another node passed here must be answered here.
+        stay = bool(request.headers.get(FORWARDED_HEADER))
+        if record.state == "live":
+            stay = True  # the peer it takes over from ran here
+            await self._take_over(token)
+            if record.id not in self.live:  # let go here, or lost track of: resumable
+                await cluster.end(record.id, EndReason.CONNECTION_FAILED, resumable=True)
+            record = await cluster.get(record.id) or record
         if record.state == "ended":
             window = self.config.cluster.reconnect_window_s
             if not record.resumable or now > record.ended_at + window:
                 raise HTTPException(401, "unknown or expired session token")
             expires = now + self.config.server.session_token_ttl_s
             node = await cluster.place(
-                record.id, expires, record.options.get("avatar"), record.options.get("voice")
+                record.id,
+                expires,
+                record.options.get("avatar"),
+                record.options.get("voice"),
+                stay=stay,
             )
             if node is None:
                 raise HTTPException(

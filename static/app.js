@@ -9,7 +9,7 @@
     video: $('video'), placeholder: $('placeholder'), state: $('state'),
     log: $('log'), text: $('text'), send: $('send'), composer: $('composer'),
     latency: $('latency'), avatar: $('avatar'), lang: $('lang'), error: $('error'),
-    voice: $('voice'),
+    voice: $('voice'), mode: $('mode'), modeField: $('mode-field'),
   };
 
   const ICE_GATHER_TIMEOUT_MS = 5000;
@@ -20,13 +20,25 @@
     deleted: 'The conversation was ended.',
     handshake_timeout: 'The connection could not be set up in time. Press Start to retry.',
   };
+  // Ends the same session token may continue (the server keeps the session a
+  // while): the page reconnects on its own.
+  const RESUMABLE = new Set(['node_lost', 'connection_failed']);
+  const RECONNECT_DELAYS_MS = [1000, 2000, 4000]; // before each attempt
+  const RETRY_AFTER_MAX_S = 5;        // a busy server's Retry-After up to this is honoured
+  const DISCONNECTED_GRACE_MS = 3000; // "disconnected" this long counts as lost
+  const RECONNECT_OPEN_TIMEOUT_MS = 15000;
+  const LOST = 'The connection was lost. Press Start to talk again.';
 
   // Everything tests need lives here.
   const vc = {
     pc: null,
     dc: null,
     sessionId: null,
+    token: null,
     events: [],
+    reconnecting: false, // true while the page re-offers with the session's token
+    reconnects: 0,       // reconnect attempts made (all sessions of this page)
+    modes: null,         // GET /health "modes", once it has answered
     audioLevel,
   };
   window.videochat = vc;
@@ -41,6 +53,9 @@
   let pendingTyped = null; // last typed question, to not show it twice if echoed
   let turnCount = 0;
   const latencyCols = [];
+  let established = false;    // this session's data channel has opened once
+  let reconnect = null;       // { reason } while reconnecting
+  let disconnectTimer = null; // a "disconnected" peer counts as lost when it fires
 
   // ---------------------------------------------------------------- UI helpers
 
@@ -49,9 +64,14 @@
     el.error.hidden = !message;
   }
 
-  function setState(value) {
-    el.state.textContent = value;
+  function setState(value, label = value) {
+    el.state.textContent = label;
     el.state.dataset.state = value;
+  }
+
+  // The mode the user picked, or null when the server offers one mode only.
+  function modeChoice() {
+    return el.modeField.hidden ? null : el.mode.value;
   }
 
   function setConnected(connected) {
@@ -61,9 +81,25 @@
     el.text.disabled = !connected;
     el.send.disabled = !connected;
     el.avatar.disabled = connected;
-    el.voice.disabled = connected;
     el.lang.disabled = connected;
+    el.mode.disabled = connected;
     el.placeholder.hidden = connected;
+    updateVoicePicker();
+  }
+
+  // An end-to-end model speaks in its own voices: the picker does not apply.
+  function updateVoicePicker() {
+    const endToEnd = modeChoice() === 'end-to-end';
+    el.voice.disabled = el.lang.disabled || endToEnd;
+    $('voice-play').disabled = endToEnd;
+  }
+
+  // While reconnecting: Hang up stays (it ends the session), nothing to send.
+  function setReconnecting() {
+    setConnected(true);
+    el.interrupt.disabled = true;
+    el.text.disabled = true;
+    el.send.disabled = true;
   }
 
   function scrollLog() {
@@ -193,7 +229,7 @@
     if (msg.interrupted) row.classList.add('interrupted');
   }
 
-  function onMessage(event) {
+  function onMessage(event, dc) {
     let msg;
     try {
       msg = JSON.parse(event.data);
@@ -215,6 +251,11 @@
         showError(msg.message || 'error');
         break;
       case 'ended':
+        if (dc !== vc.dc) break; // a peer this page has already left (hung up, replaced)
+        if (RESUMABLE.has(msg.reason) && canReconnect()) {
+          beginReconnect(msg.reason);
+          break;
+        }
         showError(ENDED[msg.reason] || `The conversation ended (${msg.reason}).`);
         vc.sessionId = null; // the server has closed it already
         hangup();
@@ -270,7 +311,230 @@
     return `server answered ${resp.status} ${resp.statusText}`;
   }
 
+  // What the offer carries besides the SDP: the page's choices.
+  function offerChoices() {
+    const mode = modeChoice();
+    return {
+      avatar: el.avatar.value,
+      lang: el.lang.value,
+      // "" (Default): the avatar's own voice, else the language's default;
+      // an end-to-end model speaks in its own voices.
+      ...(el.voice.value && mode !== 'end-to-end' ? { voice: el.voice.value } : {}),
+      // Only when the server offers a choice (GET /health "modes").
+      ...(mode ? { mode } : {}),
+    };
+  }
+
+  // A fresh peer connection on the microphone `mic`, offered with `fields`.
+  // Resolves with { pc, dc } once the server has answered, or null when the
+  // page hung up meanwhile; throws on a refused offer (err.status, err.retryAfter).
+  async function connectPeer(fields) {
+    const pc = new RTCPeerConnection({ iceServers: await iceServers() });
+    vc.pc = pc;
+    remoteStream = new MediaStream();
+
+    pc.addTransceiver(mic.getAudioTracks()[0], { direction: 'sendrecv', streams: [mic] });
+    pc.addTransceiver('video', { direction: 'recvonly' });
+
+    const dc = pc.createDataChannel('events');
+    vc.dc = dc;
+    dc.onmessage = (event) => onMessage(event, dc);
+    dc.onopen = () => {
+      if (vc.dc !== dc) return;
+      established = true;
+      setState('listening');
+    };
+
+    pc.ontrack = (event) => {
+      if (vc.pc !== pc) return;
+      const stream = event.streams && event.streams[0];
+      if (stream) {
+        remoteStream = stream;
+      } else if (!remoteStream.getTracks().includes(event.track)) {
+        remoteStream.addTrack(event.track);
+      }
+      if (el.video.srcObject !== remoteStream) el.video.srcObject = remoteStream;
+      if (event.track.kind === 'audio') attachAnalyser(event.track);
+      el.video.play().catch((err) => console.warn('video.play()', err));
+    };
+
+    pc.onconnectionstatechange = () => onPeerState(pc);
+
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitIceGathering(pc);
+    if (vc.pc !== pc) { pc.close(); return null; } // hung up meanwhile
+
+    const resp = await fetch('/offer', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({
+        sdp: pc.localDescription.sdp,
+        type: pc.localDescription.type,
+        ...fields,
+      }),
+    });
+    if (!resp.ok) {
+      const error = new Error(await errorText(resp));
+      error.status = resp.status;
+      error.retryAfter = resp.headers.get('Retry-After');
+      throw error;
+    }
+    const answer = await resp.json();
+    if (vc.pc !== pc) { // hung up while the server answered: end what it opened
+      if (answer.session_id) deleteSession(answer.session_id, answer.token);
+      pc.close();
+      return null;
+    }
+    vc.sessionId = answer.session_id ?? null;
+    // This session's own credential: hang-up, and a reconnect continues with it.
+    vc.token = answer.token ?? fields.token ?? null;
+    await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+    return { pc, dc };
+  }
+
+  function onPeerState(pc) {
+    // An old peer, or a reconnect attempt's (the attempt watches its own).
+    if (vc.pc !== pc || reconnect) return;
+    const state = pc.connectionState;
+    if (state === 'connected') {
+      clearTimeout(disconnectTimer);
+      disconnectTimer = null;
+    } else if (state === 'disconnected') {
+      // Often back within a second or two (ICE restarts on its own); longer is lost.
+      if (!disconnectTimer) {
+        disconnectTimer = setTimeout(() => {
+          disconnectTimer = null;
+          if (vc.pc === pc && !reconnect && pc.connectionState === 'disconnected') {
+            connectionLost();
+          }
+        }, DISCONNECTED_GRACE_MS);
+      }
+    } else if (state === 'failed') {
+      connectionLost();
+    }
+  }
+
+  function canReconnect() {
+    return established && !reconnect && Boolean(vc.sessionId && vc.token);
+  }
+
+  function connectionLost() {
+    if (canReconnect()) {
+      beginReconnect('connection_failed');
+      return;
+    }
+    if (reconnect) return;
+    showError('The connection to the avatar failed.');
+    hangup();
+  }
+
+  function closePeer(pc, dc) {
+    try { if (dc) dc.close(); } catch { /* already closed */ }
+    try { if (pc) pc.close(); } catch { /* already closed */ }
+  }
+
+  // The session ended resumably (or its peer was lost): leave the old peer
+  // without ending the session on the server, and re-offer with its token.
+  function beginReconnect(reason) {
+    const { pc, dc } = vc;
+    const attempt = { reason };
+    reconnect = attempt;
+    vc.reconnecting = true;
+    clearTimeout(disconnectTimer);
+    disconnectTimer = null;
+    vc.pc = null;
+    vc.dc = null;
+    closePeer(pc, dc);
+    analyser = null;
+    dropPartialUser();
+    currentBot = null;
+    pendingTyped = null;
+    showError('');
+    setReconnecting();
+    setState('reconnecting', 'Reconnecting…');
+    console.info(`videochat: reconnecting session ${vc.sessionId} (${reason})`);
+    reconnectLoop(attempt);
+  }
+
+  function sleep(ms) {
+    return new Promise((resolve) => { setTimeout(resolve, ms); });
+  }
+
+  // Resolves when the data channel opens; rejects when the peer fails first.
+  function channelOpen(pc, dc, timeoutMs) {
+    return new Promise((resolve, reject) => {
+      if (dc.readyState === 'open') { resolve(); return; }
+      const timer = setTimeout(() => finish(new Error('timed out connecting')), timeoutMs);
+      function check() {
+        if (dc.readyState === 'open') finish(null);
+        else if (['failed', 'closed'].includes(pc.connectionState) || dc.readyState === 'closed') {
+          finish(new Error(`the connection ${pc.connectionState}`));
+        }
+      }
+      function finish(error) {
+        clearTimeout(timer);
+        dc.removeEventListener('open', check);
+        dc.removeEventListener('close', check);
+        pc.removeEventListener('connectionstatechange', check);
+        if (error) reject(error); else resolve();
+      }
+      dc.addEventListener('open', check);
+      dc.addEventListener('close', check);
+      pc.addEventListener('connectionstatechange', check);
+    });
+  }
+
+  // Seconds from a Retry-After header, when short enough to wait for; else 0.
+  function shortRetryAfterMs(header) {
+    const seconds = Number(header);
+    if (!Number.isFinite(seconds) || seconds < 0 || seconds > RETRY_AFTER_MAX_S) return 0;
+    return seconds * 1000;
+  }
+
+  async function reconnectLoop(attempt) {
+    let retryAfterMs = 0;
+    for (const delay of RECONNECT_DELAYS_MS) {
+      await sleep(Math.max(delay, retryAfterMs));
+      if (reconnect !== attempt) return; // hung up meanwhile
+      retryAfterMs = 0;
+      vc.reconnects += 1;
+      try {
+        const peer = await connectPeer({ token: vc.token, ...offerChoices() });
+        if (!peer || reconnect !== attempt) return;
+        await channelOpen(peer.pc, peer.dc, RECONNECT_OPEN_TIMEOUT_MS);
+        if (reconnect !== attempt || vc.pc !== peer.pc) return;
+        reconnect = null;
+        vc.reconnecting = false;
+        setConnected(true);
+        setState('listening');
+        console.info(`videochat: session ${vc.sessionId} reconnected`);
+        return;
+      } catch (err) {
+        if (reconnect !== attempt) return;
+        console.warn('videochat: reconnect attempt failed', err);
+        const { pc, dc } = vc;
+        vc.pc = null;
+        vc.dc = null;
+        closePeer(pc, dc);
+        // The server no longer knows this session (ended for good, expired):
+        // trying again cannot help.
+        if ([400, 401, 403, 404].includes(err && err.status)) break;
+        // Busy (503) or too many requests (429): a short Retry-After is waited for.
+        if (err && [429, 503].includes(err.status)) {
+          retryAfterMs = shortRetryAfterMs(err.retryAfter);
+        }
+      }
+    }
+    if (reconnect !== attempt) return;
+    reconnect = null;
+    vc.reconnecting = false;
+    showError(LOST);
+    vc.sessionId = null; // nothing to hang up on the server: it ends the session itself
+    await hangup();
+  }
+
   async function start() {
+    if (vc.pc || reconnect) return;
     showError('');
     el.start.disabled = true;
     setState('connecting');
@@ -282,59 +546,8 @@
       mic = await navigator.mediaDevices.getUserMedia({
         audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
       });
-      const pc = new RTCPeerConnection({ iceServers: await iceServers() });
-      vc.pc = pc;
-      remoteStream = new MediaStream();
-
-      pc.addTransceiver(mic.getAudioTracks()[0], { direction: 'sendrecv', streams: [mic] });
-      pc.addTransceiver('video', { direction: 'recvonly' });
-
-      const dc = pc.createDataChannel('events');
-      vc.dc = dc;
-      dc.onmessage = onMessage;
-      dc.onopen = () => setState('listening');
-
-      pc.ontrack = (event) => {
-        const stream = event.streams && event.streams[0];
-        if (stream) {
-          remoteStream = stream;
-        } else if (!remoteStream.getTracks().includes(event.track)) {
-          remoteStream.addTrack(event.track);
-        }
-        if (el.video.srcObject !== remoteStream) el.video.srcObject = remoteStream;
-        if (event.track.kind === 'audio') attachAnalyser(event.track);
-        el.video.play().catch((err) => console.warn('video.play()', err));
-      };
-
-      pc.onconnectionstatechange = () => {
-        if (pc.connectionState === 'failed' && vc.pc === pc) {
-          showError('The connection to the avatar failed.');
-          hangup();
-        }
-      };
-
-      await pc.setLocalDescription(await pc.createOffer());
-      await waitIceGathering(pc);
-      if (vc.pc !== pc) return; // hung up meanwhile
-
-      const resp = await fetch('/offer', {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({
-          sdp: pc.localDescription.sdp,
-          type: pc.localDescription.type,
-          avatar: el.avatar.value,
-          lang: el.lang.value,
-          // "" (Default): the avatar's own voice, else the language's default
-          ...(el.voice.value ? { voice: el.voice.value } : {}),
-        }),
-      });
-      if (!resp.ok) throw new Error(await errorText(resp));
-      const answer = await resp.json();
-      vc.sessionId = answer.session_id ?? null;
-      vc.token = answer.token ?? null; // this session's own credential (hang-up)
-      await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
-      setConnected(true);
+      const peer = await connectPeer(offerChoices());
+      if (peer) setConnected(true);
     } catch (err) {
       const message = err && err.name === 'NotAllowedError'
         ? 'Microphone access was denied. Allow it and press Start again.'
@@ -361,12 +574,18 @@
     }
   }
 
+  // Also the user's Stop during a reconnect: that ends the session for good.
   async function hangup() {
     const { pc, dc, sessionId, token } = vc;
     vc.pc = null;
     vc.dc = null;
     vc.sessionId = null;
     vc.token = null;
+    reconnect = null;
+    vc.reconnecting = false;
+    established = false;
+    clearTimeout(disconnectTimer);
+    disconnectTimer = null;
     if (mic) { mic.getTracks().forEach((t) => t.stop()); mic = null; }
     analyser = null;
     el.video.pause();
@@ -378,8 +597,7 @@
     // Tell the server first, so it does not see the peer vanish and close
     // the session on its own; then close our side.
     if (sessionId) await deleteSession(sessionId, token);
-    try { if (dc) dc.close(); } catch { /* already closed */ }
-    try { if (pc) pc.close(); } catch { /* already closed */ }
+    closePeer(pc, dc);
   }
 
   function sendTyped(event) {
@@ -664,6 +882,27 @@
     }
   }
 
+  // ------------------------------------------------------------------- modes
+
+  // The Mode switch shows only when the server offers more than one mode
+  // (GET /health "modes": an end-to-end model is configured beside the cascade).
+  async function loadModes() {
+    let modes = [];
+    try {
+      const resp = await fetch('/health', { headers: { Accept: 'application/json' } });
+      if (resp.ok) modes = (await resp.json()).modes || [];
+    } catch { /* no /health: the server's default mode */ }
+    vc.modes = modes;
+    const offered = [...el.mode.options].filter((o) => modes.includes(o.value));
+    el.modeField.hidden = offered.length < 2;
+    if (offered.length >= 2) {
+      // An operator who configured an end-to-end model has it by default (as
+      // the server does for an offer that names no mode).
+      if (modes.includes('end-to-end')) el.mode.value = 'end-to-end';
+    }
+    updateVoicePicker();
+  }
+
   el.start.addEventListener('click', start);
   el.hangup.addEventListener('click', () => { hangup(); });
   el.interrupt.addEventListener('click', interrupt);
@@ -676,7 +915,8 @@
     recorded = null;
     $('voice-recording').hidden = true;
   });
-  window.addEventListener('pagehide', () => { if (vc.pc) hangup(); });
+  el.mode.addEventListener('change', updateVoicePicker);
+  window.addEventListener('pagehide', () => { if (vc.pc || reconnect) hangup(); });
 
   setConnected(false);
   setState('idle');
@@ -684,4 +924,5 @@
   $('voice-key').value = $('avatar-key').value;
   loadAvatars();
   loadVoices();
+  loadModes();
 })();

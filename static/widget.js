@@ -17,6 +17,14 @@
     try { return new URL(document.currentScript.src).origin; } catch { return ''; }
   })();
   const ICE_GATHER_TIMEOUT_MS = 5000;
+  // Ends the same session token may continue (the server keeps the session a
+  // while): the widget reconnects on its own.
+  const RESUMABLE = new Set(['node_lost', 'connection_failed']);
+  const RECONNECT_DELAYS_MS = [1000, 2000, 4000]; // before each attempt
+  const RETRY_AFTER_MAX_S = 5;        // a busy server's Retry-After up to this is honoured
+  const DISCONNECTED_GRACE_MS = 3000; // "disconnected" this long counts as lost
+  const RECONNECT_OPEN_TIMEOUT_MS = 15000;
+  const LOST = 'The connection was lost. Press Start to talk again.';
   const CJK_END = /[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]$/;
 
   const STYLE = `
@@ -40,6 +48,7 @@
     .state[data-state="listening"] { background: #2f9e6b; }
     .state[data-state="thinking"] { background: #d9922b; }
     .state[data-state="speaking"] { background: #3b82f6; }
+    .state[data-state="reconnecting"] { background: #d9922b; text-transform: none; }
     .subtitles { position: absolute; left: 0; right: 0; bottom: 0; padding: 8px 10px;
       background: linear-gradient(transparent, rgb(0 0 0 / 70%)); color: #fff; }
     .subtitles p { margin: 2px 0; text-shadow: 0 1px 2px #000; }
@@ -89,6 +98,46 @@
       || `server answered ${resp.status} ${resp.statusText}`;
   }
 
+  function sleep(ms) {
+    return new Promise((resolve) => { setTimeout(resolve, ms); });
+  }
+
+  // Milliseconds of a Retry-After header when short enough to wait for; else 0.
+  function shortRetryAfterMs(header) {
+    const seconds = Number(header);
+    if (!Number.isFinite(seconds) || seconds < 0 || seconds > RETRY_AFTER_MAX_S) return 0;
+    return seconds * 1000;
+  }
+
+  // Resolves when the data channel opens; rejects when the peer fails first.
+  function channelOpen(pc, dc, timeoutMs) {
+    return new Promise((resolve, reject) => {
+      if (dc.readyState === 'open') { resolve(); return; }
+      const timer = setTimeout(() => finish(new Error('timed out connecting')), timeoutMs);
+      function check() {
+        if (dc.readyState === 'open') finish(null);
+        else if (['failed', 'closed'].includes(pc.connectionState) || dc.readyState === 'closed') {
+          finish(new Error(`the connection ${pc.connectionState}`));
+        }
+      }
+      function finish(error) {
+        clearTimeout(timer);
+        dc.removeEventListener('open', check);
+        dc.removeEventListener('close', check);
+        pc.removeEventListener('connectionstatechange', check);
+        if (error) reject(error); else resolve();
+      }
+      dc.addEventListener('open', check);
+      dc.addEventListener('close', check);
+      pc.addEventListener('connectionstatechange', check);
+    });
+  }
+
+  function closePeer(pc, dc) {
+    try { if (dc) dc.close(); } catch { /* already closed */ }
+    try { if (pc) pc.close(); } catch { /* already closed */ }
+  }
+
   function waitIceGathering(pc) {
     // The server takes one offer with every candidate in it (no trickle).
     return new Promise((resolve) => {
@@ -128,12 +177,15 @@
       this._sessionId = null;
       this._sessionToken = null; // the token that reaches this session (from the answer)
       this._starting = false;
+      this._established = false; // this session's data channel has opened once
+      this._reconnect = null;     // { reason } while re-offering with the session's token
+      this._disconnectTimer = null;
       this._muted = false;
       this._state = 'idle';
       this._botTurnOpen = false; // bot_text clauses of one reply join on one line
 
       this._el.start.addEventListener('click', () => {
-        if (this._pc) this.stop(); else this.start();
+        if (this._pc || this._reconnect) this.stop(); else this.start();
       });
       this._el.mute.addEventListener('click', () => this.mute(!this._muted));
       this._el.sound.addEventListener('click', () => this._unmuteVideo());
@@ -141,14 +193,14 @@
         event.preventDefault();
         if (this.send(this._el.text.value)) this._el.text.value = '';
       });
-      this._onPageHide = () => { if (this._pc) this.stop(); };
+      this._onPageHide = () => { if (this._pc || this._reconnect) this.stop(); };
     }
 
     connectedCallback() { window.addEventListener('pagehide', this._onPageHide); }
 
     disconnectedCallback() {
       window.removeEventListener('pagehide', this._onPageHide);
-      if (this._pc) this.stop();
+      if (this._pc || this._reconnect) this.stop();
     }
 
     attributeChangedCallback() { this._showError(''); }
@@ -163,14 +215,14 @@
     set token(value) { this.setAttribute('token', value); }
     get sessionId() { return this._sessionId; }
     get state() { return this._state; }
-    get connected() { return this._pc !== null && !this._starting; }
+    get connected() { return this._pc !== null && !this._starting && !this._reconnect; }
     get muted() { return this._muted; }
 
     // -------------------------------------------------------------- methods
 
     /** Open the microphone, offer WebRTC to the server with the token. */
     async start() {
-      if (this._pc || this._starting) return;
+      if (this._pc || this._starting || this._reconnect) return;
       this._starting = true;
       this._showError('');
       this._el.start.disabled = true;
@@ -184,59 +236,8 @@
           audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
         });
         this._applyMute();
-        const pc = new RTCPeerConnection({ iceServers: await this._iceServers() });
-        this._pc = pc;
-        const remote = new MediaStream();
-        pc.addTransceiver(this._mic.getAudioTracks()[0], {
-          direction: 'sendrecv', streams: [this._mic],
-        });
-        pc.addTransceiver('video', { direction: 'recvonly' });
-        const dc = pc.createDataChannel('events');
-        this._dc = dc;
-        dc.onmessage = (event) => this._onMessage(event);
-        dc.onopen = () => {
-          this._setState('listening');
-          this._emit('connected', { type: 'connected', session_id: this._sessionId });
-        };
-        pc.ontrack = (event) => {
-          const stream = (event.streams && event.streams[0]) || remote;
-          if (!stream.getTracks().includes(event.track)) stream.addTrack(event.track);
-          if (this._el.video.srcObject !== stream) this._el.video.srcObject = stream;
-          this._playVideo();
-        };
-        pc.onconnectionstatechange = () => {
-          if (pc.connectionState === 'failed' && this._pc === pc) {
-            this._fail({ type: 'error', message: 'The connection to the avatar failed.' });
-            this._teardown({ type: 'ended', reason: 'connection failed' }, false);
-          }
-        };
-
-        await pc.setLocalDescription(await pc.createOffer());
-        await waitIceGathering(pc);
-        if (this._pc !== pc) return; // stopped meanwhile
-
-        const body = {
-          sdp: pc.localDescription.sdp, type: pc.localDescription.type, token: this.token,
-        };
-        for (const name of ['lang', 'avatar', 'voice']) {
-          if (this.getAttribute(name)) body[name] = this.getAttribute(name);
-        }
-        if (!body.token) delete body.token; // the server's own page may go without
-        const resp = await this._fetch('/offer', {
-          method: 'POST',
-          headers: { 'Content-Type': 'application/json' },
-          body: JSON.stringify(body),
-        });
-        if (!resp.ok) {
-          const error = new Error(await errorText(resp));
-          error.status = resp.status;
-          throw error;
-        }
-        const answer = await resp.json();
-        if (this._pc !== pc) return;
-        this._sessionId = answer.session_id ?? null;
-        this._sessionToken = answer.token || this.token || null;
-        await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+        const peer = await this._connectPeer(this.token);
+        if (!peer) return;
         this._starting = false;
         this._setControls(true);
       } catch (err) {
@@ -278,6 +279,167 @@
 
     // ------------------------------------------------------------ internals
 
+    // A fresh peer connection on the microphone, offered with `token`.
+    // Resolves with { pc, dc } once the server answered, or null when stopped
+    // meanwhile; throws on a refused offer (err.status, err.retryAfter).
+    async _connectPeer(token) {
+      const pc = new RTCPeerConnection({ iceServers: await this._iceServers() });
+      this._pc = pc;
+      const remote = new MediaStream();
+      pc.addTransceiver(this._mic.getAudioTracks()[0], {
+        direction: 'sendrecv', streams: [this._mic],
+      });
+      pc.addTransceiver('video', { direction: 'recvonly' });
+      const dc = pc.createDataChannel('events');
+      this._dc = dc;
+      dc.onmessage = (event) => this._onMessage(event, dc);
+      dc.onopen = () => {
+        if (this._dc !== dc) return;
+        const resumed = this._established;
+        this._established = true;
+        this._setState('listening');
+        const detail = { type: 'connected', session_id: this._sessionId };
+        if (resumed) detail.resumed = true;
+        this._emit('connected', detail);
+      };
+      pc.ontrack = (event) => {
+        if (this._pc !== pc) return;
+        const stream = (event.streams && event.streams[0]) || remote;
+        if (!stream.getTracks().includes(event.track)) stream.addTrack(event.track);
+        if (this._el.video.srcObject !== stream) this._el.video.srcObject = stream;
+        this._playVideo();
+      };
+      pc.onconnectionstatechange = () => this._onPeerState(pc);
+
+      await pc.setLocalDescription(await pc.createOffer());
+      await waitIceGathering(pc);
+      if (this._pc !== pc) { pc.close(); return null; } // stopped meanwhile
+
+      const body = { sdp: pc.localDescription.sdp, type: pc.localDescription.type, token };
+      for (const name of ['lang', 'avatar', 'voice']) {
+        if (this.getAttribute(name)) body[name] = this.getAttribute(name);
+      }
+      if (!body.token) delete body.token; // the server's own page may go without
+      const resp = await this._fetch('/offer', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      if (!resp.ok) {
+        const error = new Error(await errorText(resp));
+        error.status = resp.status;
+        error.retryAfter = resp.headers.get('Retry-After');
+        throw error;
+      }
+      const answer = await resp.json();
+      if (this._pc !== pc) { // stopped while the server answered: end what it opened
+        if (answer.session_id) this._deleteSession(answer.session_id, answer.token || token);
+        pc.close();
+        return null;
+      }
+      this._sessionId = answer.session_id ?? null;
+      this._sessionToken = answer.token || token || null;
+      await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+      return { pc, dc };
+    }
+
+    _onPeerState(pc) {
+      // An old peer, or a reconnect attempt's (the attempt watches its own).
+      if (this._pc !== pc || this._reconnect) return;
+      const state = pc.connectionState;
+      if (state === 'connected') {
+        clearTimeout(this._disconnectTimer);
+        this._disconnectTimer = null;
+      } else if (state === 'disconnected') {
+        // Often back within a second or two; longer counts as lost.
+        if (!this._disconnectTimer) {
+          this._disconnectTimer = setTimeout(() => {
+            this._disconnectTimer = null;
+            if (this._pc === pc && !this._reconnect && pc.connectionState === 'disconnected') {
+              this._connectionLost();
+            }
+          }, DISCONNECTED_GRACE_MS);
+        }
+      } else if (state === 'failed') {
+        this._connectionLost();
+      }
+    }
+
+    _canReconnect() {
+      return this._established && !this._reconnect && !this._starting
+        && Boolean(this._sessionId && this._sessionToken);
+    }
+
+    _connectionLost() {
+      if (this._canReconnect()) {
+        this._beginReconnect('connection_failed');
+        return;
+      }
+      if (this._reconnect) return;
+      this._fail({ type: 'error', message: 'The connection to the avatar failed.' });
+      this._teardown({ type: 'ended', reason: 'connection failed' }, false);
+    }
+
+    // The session ended resumably (or its peer was lost): leave the old peer
+    // without ending the session on the server and offer again with its token
+    // (a fresh peer connection, the same microphone), up to three times.
+    _beginReconnect(reason) {
+      const pc = this._pc;
+      const dc = this._dc;
+      const attempt = { reason };
+      this._reconnect = attempt;
+      clearTimeout(this._disconnectTimer);
+      this._disconnectTimer = null;
+      this._pc = null;
+      this._dc = null;
+      closePeer(pc, dc);
+      this._botTurnOpen = false;
+      this._showError('');
+      this._el.mute.disabled = true;
+      this._el.text.disabled = true;
+      this._el.send.disabled = true;
+      this._setState('reconnecting', 'Reconnecting…');
+      this._emit('reconnecting', { type: 'reconnecting', reason, session_id: this._sessionId });
+      this._reconnectLoop(attempt);
+    }
+
+    async _reconnectLoop(attempt) {
+      let retryAfterMs = 0;
+      for (const delay of RECONNECT_DELAYS_MS) {
+        await sleep(Math.max(delay, retryAfterMs));
+        if (this._reconnect !== attempt) return; // stopped meanwhile
+        retryAfterMs = 0;
+        try {
+          const peer = await this._connectPeer(this._sessionToken);
+          if (!peer || this._reconnect !== attempt) return;
+          await channelOpen(peer.pc, peer.dc, RECONNECT_OPEN_TIMEOUT_MS);
+          if (this._reconnect !== attempt || this._pc !== peer.pc) return;
+          this._reconnect = null;
+          this._setControls(true);
+          this._setState('listening');
+          return;
+        } catch (err) {
+          if (this._reconnect !== attempt) return;
+          console.warn('videochat-avatar: reconnect attempt failed', err);
+          const { _pc: pc, _dc: dc } = this;
+          this._pc = null;
+          this._dc = null;
+          closePeer(pc, dc);
+          // The server no longer knows the session (ended for good, expired).
+          if ([400, 401, 403, 404].includes(err && err.status)) break;
+          // Busy (503) or too many requests (429): a short Retry-After is waited for
+          // (readable from another origin only if the server exposes the header).
+          if (err && [429, 503].includes(err.status)) {
+            retryAfterMs = shortRetryAfterMs(err.retryAfter);
+          }
+        }
+      }
+      if (this._reconnect !== attempt) return;
+      this._fail({ type: 'error', message: LOST });
+      this._sessionId = null; // the server ends the session itself: nothing to delete
+      this._teardown({ type: 'ended', reason: attempt.reason }, false);
+    }
+
     _emit(name, detail) {
       // composed: the host page can listen on the element or anywhere above it.
       this.dispatchEvent(new CustomEvent(name, { detail, bubbles: true, composed: true }));
@@ -317,7 +479,7 @@
       return true;
     }
 
-    _onMessage(event) {
+    _onMessage(event, dc) {
       let msg;
       try { msg = JSON.parse(event.data); } catch { return; }
       switch (msg.type) {
@@ -352,6 +514,13 @@
           this._fail(msg);
           break;
         case 'ended':
+          if (dc !== this._dc) break; // a peer the widget has already left
+          // The node holding the session was lost, or its peer failed: the
+          // same token continues the conversation.
+          if (RESUMABLE.has(msg.reason) && this._canReconnect()) {
+            this._beginReconnect(msg.reason);
+            break;
+          }
           // The server closes the session itself (time limit, idle, deleted).
           this._teardown(msg, false);
           break;
@@ -369,10 +538,15 @@
       const dc = this._dc;
       const sessionId = this._sessionId;
       const token = this._sessionToken;
+      const wasReconnecting = this._reconnect !== null;
       this._pc = null;
       this._dc = null;
       this._sessionId = null;
       this._sessionToken = null;
+      this._reconnect = null;
+      this._established = false;
+      clearTimeout(this._disconnectTimer);
+      this._disconnectTimer = null;
       if (this._mic) { this._mic.getTracks().forEach((t) => t.stop()); this._mic = null; }
       this._el.video.pause();
       this._el.video.srcObject = null;
@@ -382,9 +556,8 @@
       // The server first, so that it does not see the peer vanish and close
       // the session on its own; then this side.
       if (tellServer && sessionId) await this._deleteSession(sessionId, token);
-      try { if (dc) dc.close(); } catch { /* already closed */ }
-      try { if (pc) pc.close(); } catch { /* already closed */ }
-      if (pc && endedDetail) this._emit('ended', endedDetail);
+      closePeer(pc, dc);
+      if ((pc || wasReconnecting) && endedDetail) this._emit('ended', endedDetail);
     }
 
     async _deleteSession(sessionId, token) {
@@ -423,9 +596,9 @@
       this._el.video.play().catch(() => {});
     }
 
-    _setState(value) {
+    _setState(value, label = value) {
       this._state = value;
-      this._el.state.textContent = value;
+      this._el.state.textContent = label;
       this._el.state.dataset.state = value;
     }
 

@@ -28,7 +28,7 @@ from server.app import create_app
 from server.cluster import ClusterRegistry
 from server.rtc import offer_loopback_only
 from tests.fakes import ScriptedLLM, fake_engines, on_server_loop, served
-from tests.test_sessions_api import API_KEY, KEY, REPLIES, Webhook
+from tests.test_sessions_api import API_KEY, KEY, REPLIES, Webhook, offer_sdp
 
 REDIS = shutil.which("redis-server")
 
@@ -359,3 +359,52 @@ async def test_the_pages_own_flow_is_placed_anywhere_and_passed_on(redis: RedisS
         finally:
             for client in (first, second, third):
                 await client.pc.close()
+
+
+async def test_an_offer_takes_over_from_a_peer_that_never_connected(redis: RedisServer) -> None:
+    """The browser noticed its lost network before the server: its new offer
+    with the token replaces the old peer (a connected one would get 409)."""
+    with node(redis.url, "a") as (a, _), node(redis.url, "b") as (b, _):
+        minted = mint(a).json()
+        home = minted["connect_url"]
+        elsewhere = b if home == a else a
+        lost = httpx.post(
+            f"{home}/offer",
+            json={"sdp": await offer_sdp(), "type": "offer", "token": minted["token"]},
+            timeout=10,
+        )
+        assert lost.status_code == 200  # answered, but that peer never connects
+        client = Client(elsewhere, token=minted["token"])  # passed to the session's node
+        try:
+            await client.connect()
+            assert client.session_id == minted["session_id"]
+            summary = httpx.get(f"{a}/api/sessions/{client.session_id}", headers=KEY).json()
+            assert summary["node"] == minted["node"]  # it stayed where it was
+            # Now connected: another offer with the token is refused.
+            again = httpx.post(
+                f"{elsewhere}/offer",
+                json={"sdp": await offer_sdp(), "type": "offer", "token": minted["token"]},
+                timeout=10,
+            )
+            assert again.status_code == 409
+        finally:
+            await client.close()
+
+
+async def test_a_single_node_offer_takes_over_from_a_lost_peer() -> None:
+    config = Config()
+    config.server.api_key = API_KEY
+    config.server.loopback_only = True
+    with served(create_app(config, fake_engines(ScriptedLLM(REPLIES)))) as base:
+        minted = httpx.post(f"{base}/api/sessions", json={}, headers=KEY).json()
+        lost = httpx.post(
+            f"{base}/offer",
+            json={"sdp": await offer_sdp(), "type": "offer", "token": minted["token"]},
+        )
+        assert lost.status_code == 200
+        client = Client(base, token=minted["token"])
+        try:
+            await client.connect()
+            assert client.session_id == minted["session_id"]
+        finally:
+            await client.close()

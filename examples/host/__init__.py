@@ -60,8 +60,8 @@ PAGE = """<!doctype html>
     const avatar = document.getElementById('avatar');
     const list = document.getElementById('events');
     window.hostEvents = [];
-    for (const name of ['connected', 'state', 'user-text', 'bot-text', 'turn', 'error',
-                        'ended']) {{
+    for (const name of ['connected', 'reconnecting', 'state', 'user-text', 'bot-text', 'turn',
+                        'error', 'ended']) {{
       avatar.addEventListener(name, (event) => {{
         const d = event.detail || {{}};
         window.hostEvents.push({{ name, detail: d }});
