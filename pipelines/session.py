@@ -440,6 +440,7 @@ class Session:
             "lang": self.lang,
             "avatar": self.avatar_name,
             "voice": self.voice,
+            "mode": "end-to-end" if self.engines.s2s is not None else "cascade",
             "created": self.created,
             "turns": len(self.turns),
             "frames_sent": self.clock.frames_sent,

@@ -182,6 +182,7 @@ class SessionRecord:
             "lang": self.options.get("lang", "auto"),
             "avatar": self.options.get("avatar"),
             "voice": self.options.get("voice"),
+            "mode": self.options.get("mode"),
             "created": self.created,
             "turns": len(self.transcript),
         }

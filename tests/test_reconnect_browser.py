@@ -425,7 +425,7 @@ def test_the_mode_switch_shows_beside_an_end_to_end_model(browser: Any) -> None:
         ask_page(page, FIRST, "Paris")
         assert len(s2s.conversations) == 1 and s2s.conversations[0].inputs == [FIRST]
         summary = api(base, f"/api/sessions/{session_id}", token).json()
-        assert summary.get("mode", "end-to-end") == "end-to-end", summary
+        assert summary["mode"] == "end-to-end", summary
         page.click("#hangup")
         page.wait_for_function("() => window.videochat.sessionId === null", timeout=10_000)
 
