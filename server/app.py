@@ -57,6 +57,14 @@ def freeze_startup_objects() -> None:
     )
 
 
+async def passed_on(sessions: SessionManager, session_id: str, request: Request) -> Response | None:
+    """A call about one session (the API key or that session's token): in a
+    cluster, the answer of the node that runs it when that is another one;
+    None when this node answers."""
+    await sessions.authorize(session_id, request)
+    return await sessions.elsewhere(session_id, request)
+
+
 def connected(sessions: SessionManager, session_id: str) -> Session:
     """The running session, or 409 for one that exists but is not connected."""
     if session_id not in sessions.live:
@@ -254,22 +262,19 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
         return await manager(request).summaries()
 
     # Calls about one session: the API key or that session's token; in a
-    # cluster, passed to the node that runs the session (elsewhere()).
+    # cluster, passed to the node that runs the session (passed_on()).
     @app.get("/api/sessions/{session_id}", response_model=None)
     async def get_session(session_id: str, request: Request) -> dict | Response:
         """One session with its turns and history."""
         sessions = manager(request)
-        await sessions.authorize(session_id, request)
-        return await sessions.elsewhere(session_id, request) or await sessions.summary(
-            session_id, detail=True
-        )
+        forwarded = await passed_on(sessions, session_id, request)
+        return forwarded or await sessions.summary(session_id, detail=True)
 
     @app.get("/api/sessions/{session_id}/transcript", response_model=None)
     async def get_transcript(session_id: str, request: Request) -> dict | Response:
         """What the user said and what the avatar said, turn by turn."""
         sessions = manager(request)
-        await sessions.authorize(session_id, request)
-        forwarded = await sessions.elsewhere(session_id, request)
+        forwarded = await passed_on(sessions, session_id, request)
         if forwarded is not None:
             return forwarded
         return {"id": session_id, "turns": await sessions.transcript(session_id)}
@@ -278,8 +283,7 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
     async def say(session_id: str, body: SayRequest, request: Request) -> dict | Response:
         """Make the avatar say a text (it interrupts what it is saying)."""
         sessions = manager(request)
-        await sessions.authorize(session_id, request)
-        forwarded = await sessions.elsewhere(session_id, request)
+        forwarded = await passed_on(sessions, session_id, request)
         if forwarded is not None:
             return forwarded
         session = connected(sessions, session_id)
@@ -292,8 +296,7 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
     @app.post("/api/sessions/{session_id}/interrupt", response_model=None)
     async def interrupt(session_id: str, request: Request) -> dict | Response:
         sessions = manager(request)
-        await sessions.authorize(session_id, request)
-        forwarded = await sessions.elsewhere(session_id, request)
+        forwarded = await passed_on(sessions, session_id, request)
         if forwarded is not None:
             return forwarded
         connected(sessions, session_id).interrupt("api")
@@ -303,8 +306,7 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
     async def delete_session(session_id: str, request: Request) -> Response:
         """Hang up (API key, or the session's own token)."""
         sessions = manager(request)
-        await sessions.authorize(session_id, request)
-        forwarded = await sessions.elsewhere(session_id, request)
+        forwarded = await passed_on(sessions, session_id, request)
         if forwarded is not None:
             return forwarded
         if not await sessions.close(session_id, EndReason.DELETED):
