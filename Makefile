@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: venv install weights calibrate run test chromium redis bench lint soak docker-test
+.PHONY: venv install weights calibrate run test chromium redis cluster-test bench lint soak docker-test
 
 venv install: $(INSTALLED)
 
@@ -62,7 +62,7 @@ redis:
 	command -v redis-server || (apt-get update && apt-get install -y --no-install-recommends redis-server)
 
 test: install $(TORCH_TESTS) calibrate chromium redis
-	$(BIN)/python -m pytest -m "not browser and not docker" -q
+	$(BIN)/python -m pytest -m "not browser and not docker and not cluster" -q
 	@unshare -n true 2>/dev/null || { \
 		echo "error: 'unshare -n' is not permitted here: the browser tests must run in a" >&2; \
 		echo "loopback-only network namespace. Run 'make test' as root (or in a container" >&2; \
@@ -70,6 +70,15 @@ test: install $(TORCH_TESTS) calibrate chromium redis
 		echo "namespaces are enabled." >&2; \
 		exit 1; }
 	unshare -n sh -c 'ip link set lo up && $(BIN)/python -m pytest -m browser -q'
+
+# The cluster tests (tests/cluster/): 2-3 nodes with the fake models, each in a
+# network namespace of its own, behind nginx, on one redis-server, with coturn
+# relaying the media of a client namespace that reaches nothing else. As root,
+# inside a fresh network namespace: nothing leaves the machine.
+cluster-test: install
+	command -v redis-server && command -v nginx && command -v turnserver || \
+		(apt-get update && apt-get install -y --no-install-recommends redis-server nginx-light coturn iproute2)
+	unshare -n sh -c 'ip link set lo up && $(BIN)/python -m pytest -m cluster -q tests/cluster'
 
 bench: install calibrate
 	$(BIN)/python -m bench

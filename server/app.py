@@ -24,7 +24,7 @@ from pipelines.session import Session
 from pipelines.splitter import warm_up as warm_up_splitter
 from server.auth import load_or_create_api_key, require_api_key
 from server.avatars_api import router as avatars_router
-from server.cluster import ClusterRegistry, keep_beating
+from server.cluster import ClusterRegistry, NodeInfo, keep_beating
 from server.guards import BodyLimit, ClientRateLimit, SessionCORS
 from server.machine import apply_plan, plan_machine
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -204,13 +204,16 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
                 "alive": True,
             }
             return {"cluster": False, "registry": None, "nodes": [this]}
-        nodes = await sessions.cluster.nodes()
-        return {
-            "cluster": True,
-            "registry": "ok",
-            "node": sessions.cluster.node_id,
-            "nodes": [node.public() for node in nodes],
-        }
+        cluster = sessions.cluster
+        try:
+            nodes = [node.public() for node in await cluster.nodes()]
+            registry = "ok"
+        except HTTPException:  # Redis is away: this node can only speak for itself
+            this = NodeInfo(
+                cluster.node_id, cluster.node_url, sessions.capacity, len(sessions.live)
+            )
+            nodes, registry = [this.public()], "unreachable"
+        return {"cluster": True, "registry": registry, "node": cluster.node_id, "nodes": nodes}
 
     @app.get("/api/machine")
     async def machine_info(request: Request) -> dict:

@@ -37,6 +37,8 @@ router = APIRouter()
 
 # One preparation at a time: it is CPU-heavy and sessions share the cores.
 _PREPARE_LOCK = threading.Lock()
+
+
 def _jobs(request: Request) -> JobTable:
     state = request.app.state
     if not hasattr(state, "avatar_jobs"):

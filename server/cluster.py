@@ -155,6 +155,8 @@ class SessionRecord:
     resumable: bool = False
     transcript: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, str]] = field(default_factory=list)
+    avatar: str | None = None  # as the node running it resolved them
+    voice: str | None = None
 
     @classmethod
     def from_hash(cls, sid: str, raw: dict[str, str]) -> SessionRecord:
@@ -171,6 +173,8 @@ class SessionRecord:
             resumable=raw.get("resumable") == "1",
             transcript=json.loads(raw.get("transcript", "[]")),
             history=json.loads(raw.get("history", "[]")),
+            avatar=raw.get("avatar"),
+            voice=raw.get("voice"),
         )
 
     def summary(self, detail: bool = False) -> dict[str, Any]:
@@ -180,8 +184,8 @@ class SessionRecord:
             "state": self.state,
             "node": self.node,
             "lang": self.options.get("lang", "auto"),
-            "avatar": self.options.get("avatar"),
-            "voice": self.options.get("voice"),
+            "avatar": self.avatar or self.options.get("avatar"),
+            "voice": self.voice or self.options.get("voice"),
             "mode": self.options.get("mode"),
             "created": self.created,
             "turns": len(self.transcript),
@@ -408,9 +412,16 @@ class ClusterRegistry:
                 pipe.persist(self._token_key(digest))
             await self._call("move session", pipe.execute())
 
-    async def mark_live(self, sid: str) -> None:
+    async def mark_live(self, sid: str, avatar: str = "", voice: str = "") -> None:
+        """The session runs here now, with this avatar and voice (resolved
+        from defaults where it was minted without them)."""
+        fields = {"state": "live", "node": self.node_id}
+        if avatar:
+            fields["avatar"] = avatar
+        if voice:
+            fields["voice"] = voice
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._session_key(sid), mapping={"state": "live", "node": self.node_id})
+            pipe.hset(self._session_key(sid), mapping=fields)
             pipe.zadd(self._slots(self.node_id), {sid: "+inf"})
             await self._call("session live", pipe.execute())
 

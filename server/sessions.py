@@ -609,7 +609,8 @@ class SessionManager:
         live.watcher = self._spawn(self._watch(live))
         if self.cluster is not None:
             try:
-                await self.cluster.mark_live(live.session.id)
+                session = live.session
+                await self.cluster.mark_live(session.id, session.avatar_name, session.voice or "")
             except HTTPException:  # the heartbeat re-asserts it when Redis is back
                 log.warning("session %s: live, but the registry did not hear it", live.session.id)
         local = live.pc.localDescription

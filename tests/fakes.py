@@ -441,6 +441,49 @@ def served(app: Any, port: int | None = None) -> Iterator[str]:
         thread.join(30)
 
 
+class Webhook:
+    """Collects webhook POSTs (JSON bodies, each with ``_received_at``) on
+    ``host``: 127.0.0.1, or a test network's address (tests/cluster/)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.events: list[dict[str, Any]] = []
+        received = self.events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                body["_received_at"] = time.time()
+                received.append(body)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def names(self) -> list[str]:
+        return [e["event"] for e in self.events]
+
+    def of(self, session_id: str, event: str | None = None) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events
+            if e.get("session_id") == session_id and (event is None or e.get("event") == event)
+        ]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 async def on_server_loop(app: Any, coro: Any) -> Any:
     """Run ``coro`` on the event loop of a server started by ``served`` (its
     sessions' tasks live there) and wait for its result."""

@@ -27,8 +27,8 @@ from pipelines.events import EndReason
 from server.app import create_app
 from server.cluster import ClusterRegistry
 from server.rtc import offer_loopback_only
-from tests.fakes import ScriptedLLM, fake_engines, on_server_loop, served
-from tests.test_sessions_api import API_KEY, KEY, REPLIES, Webhook, offer_sdp
+from tests.fakes import ScriptedLLM, Webhook, fake_engines, on_server_loop, served
+from tests.test_sessions_api import API_KEY, KEY, REPLIES, offer_sdp
 
 REDIS = shutil.which("redis-server")
 

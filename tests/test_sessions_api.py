@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -19,7 +17,7 @@ from bench.client import Client
 from core.config import Config
 from server.app import create_app
 from server.rtc import keep_loopback_candidates, offer_loopback_only
-from tests.fakes import FailingLLM, ScriptedLLM, fake_engines, served
+from tests.fakes import FailingLLM, ScriptedLLM, Webhook, fake_engines, served
 
 API_KEY = "k-test"
 KEY = {"Authorization": f"Bearer {API_KEY}"}
@@ -47,31 +45,6 @@ def loopback_only() -> None:
 def server() -> Iterator[str]:
     with served(create_app(make_config(), fake_engines(ScriptedLLM(REPLIES)))) as base:
         yield base
-
-
-class Webhook:
-    """Collects webhook calls on 127.0.0.1."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        received = self.events
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                length = int(self.headers.get("content-length", 0))
-                received.append(json.loads(self.rfile.read(length)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def names(self) -> list[str]:
-        return [e["event"] for e in self.events]
 
 
 async def offer_sdp() -> str:
