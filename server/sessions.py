@@ -746,6 +746,7 @@ class SessionManager:
             release_free_heap()
         resumable = reason in RESUMABLE and self.config.cluster.reconnect_window_s > 0
         first = await self._record_end(live, reason, resumable)
+        self._forget_expired()  # older resumable ones whose window is over
         if resumable and self.cluster is None:
             self.waiting[session_id] = _Waiting(
                 live.options,

@@ -408,3 +408,27 @@ async def test_a_single_node_offer_takes_over_from_a_lost_peer() -> None:
             assert client.session_id == minted["session_id"]
         finally:
             await client.close()
+
+
+async def test_a_single_nodes_reconnect_window_ends() -> None:
+    config = Config()
+    config.server.api_key = API_KEY
+    config.server.loopback_only = True
+    config.cluster.reconnect_window_s = 0.5
+    app = create_app(config, fake_engines(ScriptedLLM(REPLIES)))
+    with served(app) as base:
+        client = Client(base)
+        try:
+            await client.connect()
+            sid, token = client.session_id, client.token
+            await on_server_loop(app, app.state.manager.close(sid, EndReason.CONNECTION_FAILED))
+            assert httpx.get(f"{base}/api/sessions/{sid}", headers=KEY).json()["resumable"]
+            await asyncio.sleep(0.7)
+            # Any later session's end (or offer, or mint) forgets it.
+            assert httpx.post(f"{base}/api/sessions", json={}, headers=KEY).status_code == 201
+            assert httpx.get(f"{base}/api/sessions/{sid}", headers=KEY).status_code == 404
+            late = Client(base, token=token)
+            with pytest.raises(Exception, match="401"):
+                await late.connect()
+        finally:
+            await client.pc.close()
