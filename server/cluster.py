@@ -460,6 +460,9 @@ class ClusterRegistry:
         await self._call("origins", self.redis.zremrangebyscore(key, "-inf", time.time()))
         return set(await self._call("origins", self.redis.zrange(key, 0, -1)))
 
+    async def exists(self, sid: str) -> bool:
+        return bool(await self._call("session", self.redis.exists(self._session_key(sid))))
+
     async def get(self, sid: str) -> SessionRecord | None:
         raw = await self._call("session", self.redis.hgetall(self._session_key(sid)))
         return SessionRecord.from_hash(sid, raw) if raw else None

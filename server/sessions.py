@@ -299,7 +299,7 @@ class SessionManager:
         if is_api_key(credential, request):
             if session_id in self.live or session_id in self.waiting:
                 return
-            if self.cluster is not None and await self.cluster.get(session_id) is not None:
+            if self.cluster is not None and await self.cluster.exists(session_id):
                 return
             raise HTTPException(404, f"no session {session_id!r}")
         owner = await self._session_of(credential)

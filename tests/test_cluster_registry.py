@@ -28,7 +28,7 @@ from server.app import create_app
 from server.cluster import ClusterRegistry
 from server.rtc import offer_loopback_only
 from tests.fakes import ScriptedLLM, Webhook, fake_engines, on_server_loop, served
-from tests.test_sessions_api import API_KEY, KEY, REPLIES, offer_sdp
+from tests.test_sessions_api import API_KEY, KEY, REPLIES, make_config, offer_sdp
 
 REDIS = shutil.which("redis-server")
 
@@ -303,10 +303,7 @@ def test_without_redis_a_node_keeps_serving_but_takes_no_new_sessions(
 
 
 async def test_a_single_nodes_session_reconnects_after_its_peer_failed() -> None:
-    config = Config()
-    config.server.api_key = API_KEY
-    config.server.loopback_only = True
-    app = create_app(config, fake_engines(ScriptedLLM(REPLIES)))
+    app = create_app(make_config(), fake_engines(ScriptedLLM(REPLIES)))
     with served(app) as base:
         client = Client(base)
         try:
@@ -392,10 +389,7 @@ async def test_an_offer_takes_over_from_a_peer_that_never_connected(redis: Redis
 
 
 async def test_a_single_node_offer_takes_over_from_a_lost_peer() -> None:
-    config = Config()
-    config.server.api_key = API_KEY
-    config.server.loopback_only = True
-    with served(create_app(config, fake_engines(ScriptedLLM(REPLIES)))) as base:
+    with served(create_app(make_config(), fake_engines(ScriptedLLM(REPLIES)))) as base:
         minted = httpx.post(f"{base}/api/sessions", json={}, headers=KEY).json()
         lost = httpx.post(
             f"{base}/offer",
@@ -411,9 +405,7 @@ async def test_a_single_node_offer_takes_over_from_a_lost_peer() -> None:
 
 
 async def test_a_single_nodes_reconnect_window_ends() -> None:
-    config = Config()
-    config.server.api_key = API_KEY
-    config.server.loopback_only = True
+    config = make_config()
     config.cluster.reconnect_window_s = 0.5
     app = create_app(config, fake_engines(ScriptedLLM(REPLIES)))
     with served(app) as base:
