@@ -339,6 +339,12 @@ def server_machine(base: str) -> dict:
         if response.status_code == 200:
             data = response.json()
             info["summary"] = data.get("summary", "")
+            check = data.get("spot_check")
+            if check:  # today's TTS speed against the cached calibration
+                info["summary"] += (
+                    f" Start-up TTS spot check: {check['measured_s']:.2f} s against "
+                    f"{check['predicted_s']:.2f} s calibrated (x{check['ratio']:.2f})."
+                )
             info["kind"] = cpu_kind(data.get("calibration", {}).get("cpu", {}))
             capacity = data.get("plan", {}).get("capacity")
             info["capacity"] = int(capacity) if capacity is not None else None
@@ -558,7 +564,11 @@ def report(
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     how = f", emulated with `{emulated}`" if emulated else ""
     this_kind = kinds.entry(
-        kind or "unknown", when, command, emulated, info.get("summary", ""),
+        kind or "unknown",
+        when,
+        command,
+        emulated,
+        info.get("summary", ""),
         target_table(targets),
     )
     lines = [

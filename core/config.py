@@ -162,6 +162,11 @@ class LLMConfig(_Section):
     # a spoken pause ("Let me see.") instead of a silent one. 0 = never.
     fillers: dict[str, list[str]] = Field(default_factory=dict)
     filler_when_silence_ahead_s: float = 0.5
+    # A reply ends at the first sentence end once this many seconds of speech
+    # are written (estimated from its characters): shorter spoken answers.
+    # 0 = no limit. Measured on a slow machine, not made automatic: the
+    # model's replies are mostly one sentence already (docs/benchmarks.md).
+    max_reply_audio_s: float = 0.0
     # The planner holds the answer until it can play through, but at most this
     # long after its first piece is synthesized (a long reply on a slow
     # machine: pauses later rather than a long silence first).

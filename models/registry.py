@@ -13,7 +13,7 @@ from functools import partial
 
 import numpy as np
 
-from core.config import Config
+from core.config import Config, LLMConfig
 from models.base import (
     MEDIA_SAMPLE_RATE,
     AvatarModel,
@@ -84,6 +84,9 @@ class Engines:
     voice_openers: dict[str, dict[str, list[Opener]]] = field(default_factory=dict)
     voice_fillers: dict[str, dict[str, list[Opener]]] = field(default_factory=dict)
     fault_lines: dict[str, Opener] = field(default_factory=dict)  # "the LLM is down", by language
+    # Lines being made in the background for a voice chosen by a session (a
+    # user's voice, a stock one), by voice: see ``make_voice_lines``.
+    _making_lines: dict[str, asyncio.Task[None]] = field(default_factory=dict, repr=False)
     health: StageHealth = field(default_factory=StageHealth)
     # ASR and TTS calls of every session run here: two workers for two cores, so
     # inference never blocks the event loop that paces media.
@@ -101,7 +104,58 @@ class Engines:
         )
         return cls(inference=pool, **models)  # type: ignore[arg-type]
 
+    def make_voice_lines(self, voice: str, config: LLMConfig, nice: int) -> None:
+        """Make the openers and fillers in ``voice`` once per process, in a
+        low-priority thread, if they are not made yet (a user's matched voice
+        or a stock voice other than the default: at start-up each would cost
+        a TTS call per line and voice). Until they are ready the session's
+        replies start without an opener, as before; then every session in
+        that voice gets them (a first audio of ~1 s instead of the answer's)."""
+        if not self.openers or voice in self.voice_openers or voice in self._making_lines:
+            return
+
+        async def make() -> None:
+            started = time.perf_counter()
+            openers = await run_in_low_priority_thread(
+                partial(
+                    synthesize_openers, config.openers, self.tts, "openers", voice, self.openers
+                ),
+                nice,
+            )
+            fillers = await run_in_low_priority_thread(
+                partial(
+                    synthesize_openers, config.fillers, self.tts, "fillers", voice, self.fillers
+                ),
+                nice,
+            )
+            if voice in self._making_lines:  # not forgotten meanwhile (the voice removed)
+                self.voice_fillers[voice] = fillers
+                self.voice_openers[voice] = openers
+                log.info(
+                    "lines in the voice %s made in %.1f s", voice, time.perf_counter() - started
+                )
+
+        def done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                # Kept in _making_lines: not tried again for every session.
+                log.warning("no openers in the voice %s: %s", voice, task.exception())
+
+        task = asyncio.get_running_loop().create_task(make())
+        task.add_done_callback(done)
+        self._making_lines[voice] = task
+
+    def forget_voice_lines(self, voice: str) -> None:
+        """The voice was removed: its lines go (a voice of that name added
+        later gets its own)."""
+        task = self._making_lines.pop(voice, None)
+        if task is not None:
+            task.cancel()
+        self.voice_openers.pop(voice, None)
+        self.voice_fillers.pop(voice, None)
+
     async def close(self) -> None:
+        for task in self._making_lines.values():
+            task.cancel()
         await self.llm.close()
         if self.s2s is not None:
             await self.s2s.close()
@@ -142,9 +196,7 @@ async def load_engines(config: Config) -> Engines:
     avatar = await asyncio.to_thread(load_avatar, config.avatar, weights)
     if config.s2s.backend:
         log.info("loading speech-to-speech (%s)", config.s2s.backend)
-    s2s = await run_in_low_priority_thread(
-        lambda: load_speech_to_speech(config.s2s, weights), nice
-    )
+    s2s = await run_in_low_priority_thread(lambda: load_speech_to_speech(config.s2s, weights), nice)
     if s2s is not None:
         await s2s.start()
     openers: dict[str, list[Opener]] = {}

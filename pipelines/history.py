@@ -50,6 +50,11 @@ class ChatHistory:
         preview.add_user(text)
         return preview.messages()
 
+    def next_prefix(self) -> list[ChatMessage]:
+        """The messages the next turn's prompt starts with (its question left
+        out, the history trimmed as adding it will): what to pre-process."""
+        return self.messages_with_user("?")[:-1]
+
     def messages(self) -> list[ChatMessage]:
         """What is sent to the LLM: the system prompt, always, then recent turns."""
         return [{"role": "system", "content": self.system_prompt}, *self._turns]

@@ -126,6 +126,9 @@ class ReplyPlanner:
     # expects the answer no sooner than this plus ``answer_lag_s``.
     first_token_lag_s: float = 0.0
     reply_chars: dict[str, float] = field(default_factory=lambda: {"en": 110.0, "zh": 40.0})
+    # ``llm.max_reply_audio_s``: replies end at the first sentence past it,
+    # so a usual one is expected about twice that long until some are seen.
+    max_reply_audio_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # The planners of sessions in another backend's voice, by backend name.
     _by_backend: dict[str, ReplyPlanner] = field(default_factory=dict, repr=False)
@@ -133,6 +136,12 @@ class ReplyPlanner:
     def __post_init__(self) -> None:
         # What the estimates use: the calibration, or a fast machine's figures.
         self._estimate = self.costs or ReplyCosts.fast_default()
+        if self.max_reply_audio_s > 0:
+            expected = 2 * self.max_reply_audio_s
+            self.reply_chars = {
+                lang: min(chars, self.chars_for(expected, lang))
+                for lang, chars in self.reply_chars.items()
+            }
         if self.costs is not None:
             self.answer_lag_s = self.predicted_answer_lag()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,8 @@ class ReplySpeaker:
                         buffered += item.audio.size / MEDIA_SAMPLE_RATE
                         first_ready = first_ready or time_source.now()
                 if held and self._planner.may_start(turn.progress, buffered):
+                    if not turn.reply_ready.is_set():
+                        self._trace_opening(turn, buffered, first_ready)
                     self._open_answer(turn)
                 elif first_ready is not None and time_source.now() - first_ready >= max_hold:
                     # A long reply on a slow machine: pauses later beat a long
@@ -236,6 +239,28 @@ class ReplySpeaker:
         audio = to_media_rate(speech)
         return audio, self._avatar.prepare(audio, speech)
 
+    def _trace_opening(self, turn: Turn, buffered: float, first_ready: float | None) -> None:
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        now = self._time.now()
+        progress = turn.progress
+        log.debug(
+            "session %s turn %d: answer opens at +%.2f s (%.2f s after its first audio was "
+            "made) with %.2f s of audio made; %d chars written, %d synthesized, writing %s; "
+            "predicted to finish in %.2f s; TTS slowdown %.2f, writing slowdown %.2f",
+            self._session_id,
+            turn.index,
+            now - turn.end_of_speech,
+            now - first_ready if first_ready is not None else 0.0,
+            buffered,
+            progress.written_chars,
+            progress.synthesized_chars,
+            "done" if progress.generation_done else "on",
+            self._planner.seconds_to_finish(progress) if self._planner.costs else 0.0,
+            self._planner.slowdown,
+            self._planner.writing_slowdown,
+        )
+
     def _open_answer(self, turn: Turn) -> None:
         if not turn.reply_ready.is_set():
             self._openers.learn_reply_lag(turn)
@@ -288,7 +313,19 @@ class ReplySpeaker:
             # The chunks the worker handed over were queued on the loop before
             # its call returned: None comes after all of them.
             out.put_nowait(None)
-            self._planner.observe_synthesis(len(text), piece_lang, time_source.now() - started)
+            took = time_source.now() - started
+            log.debug(
+                "session %s turn %d: TTS %d chars (%s) from +%.2f s in %.2f s (predicted %.2f): %r",
+                self._session_id,
+                turn.index,
+                len(text),
+                piece_lang,
+                started - turn.end_of_speech,
+                took,
+                self._planner.synth_seconds(len(text), piece_lang),
+                text[:60],
+            )
+            self._planner.observe_synthesis(len(text), piece_lang, took)
             turn.progress.synthesized_chars += len(text)
 
         async def deliver() -> None:
@@ -358,13 +395,26 @@ class ReplySpeaker:
         media rate with the avatar's preparation of it (the mouth track), all
         off the event loop, handed over as soon as it is made."""
         chunks = self._engines.tts.stream(text, lang, self._voice)
+        wall, cpu = time.perf_counter(), time.thread_time()
+        preparing = 0.0
         try:
             for speech in chunks:
                 if stop.is_set():
                     break
                 audio = to_media_rate(speech)
+                before = time.perf_counter()
                 prepared = self._avatar.prepare(audio, speech)
+                preparing += time.perf_counter() - before
                 hand_over(SpeechPart(text, lang, speech, audio, prepared))
         finally:
             if isinstance(chunks, Generator):  # a backend may hold a lock until it ends
                 chunks.close()
+            log.debug(
+                "session %s: TTS worker %.2f s wall, %.2f s CPU of its own thread, "
+                "%.2f s preparing the mouth, for %d chars",
+                self._session_id,
+                time.perf_counter() - wall,
+                time.thread_time() - cpu,
+                preparing,
+                len(text),
+            )

@@ -216,6 +216,8 @@ class Session:
 
     def start(self) -> None:
         first = self.clock.frames_sent == 0 and self._prime_task is None
+        if first and self.speech_to_speech is None and self.voice is not None:
+            self.engines.make_voice_lines(self.voice, self.config.llm, self.config.inference_nice)
         if first and self.speech_to_speech is None:
             # Fill this conversation's KV-cache slot with the persona while the
             # user is still getting ready to talk.
@@ -406,7 +408,9 @@ class Session:
             # Without fillers: a model that sees "Let me see." in its own past
             # answers starts writing it (measured: docs/benchmarks.md).
             self.history.add_assistant(turn.heard(fillers=False))
+            self._prime_next_turn()
         self._send_latency(turn)
+        log.debug("session %s turn %d marks: %s", self.id, turn.index, turn.latency())
         self.turns.append(turn)
         self._turn = None
         self._last_activity = self.time_source.now()  # idle counts from the reply's end
@@ -416,6 +420,15 @@ class Session:
                 self.on_turn_end(turn)
             except Exception:
                 log.exception("turn-end hook failed")
+
+    def _prime_next_turn(self) -> None:
+        """Process the exchange just ended into this conversation's KV cache
+        while the user is still thinking or talking, so the next question's
+        prompt holds only its own words (measured on a slow machine: the
+        previous answer and question cost 0.5-1 s before the next first token;
+        docs/benchmarks.md)."""
+        if self.speech_to_speech is None and not self.closed:
+            self.own_task(self.engines.llm.prime(self.history.next_prefix(), self.id))
 
     def _send_latency(self, turn: Turn) -> None:
         if not turn.latency_sent:

@@ -19,6 +19,13 @@ _ABBREVIATION = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|vs|etc|e\.g|i\.e)\.$")
 _NOISE = re.compile(r"[*_`#>|~\[\]{}<>]+|^\s*[-•]\s+", re.MULTILINE)
 
 
+def ends_sentence(piece: str) -> bool:
+    """Whether a piece the splitter cut ends a sentence (not a clause, not a
+    word where playback ran dry), closing quotes and brackets aside."""
+    text = piece.rstrip().rstrip("\"'”’)）」』")
+    return bool(text) and text[-1] in SENTENCE_END and not _ABBREVIATION.search(text)
+
+
 class SentenceSplitter:
     def __init__(
         self,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from core.config import Config
@@ -11,7 +12,7 @@ from models.base import MEDIA_SAMPLE_RATE, AvatarStream, ChatMessage
 from models.registry import Engines
 from pipelines.events import Mark
 from pipelines.planner import ReplyPlanner
-from pipelines.splitter import SentenceSplitter
+from pipelines.splitter import SentenceSplitter, ends_sentence
 from pipelines.timebase import Timeout, TimeSource
 from pipelines.turn import Turn
 
@@ -99,22 +100,51 @@ class ReplyWriter:
         """Stream one completion into ``pieces``; False if it said nothing.
         ``waiting`` bounds the wait for the first token (then it is lifted)."""
         spoke = False
+        log.debug(
+            "session %s turn %d: LLM request at +%.2f s (%d messages)",
+            self._conversation,
+            turn.index,
+            self._time.now() - turn.end_of_speech,
+            len(messages),
+        )
         stream = self._engines.llm.stream_chat(messages, conversation=self._conversation)
-        async for delta in stream:
-            if not turn.first_token.is_set():
-                waiting.lift()
-            turn.mark(Mark.LLM_FIRST_TOKEN)
-            turn.first_token.set()
-            ready = splitter.push(delta)
-            if not ready and splitter.started and self._running_dry(turn, pieces):
-                ready = splitter.cut_early()
-            for piece in ready:
-                turn.hand_to_tts(piece, pieces)
-                spoke = True
+        async with contextlib.aclosing(stream):  # closing it stops the generation
+            async for delta in stream:
+                if not turn.first_token.is_set():
+                    waiting.lift()
+                turn.mark(Mark.LLM_FIRST_TOKEN)
+                turn.first_token.set()
+                ready = splitter.push(delta)
+                if not ready and splitter.started and self._running_dry(turn, pieces):
+                    ready = splitter.cut_early()
+                for piece in ready:
+                    turn.hand_to_tts(piece, pieces)
+                    spoke = True
+                    if self._long_enough(turn, piece):
+                        return spoke
         for piece in splitter.flush():
             turn.hand_to_tts(piece, pieces)
             spoke = True
         return spoke
+
+    def _long_enough(self, turn: Turn, piece: str) -> bool:
+        """Whether the reply ends with ``piece``: a sentence end once
+        ``llm.max_reply_audio_s`` of speech is written (shorter spoken answers
+        where the machine is slow; the rest is never written nor heard)."""
+        limit = float(self._config.llm.max_reply_audio_s)
+        if not limit or not ends_sentence(piece):
+            return False
+        progress = turn.progress
+        if self._planner.audio_seconds(progress.written_chars, progress.lang) < limit:
+            return False
+        log.debug(
+            "session %s turn %d: reply ends after %d chars (llm.max_reply_audio_s %g)",
+            self._conversation,
+            turn.index,
+            progress.written_chars,
+            limit,
+        )
+        return True
 
     def _running_dry(self, turn: Turn, pieces: asyncio.Queue[str | None]) -> bool:
         """Whether the reply audio queued for playback is about to run out with

@@ -26,7 +26,7 @@ from server.auth import load_or_create_api_key, require_api_key
 from server.avatars_api import router as avatars_router
 from server.cluster import ClusterRegistry, NodeInfo, keep_beating
 from server.guards import BodyLimit, ClientRateLimit, SessionCORS
-from server.machine import apply_plan, plan_machine
+from server.machine import SPOT_CHECK_DRIFT, apply_plan, plan_machine, tts_spot_check
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
 from server.rtc import encode_vp8_without_denoiser, offer_loopback_only
@@ -96,7 +96,8 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
                     tts_threads=int(config.tts.threads),
                     llm_threads=int(config.llm.threads),
                     parallel_calls=int(config.tts.parallel_calls),
-                )
+                ),
+                max_reply_audio_s=float(config.llm.max_reply_audio_s),
             )
         else:
             apply_plan(config, None)  # tests hand in their models: built-in defaults
@@ -107,6 +108,16 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
             except (BackendUnavailable, ConfigError) as exc:
                 log.error("%s", exc)
                 raise SystemExit(f"cannot start: {exc}") from None
+        if planner is not None and planner.costs is not None:
+            # The cached calibration may be from a freer (or busier) hour of
+            # this host: the planner starts from today's TTS speed.
+            check = await asyncio.to_thread(
+                tts_spot_check, loaded.tts, machine.calibration, int(config.tts.threads)
+            )
+            planner.slowdown = check.ratio
+            app.state.machine["spot_check"] = check.to_dict()
+            message = check.describe()
+            (log.warning if check.ratio >= SPOT_CHECK_DRIFT else log.info)("%s", message)
         warm_up_splitter()  # jieba's dictionary, before the first Chinese turn
         freeze_startup_objects()
         cluster = ClusterRegistry(config) if config.cluster.redis_url else None

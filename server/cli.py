@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -225,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # VIDEOCHAT_DEBUG=pipelines.reply,...: those loggers at DEBUG (the reply's
+    # TTS calls and when its answer opened: docs/benchmarks.md reads them).
+    for name in filter(None, os.environ.get("VIDEOCHAT_DEBUG", "").split(",")):
+        logging.getLogger(name.strip()).setLevel(logging.DEBUG)
     parser = argparse.ArgumentParser(prog="videochat", description="Real-time digital human")
     parser.add_argument("--config", default=None, help="YAML config (default configs/cpu.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -46,6 +46,13 @@ CUT_EARLY_MAX_FIXED_S = 0.6
 LONGEST_UNCACHED_PROMPT_TOKENS = 600
 FIRST_TOKEN_TIMEOUT_BOUNDS_S = (15.0, 60.0)
 
+# A TTS call at start-up this much slower (or faster) than the cached
+# calibration predicts is said in the log: the host is busier (or freer) than
+# when it was measured (measured on a slow 2-core VM: the same machine 1.3-1.7x
+# slower in the afternoon than at its morning calibration).
+SPOT_CHECK_DRIFT = 1.3
+SPOT_CHECK_BOUNDS = (0.5, 4.0)  # the planner's learnt slowdown stays within these
+
 # Other programs using more than this share of the CPU while calibrating make
 # its figures low, and the plan too cautious: said in the log and the summary.
 BUSY_SHARE = 0.15
@@ -402,6 +409,62 @@ def busy_note(cal: Calibration) -> str:
         "these figures may be low and the plan cautious: run `videochat calibrate --force` "
         "when the machine is idle."
     )
+
+
+@dataclass
+class SpotCheck:
+    """One TTS call timed at start-up against the cached calibration."""
+
+    measured_s: float
+    predicted_s: float
+
+    @property
+    def ratio(self) -> float:
+        low, high = SPOT_CHECK_BOUNDS
+        return min(high, max(low, self.measured_s / max(self.predicted_s, 1e-3)))
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "measured_s": round(self.measured_s, 3),
+            "predicted_s": round(self.predicted_s, 3),
+            "ratio": round(self.ratio, 2),
+        }
+
+    def describe(self) -> str:
+        said = (
+            f"TTS spot check: the calibration's sentence took {self.measured_s:.2f} s, "
+            f"{self.predicted_s:.2f} s predicted"
+        )
+        if self.ratio >= SPOT_CHECK_DRIFT:
+            return (
+                f"{said}: this machine is {self.ratio:.1f}x slower than when it was calibrated "
+                "(other programs, or a busier host); replies are planned from today's speed, "
+                "and `videochat calibrate --force` re-plans the settings"
+            )
+        if self.ratio <= 1 / SPOT_CHECK_DRIFT:
+            return f"{said}: faster than when it was calibrated; replies are planned from it"
+        return f"{said}: as calibrated"
+
+
+def tts_spot_check(tts: Any, cal: Calibration, tts_threads: int, runs: int = 2) -> SpotCheck:
+    """Time the calibration's middle sentence with the primary TTS now (best
+    of ``runs``; the openers made at start-up warmed it) against what the
+    cached calibration predicts for its audio at ``tts_threads`` threads."""
+    from models.calibration import MID
+    from models.tts.voices_router import VoicesRouter
+
+    primary = tts.primary if isinstance(tts, VoicesRouter) else tts
+    lang = "en" if "en" in cal.tts else next(iter(cal.tts))
+    by_threads = cal.tts[lang]
+    cost = by_threads.get(str(tts_threads), by_threads["1"])
+    best = math.inf
+    audio_s = 0.0
+    for _ in range(runs):
+        started = time.perf_counter()
+        speech = primary.synthesize(MID[lang], lang)
+        best = min(best, time.perf_counter() - started)
+        audio_s = speech.audio.size / speech.sample_rate
+    return SpotCheck(best, cost.seconds(audio_s))
 
 
 @dataclass

@@ -168,6 +168,7 @@ async def delete_voice(name: str, request: Request) -> dict:
     except VoiceError as exc:
         raise _error(exc) from None
     _jobs(request).forget(name)
+    request.app.state.manager.engines.forget_voice_lines(name)
     return {"removed": name}
 
 

@@ -167,10 +167,14 @@ class ScriptedLLM(ChatModel):
         self.requests: list[tuple[str | None, list[ChatMessage]]] = []
         self.cancelled = 0
         self.released: list[str] = []
+        self.primed: list[tuple[str, list[ChatMessage]]] = []
         self.time: FakeClock = REAL_TIME
 
     def release(self, conversation: str) -> None:
         self.released.append(conversation)
+
+    async def prime(self, messages: Sequence[ChatMessage], conversation: str) -> None:
+        self.primed.append((conversation, list(messages)))
 
     async def stream_chat(
         self, messages: Sequence[ChatMessage], *, conversation: str | None = None

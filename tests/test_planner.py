@@ -22,7 +22,14 @@ from models.calibration import Calibration, CPUFacts, LLMRates, OthersCPU, TTSCo
 from pipelines.clock import SentFrame
 from pipelines.planner import ReplyCosts, ReplyPlanner, ReplyProgress
 from pipelines.timebase import VirtualTime
-from server.machine import apply_plan, cache_key, describe, load_cached, plan_for
+from server.machine import (
+    apply_plan,
+    cache_key,
+    describe,
+    load_cached,
+    plan_for,
+    tts_spot_check,
+)
 from tests.fakes import ScriptedLLM, ToneTTS, fake_engines
 from tests.test_session import QUESTION_EN, make_session, speak, wait_until
 
@@ -83,6 +90,38 @@ def test_the_fast_machine_holds_two_conversations_the_slow_one_one():
     assert two["llm.first_piece_max_words"] == 0  # a sentence still takes longer
     assert fast.settings["llm.batch_threads"] == 1 and fast.settings["tts.parallel_calls"] == 1
     assert fast.settings["llm.nice"] == 10 and slow.settings["llm.nice"] == 0
+
+
+class TimedTTS(ToneTTS):
+    """A tone whose every call takes ``fixed + per_audio x audio`` seconds."""
+
+    def __init__(self, fixed: float, per_audio: float) -> None:
+        super().__init__(delay=0.0, seconds_per_char=0.06)
+        self.fixed, self.per_audio = fixed, per_audio
+
+    def synthesize(self, text, lang, voice=None):
+        speech = super().synthesize(text, lang, voice)
+        time.sleep(self.fixed + self.per_audio * speech.audio.size / speech.sample_rate)
+        return speech
+
+
+@pytest.mark.parametrize("slower", [1.0, 2.0])
+def test_the_start_up_spot_check_compares_todays_tts_with_the_calibration(slower):
+    cal = machine("fast")  # 0.3 s per call + 0.3 s per second of audio
+    check = tts_spot_check(TimedTTS(0.3 * slower, 0.3 * slower), cal, tts_threads=1)
+    assert check.ratio == pytest.approx(slower, rel=0.15)
+    text = check.describe()
+    assert ("slower than when it was calibrated" in text) is (slower > 1)
+    assert "as calibrated" in text or slower > 1
+    assert set(check.to_dict()) == {"measured_s", "predicted_s", "ratio"}
+
+
+def test_the_planner_expects_short_replies_where_they_are_capped():
+    costs = ReplyCosts.from_calibration(machine("slow"))
+    capped = ReplyPlanner(costs, max_reply_audio_s=2.0)
+    assert capped.reply_chars["en"] == pytest.approx(4.0 * 15.9)
+    assert capped.reply_chars["zh"] == pytest.approx(4.0 * 5.5)
+    assert ReplyPlanner(costs).reply_chars == {"en": 110.0, "zh": 40.0}
 
 
 def test_the_first_token_limit_follows_the_prompt_rate():

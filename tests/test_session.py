@@ -172,6 +172,53 @@ async def test_two_sessions_do_not_hear_each_other(clock):
     assert engines.llm.released == [first.id, second.id]
 
 
+async def test_each_exchange_is_primed_into_the_llm_cache_before_the_next_question(clock):
+    """After a reply, the next prompt's start (the history, trimmed as the next
+    question will trim it) goes to the LLM's cache while the user talks:
+    measured on a slow machine, from the 7th exchange on a trimmed history
+    cost 2.5 s before the first token without it, 0.5 s with it."""
+    engines = fake_engines(tts=ToneTTS(seconds_per_char=0.005))
+    session, _ = make_session(engines, clock)
+    session.history.max_messages = 4
+    try:
+        for n, question in enumerate(("What is the capital of France?", "Hi", "Hello"), 1):
+            session.handle_message({"type": "text", "text": question})
+            await wait_until(lambda n=n: len(session.turns) == n, clock)
+            await clock.sleep(0.1)
+        # The session's first priming (the persona) and one after each reply;
+        # from the second on, the next question will trim the oldest exchange.
+        assert [len(m) for _, m in engines.llm.primed] == [1, 3, 3, 3]
+        assert {c for c, _ in engines.llm.primed} == {session.id}
+        last = engines.llm.primed[-1][1]
+        # The next prompt starts with the system prompt and the last exchange.
+        assert last == session.history.next_prefix()
+        assert [m["role"] for m in last] == ["system", "user", "assistant"]
+        next_prompt = session.history.messages_with_user("And Spain?")
+        assert next_prompt[: len(last)] == last
+    finally:
+        await session.close()
+
+
+async def test_a_reply_ends_after_the_sentence_that_passes_max_reply_audio(clock):
+    """``llm.max_reply_audio_s`` (a slow machine's plan): the reply ends at the
+    first sentence end past that much speech; the LLM stops writing, and the
+    history holds what was said."""
+    engines = fake_engines(tts=ToneTTS(seconds_per_char=0.005))
+    session, events = make_session(engines, clock)
+    session.config.llm.max_reply_audio_s = 2.0  # 30 characters of English here
+    session.config.llm.cut_when_queued_audio_below_s = 0  # pieces as the splitter cuts them
+    try:
+        session.handle_message({"type": "text", "text": "What is the capital of France?"})
+        await wait_until(lambda: len(session.turns) == 1, clock)
+        # "Sure," (a clause, 5 characters) does not end it; the sentence after it does.
+        said = [e["text"] for e in of_type(events, "bot_text")]
+        assert said == ["Sure,", "the capital of France is Paris."]
+        assert engines.llm.cancelled == 1  # "It is lovely." was never written
+        assert session.history.turns[-1]["content"] == "Sure, the capital of France is Paris."
+    finally:
+        await session.close()
+
+
 async def test_typed_message_and_interrupt_message(clock):
     reply = "Sure, " + " ".join(["Paris is a very old and beautiful city."] * 6)
     engines = fake_engines(
@@ -285,6 +332,45 @@ async def test_opener_is_spoken_first_and_the_llm_continues_it(clock):
         assert session.history.turns[-1]["content"] == "Sure, the capital of France is Paris."
     finally:
         await session.close()
+
+
+async def test_a_session_in_a_voice_without_lines_gets_them_made_once_in_the_background():
+    """A user's voice (or a stock one other than the default) has no openers
+    made at start-up: the first session in it has them made, in that voice,
+    once for the process; replies use them once they are ready."""
+    llm = ScriptedLLM({"France": "the capital of France is Paris."})
+    engines = engines_with_opener(llm, "Sure,")
+    engines.tts.seconds_per_char = 0.002
+    config = Config()
+    config.llm.openers = {"en": ["Okay,"]}
+    config.llm.fillers = {"en": ["Let me see."]}
+    voices_heard: list[str | None] = []
+    synthesize = engines.tts.synthesize
+
+    def recording(text, lang, voice=None):
+        voices_heard.append(voice)
+        return synthesize(text, lang, voice)
+
+    engines.tts.synthesize = recording
+    sessions = [Session(engines, config, voice="mine") for _ in range(2)]
+    try:
+        for session in sessions:
+            session.start()
+        await wait_until(lambda: "mine" in engines.voice_openers)
+        assert [o.text for o in engines.voice_openers["mine"]["en"]] == ["Okay,"]
+        assert [f.text for f in engines.voice_fillers["mine"]["en"]] == ["Let me see."]
+        assert voices_heard == ["mine", "mine"]  # made once for both sessions
+        events: list[dict] = []
+        sessions[1].attach(events.append)
+        sessions[1].handle_message({"type": "text", "text": "What is the capital of France?"})
+        await wait_until(lambda: len(sessions[1].turns) == 1)
+        assert [e["text"] for e in of_type(events, "bot_text")][0] == "Okay,"
+        # The voice removed: its lines go with it.
+        engines.forget_voice_lines("mine")
+        assert "mine" not in engines.voice_openers and "mine" not in engines.voice_fillers
+    finally:
+        for session in sessions:
+            await session.close()
 
 
 class SlowFirstToken(ScriptedLLM):

@@ -1,4 +1,6 @@
-from pipelines.splitter import SentenceSplitter
+import pytest
+
+from pipelines.splitter import SentenceSplitter, ends_sentence
 
 
 def split_streamed(text: str, step: int = 1, **options) -> list[str]:
@@ -111,3 +113,20 @@ def test_cut_early_in_chinese_keeps_words_whole():
     assert "今天的天气晴朗阳光".startswith(piece) and len(piece) >= 4
     rest = splitter.push("明媚。")
     assert piece + "".join(rest) == "今天的天气晴朗阳光明媚。"
+
+
+@pytest.mark.parametrize(
+    "piece, ends",
+    [
+        ("The capital of France is Paris.", True),
+        ('I recommend "To Kill a Mockingbird."', True),
+        ("巴黎是法国的首都。", True),
+        ("Really?", True),
+        ("Sure,", False),
+        ("the capital of", False),
+        ("好的，", False),
+        ("It was written by Dr.", False),
+    ],
+)
+def test_a_piece_ends_a_sentence_only_at_a_sentence_mark(piece, ends):
+    assert ends_sentence(piece) is ends

@@ -301,7 +301,7 @@ class OpenAICompatibleChat(ChatModel):
         except Exception as exc:  # priming is an optimisation; never fail a session for it
             log.warning("could not prime the LLM cache: %s", exc)
             return
-        log.info("LLM slot for %s primed in %.2f s", conversation, time.perf_counter() - started)
+        log.debug("LLM slot for %s primed in %.2f s", conversation, time.perf_counter() - started)
 
     async def close(self) -> None:
         if self._client is not None:
