@@ -35,6 +35,7 @@ AUTO_DEFAULTS: dict[str, int | float] = {
     "tts.parallel_calls": 1,
     "avatar.idle_fps": 25.0,
     "llm.first_token_timeout_s": 20.0,
+    "llm.parallel_slots": 4,
 }
 
 
@@ -136,7 +137,7 @@ class LLMConfig(_Section):
     # calls, short and on the way to the user's ear, preempt the LLM's
     # decoding, which runs ahead of playback. 0 = same priority.
     nice: int | Auto = 10
-    parallel_slots: int = 4
+    parallel_slots: int | Auto = 4  # KV-cache slots of the embedded llama.cpp (one per conversation)
     context_tokens: int = 4096
     max_tokens: int = 160
     temperature: float = 0.6

@@ -322,6 +322,10 @@ def plan_for(cal: Calibration, config: Config) -> MachinePlan:
         "tts.parallel_calls": 2 if alone and not two_threads else 1,
         # Cutting a piece short pays only when a call's fixed cost is small.
         "llm.cut_when_queued_audio_below_s": 1.2 if max_fixed <= CUT_EARLY_MAX_FIXED_S else 0.0,
+        # A KV-cache slot per conversation admitted and one spare (a session
+        # closing while the next opens); each costs context_tokens of cache
+        # (0.1 GB for the 1.5B at 4096), allocated at start-up.
+        "llm.parallel_slots": capacity + 1,
     }
     # Half the pictures while the user has the turn where replies are slower
     # than real time (80 ms apart); thinking and speaking get every frame.

@@ -76,6 +76,8 @@ def test_the_fast_machine_holds_two_conversations_the_slow_one_one():
     assert fast.capacity == 2 and fast.realtime_factor >= 1
     assert slow.capacity == 1 and slow.realtime_factor < 1 and slow.notes
     assert fast.settings["server.max_sessions"] == 2
+    # A KV-cache slot per conversation and a spare (each is RAM held from the start).
+    assert fast.settings["llm.parallel_slots"] == 3 and slow.settings["llm.parallel_slots"] == 2
     # A short first piece and cutting pieces early only pay where TTS is fast.
     assert fast.settings["llm.first_piece_max_words"] == 4
     assert slow.settings["llm.first_piece_max_words"] == 0
