@@ -140,7 +140,7 @@ class LLMConfig(_Section):
     parallel_slots: int | Auto = 4  # KV-cache slots of the embedded llama.cpp (one per conversation)
     context_tokens: int = 4096
     max_tokens: int = 160
-    temperature: float = 0.6
+    temperature: float = 0.3
     max_history_messages: int = 12
     first_piece_max_words: int | Auto = 4  # speak the first clause early even without a comma
     first_piece_max_cjk: int | Auto = 6
