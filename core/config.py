@@ -137,7 +137,7 @@ class LLMConfig(_Section):
     # calls, short and on the way to the user's ear, preempt the LLM's
     # decoding, which runs ahead of playback. 0 = same priority.
     nice: int | Auto = 10
-    parallel_slots: int | Auto = 4  # KV-cache slots of the embedded llama.cpp (one per conversation)
+    parallel_slots: int | Auto = 4  # KV-cache slots of the embedded llama.cpp, one per conversation
     context_tokens: int = 4096
     max_tokens: int = 160
     temperature: float = 0.3
