@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from core.config import Config
@@ -108,7 +107,7 @@ class ReplyWriter:
             len(messages),
         )
         stream = self._engines.llm.stream_chat(messages, conversation=self._conversation)
-        async with contextlib.aclosing(stream):  # closing it stops the generation
+        try:
             async for delta in stream:
                 if not turn.first_token.is_set():
                     waiting.lift()
@@ -122,6 +121,11 @@ class ReplyWriter:
                     spoke = True
                     if self._long_enough(turn, piece):
                         return spoke
+        finally:
+            # Closing the stream (an async generator) stops the generation.
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
         for piece in splitter.flush():
             turn.hand_to_tts(piece, pieces)
             spoke = True

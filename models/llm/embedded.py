@@ -49,7 +49,7 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
         self.model_path = model_path
         self.port = _free_loopback_port()
         super().__init__(
-            config, base_url=f"http://127.0.0.1:{self.port}/v1", slots=config.parallel_slots
+            config, base_url=f"http://127.0.0.1:{self.port}/v1", slots=int(config.parallel_slots)
         )
         self._server: Any = None
         # Where llama.cpp saves and restores slots: the persona's KV cache is
@@ -81,8 +81,8 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
 
         params = xllamacpp.CommonParams()
         params.model.path = str(self.model_path)
-        params.n_ctx = self.config.context_tokens * self.config.parallel_slots
-        params.n_parallel = self.config.parallel_slots
+        params.n_ctx = self.config.context_tokens * int(self.config.parallel_slots)
+        params.n_parallel = int(self.config.parallel_slots)
         params.cpuparams.n_threads = int(self.config.threads)
         # Prompt processing (a batch of tokens) may use more threads than
         # decoding one token at a time: it is compute-bound and short.
@@ -99,7 +99,7 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
             self.model_path.name,
             time.perf_counter() - started,
             self.port,
-            self.config.parallel_slots,
+            int(self.config.parallel_slots),
         )
 
     async def prime_all_slots(self) -> None:
@@ -123,7 +123,7 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
             async with httpx.AsyncClient(base_url=root, timeout=60) as client:
                 saved = await client.post("/slots/0?action=save", json={"filename": "persona.bin"})
                 saved.raise_for_status()
-                for slot in range(1, self.config.parallel_slots):
+                for slot in range(1, int(self.config.parallel_slots)):
                     restored = await client.post(
                         f"/slots/{slot}?action=restore", json={"filename": "persona.bin"}
                     )
@@ -133,7 +133,7 @@ class EmbeddedLlamaChat(OpenAICompatibleChat):
         log.info(
             "LLM persona cached in %.2f s, copied to %d slots in %.2f s",
             primed - started,
-            self.config.parallel_slots,
+            int(self.config.parallel_slots),
             time.perf_counter() - primed,
         )
 
