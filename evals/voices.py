@@ -593,7 +593,7 @@ def splice_speakers(doc: str, text: str) -> str:
     if SPEAKERS_HEADING in section:  # to the next sub-section, or the section's end
         a = section.index(SPEAKERS_HEADING)
         b = section.find("\n### ", a + len(SPEAKERS_HEADING))
-        section = section[:a] + text + ("" if b < 0 else "\n" + section[b + 1 :])
+        section = section[:a] + text.rstrip("\n") + "\n\n" + ("" if b < 0 else section[b + 1 :])
     else:
         section = section.rstrip("\n") + "\n\n" + text
     return doc[:start] + section + ("" if end < 0 else doc[end + 1 :])

@@ -150,6 +150,7 @@ def test_the_one_speaker_figures_survive_a_new_eval() -> None:
     assert once.index("old figures") < once.index("v1") < once.index("## Next")
     twice = splice_speakers(once, "### One speaker per clip\n\nv2\n")
     assert "v1" not in twice and twice.count("### One speaker") == 1 and "## Next" in twice
+    assert "v2\n\n## Next" in twice  # the next section keeps its blank line
     rerun = keep_speakers_section(twice, f"{SECTION}\n\nnew figures\n")
     assert "new figures" in rerun and "v2" in rerun and "old figures" not in rerun
 
