@@ -193,7 +193,8 @@ class Calibration:
         )
 
 
-def _median_time(fn: Callable[[], Any], runs: int) -> tuple[float, Any]:
+def median_time(fn: Callable[[], Any], runs: int) -> tuple[float, Any]:
+    """The median wall time of ``runs`` calls of ``fn``, and its last result."""
     times, result = [], None
     for _ in range(runs):
         started = time.perf_counter()
@@ -245,7 +246,7 @@ def _measure_one(tts: SpeechSynthesizer, lang: str, runs: int) -> TTSCost:
     tts.synthesize(SHORT[lang], lang)
     points = []
     for text in (SHORT[lang], MID[lang], LONG[lang]):
-        seconds, speech = _median_time(partial(tts.synthesize, text, lang), runs)
+        seconds, speech = median_time(partial(tts.synthesize, text, lang), runs)
         points.append((speech.audio.size / speech.sample_rate, seconds))
     audio, seconds = np.array(points).T
     per_audio, fixed = np.polyfit(audio, seconds, 1)
@@ -264,7 +265,7 @@ def measure_asr(asr: SpeechRecognizer, tts: SpeechSynthesizer, runs: int = 2) ->
     speech = tts.synthesize(LONG["en"], "en")
     audio = resample_poly(speech.audio, 16_000, speech.sample_rate).astype(np.float32)
     asr.transcribe(audio, "en")  # warm-up
-    seconds, _ = _median_time(lambda: asr.transcribe(audio, None), runs)
+    seconds, _ = median_time(lambda: asr.transcribe(audio, None), runs)
     return round(seconds, 3)
 
 

@@ -116,17 +116,8 @@ class Engines:
 
         async def make() -> None:
             started = time.perf_counter()
-            openers = await run_in_low_priority_thread(
-                partial(
-                    synthesize_openers, config.openers, self.tts, "openers", voice, self.openers
-                ),
-                nice,
-            )
-            fillers = await run_in_low_priority_thread(
-                partial(
-                    synthesize_openers, config.fillers, self.tts, "fillers", voice, self.fillers
-                ),
-                nice,
+            openers, fillers = await lines_in_voice(
+                config, self.tts, voice, (self.openers, self.fillers), nice
             )
             if voice in self._making_lines:  # not forgotten meanwhile (the voice removed)
                 self.voice_fillers[voice] = fillers
@@ -213,13 +204,8 @@ async def load_engines(config: Config) -> Engines:
             nice,
         )
         for voice in other_backend_voices(tts):
-            voice_openers[voice] = await run_in_low_priority_thread(
-                partial(synthesize_openers, config.llm.openers, tts, "openers", voice, openers),
-                nice,
-            )
-            voice_fillers[voice] = await run_in_low_priority_thread(
-                partial(synthesize_openers, config.llm.fillers, tts, "fillers", voice, fillers),
-                nice,
+            voice_openers[voice], voice_fillers[voice] = await lines_in_voice(
+                config.llm, tts, voice, (openers, fillers), nice
             )
     fault_lines = await run_in_low_priority_thread(
         lambda: synthesize_openers(
@@ -243,6 +229,25 @@ async def load_engines(config: Config) -> Engines:
         voice_fillers=voice_fillers,
         fault_lines={lang: lines[0] for lang, lines in fault_lines.items() if lines},
     )
+
+
+async def lines_in_voice(
+    config: LLMConfig,
+    tts: SpeechSynthesizer,
+    voice: str,
+    default: tuple[dict[str, list[Opener]], dict[str, list[Opener]]],
+    nice: int,
+) -> tuple[dict[str, list[Opener]], dict[str, list[Opener]]]:
+    """The openers and fillers in ``voice``, made in low-priority threads;
+    ``default``: the default voice's (openers, fillers), kept for a language
+    the voice's backend does not speak."""
+    openers = await run_in_low_priority_thread(
+        partial(synthesize_openers, config.openers, tts, "openers", voice, default[0]), nice
+    )
+    fillers = await run_in_low_priority_thread(
+        partial(synthesize_openers, config.fillers, tts, "fillers", voice, default[1]), nice
+    )
+    return openers, fillers
 
 
 def other_backend_voices(tts: SpeechSynthesizer) -> list[str]:

@@ -216,14 +216,16 @@ class Session:
 
     def start(self) -> None:
         first = self.clock.frames_sent == 0 and self._prime_task is None
-        if first and self.speech_to_speech is None and self.voice is not None:
-            self.engines.make_voice_lines(self.voice, self.config.llm, self.config.inference_nice)
         if first and self.speech_to_speech is None:
             # Fill this conversation's KV-cache slot with the persona while the
             # user is still getting ready to talk.
             self._prime_task = asyncio.create_task(
                 self.engines.llm.prime(self.history.messages(), self.id)
             )
+            if self.voice is not None:
+                self.engines.make_voice_lines(
+                    self.voice, self.config.llm, self.config.inference_nice
+                )
         self.clock.start()
         if first and self.greeting:
             self.say(self.greeting)

@@ -26,7 +26,7 @@ from server.auth import load_or_create_api_key, require_api_key
 from server.avatars_api import router as avatars_router
 from server.cluster import ClusterRegistry, NodeInfo, keep_beating
 from server.guards import BodyLimit, ClientRateLimit, SessionCORS
-from server.machine import SPOT_CHECK_DRIFT, apply_plan, plan_machine, tts_spot_check
+from server.machine import apply_plan, plan_machine, tts_spot_check
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
 from server.rtc import encode_vp8_without_denoiser, offer_loopback_only
@@ -116,8 +116,7 @@ def create_app(config: Config, engines: Engines | None = None) -> FastAPI:
             )
             planner.slowdown = check.ratio
             app.state.machine["spot_check"] = check.to_dict()
-            message = check.describe()
-            (log.warning if check.ratio >= SPOT_CHECK_DRIFT else log.info)("%s", message)
+            (log.warning if check.slower else log.info)("%s", check.describe())
         warm_up_splitter()  # jieba's dictionary, before the first Chinese turn
         freeze_startup_objects()
         cluster = ClusterRegistry(config) if config.cluster.redis_url else None

@@ -427,6 +427,11 @@ class SpotCheck:
         low, high = SPOT_CHECK_BOUNDS
         return min(high, max(low, self.measured_s / max(self.predicted_s, 1e-3)))
 
+    @property
+    def slower(self) -> bool:
+        """Slower than calibrated by enough to warn about."""
+        return self.ratio >= SPOT_CHECK_DRIFT
+
     def to_dict(self) -> dict[str, float]:
         return {
             "measured_s": round(self.measured_s, 3),
@@ -439,7 +444,7 @@ class SpotCheck:
             f"TTS spot check: the calibration's sentence took {self.measured_s:.2f} s, "
             f"{self.predicted_s:.2f} s predicted"
         )
-        if self.ratio >= SPOT_CHECK_DRIFT:
+        if self.slower:
             return (
                 f"{said}: this machine is {self.ratio:.1f}x slower than when it was calibrated "
                 "(other programs, or a busier host); replies are planned from today's speed, "
@@ -451,24 +456,21 @@ class SpotCheck:
 
 
 def tts_spot_check(tts: Any, cal: Calibration, tts_threads: int, runs: int = 2) -> SpotCheck:
-    """Time the calibration's middle sentence with the primary TTS now (best
-    of ``runs``; the openers made at start-up warmed it) against what the
-    cached calibration predicts for its audio at ``tts_threads`` threads."""
-    from models.calibration import MID
+    """Time the calibration's middle sentence with the primary TTS now (the
+    median of ``runs``, as calibration times it; the openers made at start-up
+    warmed it) against what the cached calibration predicts for its audio at
+    ``tts_threads`` threads."""
+    from functools import partial
+
+    from models.calibration import MID, median_time
     from models.tts.voices_router import VoicesRouter
 
     primary = tts.primary if isinstance(tts, VoicesRouter) else tts
     lang = "en" if "en" in cal.tts else next(iter(cal.tts))
     by_threads = cal.tts[lang]
     cost = by_threads.get(str(tts_threads), by_threads["1"])
-    best = math.inf
-    audio_s = 0.0
-    for _ in range(runs):
-        started = time.perf_counter()
-        speech = primary.synthesize(MID[lang], lang)
-        best = min(best, time.perf_counter() - started)
-        audio_s = speech.audio.size / speech.sample_rate
-    return SpotCheck(best, cost.seconds(audio_s))
+    seconds, speech = median_time(partial(primary.synthesize, MID[lang], lang), runs)
+    return SpotCheck(seconds, cost.seconds(speech.audio.size / speech.sample_rate))
 
 
 @dataclass
