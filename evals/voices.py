@@ -41,6 +41,7 @@ from models.speaker import DEFAULT_ENCODER, ENCODERS, SpeakerEncoder, l2_normali
 from models.speaker.speaker_count import HOP_S, WINDOW_S, SpeakerSplit, split_speakers, voiced
 from tools.voice_library import FRAME, SPEECH_PROB, speech_probabilities
 from tools.voice_match import (
+    SCORED_SENTENCES,
     SENTENCES,
     MatchResult,
     match_voice,
@@ -60,6 +61,12 @@ TEST_SENTENCES = {
         "这个周末我打算在家里看书，然后给父母做一顿丰盛的晚饭。",
         "科学家们发现，适量的运动可以让人的心情变得更加愉快。",
     ),
+}
+# Said by nobody else: the generalisation check, a sentence that neither the
+# stock table, the search nor the Kokoro targets' clips ever used.
+CHECK_SENTENCES = {
+    "en": "My brother painted the old wooden fence green before the summer holidays.",
+    "zh": "我的朋友上个月搬到了海边的一座小城市，每天早上都去跑步。",
 }
 HELD_OUT = {
     "en": ("af_bella", "am_michael", "bf_isabella", "bm_george"),
@@ -152,13 +159,13 @@ def real_targets(weights: Path) -> tuple[list[Target], list[str]]:
         clips = [read_wav(p) for p in fetch_librivox(cache)]
         audio = np.concatenate(clips)
         targets.append(Target("LibriVox reader", "en", "pocketsphinx-testdata (Debian)", audio,
-                              TEST_SENTENCES["en"][1]))  # fmt: skip
+                              CHECK_SENTENCES["en"]))  # fmt: skip
     except Exception as exc:  # report what could not be fetched, measure the rest
         notes.append(f"pocketsphinx-testdata not used: {exc}")
     try:
         audio = read_wav(fetch_arctic(cache))
         targets.append(Target("CMU ARCTIC awb", "en", "pysptk 1.0.1 sdist (PyPI)", audio,
-                              TEST_SENTENCES["en"][1]))  # fmt: skip
+                              CHECK_SENTENCES["en"]))  # fmt: skip
     except Exception as exc:
         notes.append(f"pysptk's arctic clip not used: {exc}")
     return targets, notes
@@ -357,7 +364,9 @@ def _print_progress(fraction: float, message: str) -> None:
 
 
 # ------------------------------------------------------------------ targets
-def run_targets(weights: Path, encoder: str, budget: float, reals: list[Target]) -> list[Row]:
+def run_targets(
+    weights: Path, encoder: str, budget: float, reals: list[Target], sentences: int | None = None
+) -> list[Row]:
     voice = shared_voice(weights)
     enc = voice.encoder(encoder)
     targets = []
@@ -366,7 +375,7 @@ def run_targets(weights: Path, encoder: str, budget: float, reals: list[Target])
             said = [voice.speak_stock(name, t, lang) for t in TEST_SENTENCES[lang]]
             audio = np.concatenate(said)
             source = "Kokoro, held out of the pool"
-            targets.append(Target(name, lang, source, audio, SENTENCES[lang][1]))
+            targets.append(Target(name, lang, source, audio, CHECK_SENTENCES[lang]))
     targets += reals
     rows = []
     for target in targets:
@@ -376,6 +385,7 @@ def run_targets(weights: Path, encoder: str, budget: float, reals: list[Target])
         result = match_voice(
             target.audio, lang, weights, lambda f, m: None,
             encoder=encoder, budget_s=budget, exclude=HELD_OUT[lang],
+            sentences=SCORED_SENTENCES if sentences is None else sentences,
         )  # fmt: skip
         seconds = time.monotonic() - t0
         clip = enc.embed(target.audio)
@@ -419,6 +429,38 @@ def latency(weights: Path, row: Row, repeats: int = 5) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------- the doc
+def sentences_table(by_sentences: dict[int, list[Row]], budget: float) -> str:
+    """How the number of sentences each search candidate speaks changes the
+    match on the unseen sentence (``--sentences 1,2``)."""
+    counts = list(by_sentences)
+    lines = [
+        "### Sentences scored per candidate",
+        "",
+        "Each candidate of the search speaks N of the stock sentences and is scored by "
+        "the mean similarity: more sentences fit the voice less to one sentence's sounds, "
+        f"but fewer candidates fit in the {budget:g} s budget. The figure that counts is "
+        "the gain on the unseen sentence (matched minus nearest stock voice); the "
+        f"matcher scores {SCORED_SENTENCES} (tools/voice_match.py `SCORED_SENTENCES`).",
+        "",
+        "| target | "
+        + " | ".join(f"{n} sentence{'s' * (n > 1)}: unseen gain" for n in counts)
+        + " |",
+        "|---|" + "---|" * len(counts),
+    ]
+    first = by_sentences[counts[0]]
+    for i, row in enumerate(first):
+        cells = []
+        for n in counts:
+            r = by_sentences[n][i]
+            cells.append(f"{r.check_matched - r.check_nearest:+.3f}")
+        lines.append(f"| {row.target.name} | " + " | ".join(cells) + " |")
+    means = [
+        float(np.mean([r.check_matched - r.check_nearest for r in by_sentences[n]])) for n in counts
+    ]
+    lines.append("| mean | " + " | ".join(f"{m:+.3f}" for m in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _cpu_flags() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -476,7 +518,8 @@ def section(
         "cosine similarities of speech embeddings to the clip: the default stock voice "
         "(af_heart / zf_xiaoxiao), the nearest stock voice of the pool, the matched "
         "voice, all speaking the matcher's probe sentence; \"unseen\" is the nearest "
-        "and the matched voice speaking a sentence the search never scored. \"own\" is "
+        "and the matched voice speaking a sentence that neither the search, the stock "
+        "table nor the clip ever used. \"own\" is "
         "the held-out voice itself on the probe (the ceiling).",
         "",
         "| target | lang | source | default | nearest stock | matched | unseen: nearest -> "
@@ -513,13 +556,17 @@ def section(
     return "\n".join(lines) + "\n"
 
 
-def run(weights: Path, docs: Path, write: bool, budget: float, encoder: str | None) -> int:
+def run(
+    weights: Path, docs: Path, write: bool, budget: float, encoder: str | None,
+    sentences: tuple[int, ...] = (SCORED_SENTENCES,),
+) -> int:  # fmt: skip
     started = time.monotonic()
     log: list[str] = []
     enc = compare_encoders(weights, log)
     chosen = encoder or DEFAULT_ENCODER
     reals, notes = real_targets(weights)
-    rows = run_targets(weights, chosen, budget, reals)
+    by_sentences = {n: run_targets(weights, chosen, budget, reals, n) for n in sentences}
+    rows = by_sentences[sentences[0]]
     try:
         lat = latency(weights, rows[0]) if rows else None
     except Exception as exc:  # keep the figures already measured
@@ -528,6 +575,8 @@ def run(weights: Path, docs: Path, write: bool, budget: float, encoder: str | No
     if lat is not None:
         print(f"synthesis: stock {lat[0]:.3f} s, matched {lat[1]:.3f} s", flush=True)
     text = section(enc, chosen, budget, rows, lat, notes, (time.monotonic() - started) / 60)
+    if len(by_sentences) > 1:
+        text = text.rstrip("\n") + "\n\n" + sentences_table(by_sentences, budget)
     print(text)
     if write:
         from bench.answers import splice_heading
@@ -606,17 +655,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=60.0, help="search seconds per target")
     parser.add_argument("--encoder", choices=ENCODERS, default=None)
     parser.add_argument(
+        "--sentences",
+        default=str(SCORED_SENTENCES),
+        help="sentences each search candidate speaks; a list (1,2) adds a comparison table",
+    )
+    parser.add_argument(
         "--speakers", action="store_true", help="only the one-speaker check's figures"
+    )
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """``python -m evals.voices`` and ``videochat eval voices``: the parsed
+    arguments of ``add_arguments``."""
+    if args.speakers:
+        return run_speakers(Path(args.weights), Path(args.docs), not args.no_doc, args.encoder)
+    try:
+        sentences = tuple(int(n) for n in str(args.sentences).split(","))
+    except ValueError:
+        sentences = ()
+    if not sentences or not all(1 <= n <= len(SENTENCES["en"]) for n in sentences):
+        print(
+            f"--sentences takes 1, 2 or a list such as 1,2 (not {args.sentences!r})",
+            file=sys.stderr,
+        )
+        return 2
+    return run(
+        Path(args.weights), Path(args.docs), not args.no_doc, args.budget, args.encoder, sentences
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.speakers:
-        return run_speakers(Path(args.weights), Path(args.docs), not args.no_doc, args.encoder)
-    return run(Path(args.weights), Path(args.docs), not args.no_doc, args.budget, args.encoder)
+    return run_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -318,11 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     lip.add_argument("--no-doc", action="store_true")
     lip.set_defaults(func=_eval_lipsync)
     vev = ev_sub.add_parser("voices", help="speaker encoders, voice matching on held-out targets")
-    vev.add_argument("--weights", default="weights")
-    vev.add_argument("--docs", default="docs")
-    vev.add_argument("--no-doc", action="store_true")
-    vev.add_argument("--budget", type=float, default=60.0, help="search seconds per target")
-    vev.add_argument("--encoder", choices=("voicefilter", "resemblyzer"), default=None)
+    from evals.voices import add_arguments as add_voices_arguments
+
+    add_voices_arguments(vev)
     vev.set_defaults(func=_eval_voices)
 
     args = parser.parse_args(argv)
@@ -342,11 +340,9 @@ def _eval_lipsync(args: argparse.Namespace) -> int:
 
 
 def _eval_voices(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from evals.voices import run_args
 
-    from evals.voices import run
-
-    return run(Path(args.weights), Path(args.docs), not args.no_doc, args.budget, args.encoder)
+    return run_args(args)
 
 
 if __name__ == "__main__":

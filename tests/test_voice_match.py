@@ -197,6 +197,24 @@ def test_match_held_out_voice(voice) -> None:
     assert seen and seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)
 
 
+@needs_models
+def test_match_scores_every_scored_sentence(voice) -> None:
+    """With two scored sentences, the nearest stock voice's score is the mean
+    of its two cached sentence scores, and the search still never ends below it."""
+    from models.speaker import DEFAULT_ENCODER
+    from tools.voice_match import match_voice, stock_embeddings
+
+    clip = voice.speak_stock("zm_yunjian", "这个周末我打算在家里看书。", "zh")
+    result = match_voice(
+        clip, "zh", WEIGHTS, lambda f, m: None, budget_s=3.0, exclude=["zm_yunjian"], sentences=2
+    )
+    names, table = stock_embeddings(WEIGHTS, "zh", DEFAULT_ENCODER, lambda f, m: None)
+    embedded = voice.encoder(DEFAULT_ENCODER).embed(clip)
+    row = table[names.index(result.nearest_stock)]
+    assert result.nearest_similarity == pytest.approx(float(np.mean(row[:2] @ embedded)), abs=1e-5)
+    assert result.similarity >= result.nearest_similarity
+
+
 def test_stock_cache_key_names_the_front_end() -> None:
     """A new front end gives every stock voice a new embedding: the cached
     table must not be reused (and the stale one is dropped: same prefix)."""
@@ -240,3 +258,35 @@ def test_match_rejects_unknown_lang() -> None:
 
     with pytest.raises(ValueError, match="lang"):
         match_voice(np.zeros(16_000, np.float32), "fr", WEIGHTS, lambda f, m: None)
+
+
+def test_eval_voices_sentences_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    """`videochat eval voices --sentences` takes 1, 2 or a list; anything else is
+    refused before any model loads."""
+    import argparse
+
+    from evals.voices import add_arguments, run_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for bad in ("3", "0", "one", "1,,2"):
+        assert run_args(parser.parse_args(["--sentences", bad, "--no-doc"])) == 2
+        assert "--sentences takes" in capsys.readouterr().err
+
+
+def test_sentences_table_gives_unseen_gain_per_count() -> None:
+    from evals.voices import Row, Target, sentences_table
+    from tools.voice_match import MatchResult
+
+    def row(name: str, nearest: float, matched: float) -> Row:
+        target = Target(name, "en", "test", np.zeros(1, np.float32), "check")
+        result = MatchResult(np.zeros((510, 1, 256), np.float32), 0.9, "af_heart", 0.8, "en")
+        return Row(target, result, 60.0, 0.5, None, nearest, matched)
+
+    text = sentences_table(
+        {1: [row("a", 0.5, 0.6), row("b", 0.5, 0.5)], 2: [row("a", 0.5, 0.55), row("b", 0.5, 0.6)]},
+        60.0,
+    )
+    assert "| a | +0.100 | +0.050 |" in text
+    assert "| b | +0.000 | +0.100 |" in text
+    assert "| mean | +0.050 | +0.075 |" in text

@@ -9,11 +9,11 @@ space of Kokoro's own voices, judged by a speaker encoder (models/speaker/).
 2. The nearest stock voices are blended (weights from their similarity).
 3. A (1+1) evolution strategy perturbs the timbre half of the style (dims
    0-127; 128-255 drive prosody and are kept from the blend) along the stock
-   voices' principal directions. Each candidate speaks a probe sentence, whose
-   embedding's cosine similarity to the clip is the objective. It stops at the
-   time budget or after a run of failures.
+   voices' principal directions. Each candidate speaks the scored sentences;
+   the mean cosine similarity of their embeddings to the clip is the objective.
+   It stops at the time budget or after a run of failures.
 
-The nearest stock voice is scored the same way (the probe sentence), and the
+The nearest stock voice is scored the same way (the same sentences), and the
 search only ever keeps an improvement, so the result is never worse than it.
 """
 
@@ -47,7 +47,7 @@ STYLE_SHAPE = (510, 1, 256)
 # The stock voices of a language: Kokoro names start with it (a/b English, z Chinese).
 LANG_PREFIXES = {"en": ("a", "b"), "zh": ("z",)}
 # Each stock voice speaks these once (its embedding is their mean); the first
-# is also the probe every search candidate speaks.
+# SCORED_SENTENCES of them are what every search candidate speaks.
 SENTENCES = {
     "en": (
         "Please call Stella and ask her to bring these things.",
@@ -61,6 +61,7 @@ SENTENCES = {
 BLEND_K = 3
 BLEND_TEMPERATURE = 0.02  # similarity differences are small: a sharp softmax
 N_DIRECTIONS = 8
+SCORED_SENTENCES = 1
 PATIENCE = 20  # failed candidates in a row that end the search (10 stopped most at ~17 s)
 
 Progress = Callable[[float, str], None]
@@ -253,12 +254,15 @@ def match_voice(
     budget_s: float | None = None,
     seed: int = 0,
     exclude: Sequence[str] = (),
+    sentences: int = SCORED_SENTENCES,
 ) -> MatchResult:
     """Match the clip (16 kHz mono float32 speech) to a Kokoro voice of
     ``lang``. ``encoder``, ``budget_s``: None = the config's ``voices``
     section. ``exclude``: stock voices left out of the pool (held-out
-    evaluation). Deterministic for a given ``seed`` and candidate count; the
-    time budget can end the search at a different candidate on a busy machine."""
+    evaluation). ``sentences``: how many of the stock sentences each candidate
+    speaks (more: less fitted to one sentence's sounds, fewer candidates).
+    Deterministic for a given ``seed`` and candidate count; the time budget
+    can end the search at a different candidate on a busy machine."""
     if lang not in LANG_PREFIXES:
         raise ValueError(f"lang must be one of {sorted(LANG_PREFIXES)}, not {lang!r}")
     if encoder is None or budget_s is None:
@@ -286,17 +290,18 @@ def match_voice(
     sims = per_voice @ clip
     order = np.argsort(-sims, kind="stable")
     nearest = names[int(order[0])]
-    probe = SENTENCES[lang][0]
-    # The nearest voice's probe score is in the cache: the same synthesis the
+    scored = SENTENCES[lang][: max(1, sentences)]
+    # The nearest voice's scores are in the cache: the same syntheses the
     # search would make, so both are measured alike.
-    nearest_sim = float(table[int(order[0]), 0] @ clip)
+    nearest_sim = float(np.mean(table[int(order[0]), : len(scored)] @ clip))
     best_style = voice.stock[nearest].astype(np.float32)
     best_sim = nearest_sim
     progress(0.3, f"nearest stock voice {nearest} ({nearest_sim:.3f}); blending")
 
     def score(style: np.ndarray) -> float:
         with voice.lock:
-            return float(enc.embed(voice.speak(style, probe, lang, accent=nearest)) @ clip)
+            said = [voice.speak(style, text, lang, accent=nearest) for text in scored]
+            return float(np.mean([enc.embed(audio) @ clip for audio in said]))
 
     styles = np.stack([voice.stock[n] for n in names]).astype(np.float32)
     # Blends of the 2 and 3 nearest, weighted by a softmax of their similarity.
