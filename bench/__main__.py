@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ from bench.client import Client, to_48k
 from bench.launch import REPO, running_server
 from bench.plots import write_plots
 from core.config import load_config
+from evals.report import machine
 from server.rtc import offer_loopback_only
 
 PROMPTS = {
@@ -430,22 +430,6 @@ async def run_admission(base: str, limit: int, langs: list[str]) -> dict:
         for client in admitted:
             await client.close()
     return result
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.platform()}, "
-        f"Python {platform.python_version()}, no GPU"
-    )
 
 
 STAGES = ["asr_final", "llm_first_token", "first_clause", "tts_first_audio", "first_audio_sent"]

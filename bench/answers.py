@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evals.report import splice_heading
+
 if TYPE_CHECKING:
     from bench.client import Client
 
@@ -376,17 +378,6 @@ def report_section(rows: Sequence[dict[str, Any]], wall_s: float) -> str:
             f"| {'yes' if r['language'] else '**no**'} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def splice_heading(document: str, heading: str, section: str) -> str:
-    """``document`` with its ``heading`` section (to the next ``## ``) replaced
-    by ``section``, added at the end when it has none; the rest left as is."""
-    if heading not in document:
-        return (document.rstrip() + "\n\n" if document.strip() else "") + section
-    start = document.index(heading)
-    following = document.find("\n## ", start + len(heading))
-    rest = "" if following < 0 else "\n" + document[following + 1 :]
-    return document[:start] + section + rest
 
 
 def splice(document: str, section: str) -> str:

@@ -46,11 +46,11 @@ import httpx
 import numpy as np
 from aiortc.rtp import RtcpSrPacket
 
-from bench.__main__ import ask, machine, proc_stats, server_machine, server_pacing
+from bench.__main__ import ask, proc_stats, server_machine, server_pacing
 from bench.analysis import FIRST_AUDIO_P50, LOUD_RMS, MAX_FRAME_GAP, MIN_FPS, pct
-from bench.answers import splice_heading
 from bench.client import Busy, Client, read_wav, to_48k
 from bench.launch import REPO, running_server
+from evals.report import machine, splice_heading
 from server.rtc import offer_loopback_only
 
 SECTION = "## Soak and load"

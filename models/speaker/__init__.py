@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 ENCODERS = ("resemblyzer", "voicefilter")
-# Separates voices as well as resemblyzer and embeds ~50x faster (docs/benchmarks.md).
+# Separates voices about as well as resemblyzer (docs/benchmarks.md). The
+# "~50x faster" of the first measurement did not hold on the AVX2 kind
+# (2026-12-03: 142 against 160 ms a clip); kept as the default, unjudged since.
 DEFAULT_ENCODER = "voicefilter"
 SPEAKER_DIR = "speaker"  # under the weights dir
 
