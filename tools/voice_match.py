@@ -6,7 +6,8 @@ space of Kokoro's own voices, judged by a speaker encoder (models/speaker/).
    fixed sentences spoken by it, embedded once per machine and cached in
    ``weights/speaker/stock_embeddings.npz``, keyed by the encoder, the voice
    set and the sentences).
-2. The nearest stock voices are blended (weights from their similarity).
+2. The nearest stock voices are blended (weights from their similarity), and
+   the nearest is mixed with a little of each of the next few.
 3. A (1+1) evolution strategy perturbs the timbre half of the style (dims
    0-127; 128-255 drive prosody and are kept from the blend) along the stock
    voices' principal directions. Each candidate speaks the scored sentences;
@@ -60,6 +61,8 @@ SENTENCES = {
 }
 BLEND_K = 3
 BLEND_TEMPERATURE = 0.02  # similarity differences are small: a sharp softmax
+MIX_VOICES = 3  # the next nearest voices mixed into the nearest, each at MIX_WEIGHTS
+MIX_WEIGHTS = (0.1, 0.25)
 N_DIRECTIONS = 8
 SCORED_SENTENCES = 1
 PATIENCE = 20  # failed candidates in a row that end the search (10 stopped most at ~17 s)
@@ -304,13 +307,23 @@ def match_voice(
             return float(np.mean([enc.embed(audio) @ clip for audio in said]))
 
     styles = np.stack([voice.stock[n] for n in names]).astype(np.float32)
-    # Blends of the 2 and 3 nearest, weighted by a softmax of their similarity.
-    blend = best_style
+    # Blends of the 2 and 3 nearest, weighted by a softmax of their similarity,
+    # then the nearest with a little of each next one (whole styles: a stock
+    # voice can be a sharp peak that timbre steps alone only leave).
+    blends = []
     for k in range(2, min(BLEND_K, len(names)) + 1):
         idx = order[:k]
         w = np.exp((sims[idx] - sims[idx].max()) / BLEND_TEMPERATURE)
         w /= w.sum()
-        candidate = np.tensordot(w, styles[idx], axes=1).astype(np.float32)
+        blends.append(np.tensordot(w, styles[idx], axes=1).astype(np.float32))
+    nearest_style = styles[int(order[0])]
+    for other in order[1 : 1 + MIX_VOICES]:
+        for weight in MIX_WEIGHTS:
+            blends.append((1 - weight) * nearest_style + weight * styles[int(other)])
+    blend = best_style
+    for candidate in blends:
+        if time.monotonic() - started >= budget_s:
+            break
         s = score(candidate)
         if s > best_sim:
             best_sim, best_style, blend = s, candidate, candidate
