@@ -321,12 +321,16 @@ def match_voice(
         for weight in MIX_WEIGHTS:
             blends.append((1 - weight) * nearest_style + weight * styles[int(other)])
     blend = best_style
-    for candidate in blends:
+    for tried, candidate in enumerate(blends, 1):
         if time.monotonic() - started >= budget_s:
             break
         s = score(candidate)
         if s > best_sim:
             best_sim, best_style, blend = s, candidate, candidate
+        progress(
+            min(0.99, 0.4 + 0.6 * (time.monotonic() - started) / budget_s),
+            f"blend {tried}/{len(blends)}: similarity {best_sim:.3f} (nearest {nearest_sim:.3f})",
+        )
     # The search: perturb the timbre half along the principal directions;
     # step size up on success, down on failure (the 1/5 rule, roughly).
     rng = np.random.default_rng(seed)
