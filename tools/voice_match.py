@@ -306,6 +306,10 @@ def match_voice(
             said = [voice.speak(style, text, lang, accent=nearest) for text in scored]
             return float(np.mean([enc.embed(audio) @ clip for audio in said]))
 
+    def searched() -> float:
+        """The progress bar's share once the stock table is done."""
+        return min(0.99, 0.4 + 0.6 * (time.monotonic() - started) / budget_s)
+
     styles = np.stack([voice.stock[n] for n in names]).astype(np.float32)
     # Blends of the 2 and 3 nearest, weighted by a softmax of their similarity,
     # then the nearest with a little of each next one (whole styles: a stock
@@ -316,10 +320,9 @@ def match_voice(
         w = np.exp((sims[idx] - sims[idx].max()) / BLEND_TEMPERATURE)
         w /= w.sum()
         blends.append(np.tensordot(w, styles[idx], axes=1).astype(np.float32))
-    nearest_style = styles[int(order[0])]
     for other in order[1 : 1 + MIX_VOICES]:
         for weight in MIX_WEIGHTS:
-            blends.append((1 - weight) * nearest_style + weight * styles[int(other)])
+            blends.append((1 - weight) * best_style + weight * styles[int(other)])
     blend = best_style
     for tried, candidate in enumerate(blends, 1):
         if time.monotonic() - started >= budget_s:
@@ -328,7 +331,7 @@ def match_voice(
         if s > best_sim:
             best_sim, best_style, blend = s, candidate, candidate
         progress(
-            min(0.99, 0.4 + 0.6 * (time.monotonic() - started) / budget_s),
+            searched(),
             f"blend {tried}/{len(blends)}: similarity {best_sim:.3f} (nearest {nearest_sim:.3f})",
         )
     # The search: perturb the timbre half along the principal directions;
@@ -352,9 +355,8 @@ def match_voice(
         else:
             sigma *= 0.85
             fails += 1
-        elapsed = time.monotonic() - started
         progress(
-            min(0.99, 0.4 + 0.6 * elapsed / budget_s),
+            searched(),
             f"search round {rounds}: similarity {best_sim:.3f} (nearest {nearest_sim:.3f})",
         )
     log.info(
