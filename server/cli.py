@@ -152,11 +152,18 @@ def _avatar(args: argparse.Namespace) -> int:
 
 
 def _known_voices(config: Config) -> set[str]:
-    """The stock Kokoro voices and the user voices on disk (without loading a model)."""
+    """The stock Kokoro voices, those of ``tts.more_backends`` (Piper's ``joe``)
+    and the user voices on disk (without loading a model)."""
+    from models.backends import backend_class
     from tools.voice_library import list_voices, stock_voice_names
 
     weights = config.weights_path
-    return set(stock_voice_names(weights)) | {info.name for info in list_voices(weights)}
+    more = {
+        voice
+        for name in config.tts.more_backends
+        for voice in getattr(backend_class("tts", name), "offered_voices", ())
+    }
+    return set(stock_voice_names(weights)) | more | {info.name for info in list_voices(weights)}
 
 
 def _voice(args: argparse.Namespace) -> int:

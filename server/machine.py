@@ -33,6 +33,17 @@ CACHE_FILE = "calibration.json"
 # SRTP, ASR bursts and the odd other program.
 USABLE_SHARE = 0.85
 FASTER_VOICE_SHARE = 0.5  # another backend's voice this much cheaper is worth a note
+# Live, a reply costs about this many times the cores its stages' calibrated
+# costs add up to. The sum assumes the stages pack the cores perfectly; they
+# do not: the LLM writes while the TTS speaks, so a two-thread TTS call gets
+# about one core (measured on an AVX2 machine: the TTS thread ran 44-70 % of
+# each call's wall time), and the event loop, SRTP and a browser on the same
+# machine take their share. Checked against three measured runs
+# (docs/benchmarks.md): one conversation on the AVX-512 kind (2.33x real time
+# by the sum: no stalls), one on the AVX2 kind (1.43x: stalls in 9 of 10
+# replies) and two at once on the AVX-512 kind (1.05x each: stalls, answers
+# 5.6-6.7 s). Twice the sum separates them.
+LIVE_REPLY_COST = 2.0
 # A first piece of about this much audio is what a 4-word cap gives.
 SHORT_FIRST_PIECE_AUDIO_S = 1.2
 # A two-thread TTS call is chosen when it costs less than this share of a
@@ -226,6 +237,10 @@ class MachinePlan:
     realtime_factor: float  # reply audio made per second, all sessions replying at once
     reply_cores: dict[str, float]  # cores one reply takes per second of its audio, by language
     media_cores: float  # cores one session's video takes, always
+    # One conversation alone, live: reply audio made per second of playback,
+    # by language and TTS backend ("main": tts.backend; others by name, in the
+    # languages they speak). Below 1 answers start late and may pause.
+    voice_realtime: dict[str, dict[str, float]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)  # chosen: dotted key -> value
     pinned: dict[str, Any] = field(default_factory=dict)  # kept from the config
     notes: list[str] = field(default_factory=list)
@@ -234,10 +249,15 @@ class MachinePlan:
         return asdict(self)
 
 
-def reply_cores(cal: Calibration, lang: str, tts_threads: str = "1") -> float:
-    """Cores a reply takes per second of its audio: the LLM writing it and the
-    TTS speaking it (a fixed cost per piece of about PIECE_AUDIO_S)."""
+def reply_cores(
+    cal: Calibration, lang: str, tts_threads: str = "1", backend: str | None = None
+) -> float:
+    """Cores a reply takes per second of its audio by the calibration: the LLM
+    writing it and the TTS speaking it (a fixed cost per piece of about
+    PIECE_AUDIO_S); ``backend`` names another TTS backend's voices."""
     cost = cal.tts[lang][tts_threads]
+    if backend is not None:
+        cost = cost.more_backends[backend]
     gen = cal.llm.get("1") or next(iter(cal.llm.values()))
     tokens_per_audio_s = cal.tokens_per_char[lang] * cost.chars_per_audio_s
     llm = tokens_per_audio_s / max(gen.gen_tok_s, 0.1) if "remote" not in cal.llm else 0.0
@@ -254,6 +274,20 @@ def first_token_timeout(cal: Calibration) -> float:
     low, high = FIRST_TOKEN_TIMEOUT_BOUNDS_S
     seconds = LONGEST_UNCACHED_PROMPT_TOKENS / max(min(local), 1.0) + 5.0
     return round(min(max(seconds, low), high), 1)
+
+
+def voice_realtime(cal: Calibration, cores: float) -> dict[str, dict[str, float]]:
+    """One conversation's live real-time factor with ``cores`` for its replies,
+    by language and TTS backend ("main", or another backend in the languages
+    it was measured in): what the page shows beside each voice."""
+    factors: dict[str, dict[str, float]] = {}
+    for lang, by_threads in cal.tts.items():
+        backends = [None, *by_threads["1"].more_backends]
+        factors[lang] = {
+            name or "main": round(cores / (LIVE_REPLY_COST * reply_cores(cal, lang, "1", name)), 2)
+            for name in backends
+        }
+    return factors
 
 
 def faster_voices_notes(cal: Calibration) -> list[str]:
@@ -280,19 +314,20 @@ def plan_for(cal: Calibration, config: Config) -> MachinePlan:
     usable = cal.cpu.cores * USABLE_SHARE
     media = cal.media_cores
     per_reply = {lang: round(reply_cores(cal, lang), 3) for lang in cal.tts}
-    worst = max(per_reply.values())
+    worst = max(per_reply.values()) * LIVE_REPLY_COST
     # Every session replying at once (the bench's two-session case): each
-    # needs its media plus a reply's cores for real time.
+    # needs its media plus a reply's live cores for real time.
     fits = int(usable // (media + worst)) if media + worst > 0 else 1
     capacity = max(1, fits)
     # With `capacity` sessions replying at once, how much reply audio is made
     # per second of playback (>= 1: real time; < 1: replies must start later).
     realtime = (usable - capacity * media) / (capacity * worst) if worst else math.inf
     plan = MachinePlan(capacity, round(realtime, 2), per_reply, round(media, 3))
+    plan.voice_realtime = voice_realtime(cal, usable - media)
     if fits < 1:
         plan.notes.append(
-            f"one reply needs {worst:.2f} cores per second of audio plus {media:.2f} for video, "
-            f"more than the {usable:.2f} usable: replies start once enough is synthesized"
+            f"one reply needs {worst:.2f} cores per second of audio live plus {media:.2f} for "
+            f"video, more than the {usable:.2f} usable: replies start once enough is synthesized"
         )
     tts = {lang: cal.tts[lang]["1"] for lang in cal.tts}
     max_fixed = max(c.fixed_s for c in tts.values())
@@ -335,11 +370,12 @@ def plan_for(cal: Calibration, config: Config) -> MachinePlan:
     # with the TTS threads chosen, while the first plays at the machine's pace.
     # Measured on a slow machine: capping anyway made the answer later (the
     # extra TTS call starves the LLM, and the gate then waits for the rest).
+    # This one is judged by the calibration's sum, as when it was measured
+    # (LIVE_REPLY_COST came later and was chosen for the capacity alone).
     used = str(choices["tts.threads"])
     next_ready_s = max(by.get(used, by["1"]).seconds(PIECE_AUDIO_S) for by in cal.tts.values())
-    short_first = (
-        next_ready_s <= SHORT_FIRST_PIECE_AUDIO_S * max(realtime, 0.01) + STALL_TOLERANCE_S
-    )
+    summed = realtime * LIVE_REPLY_COST
+    short_first = next_ready_s <= SHORT_FIRST_PIECE_AUDIO_S * max(summed, 0.01) + STALL_TOLERANCE_S
     plan.notes.extend(faster_voices_notes(cal))
     choices["llm.first_token_timeout_s"] = first_token_timeout(cal)
     choices["llm.first_piece_max_words"] = 4 if short_first else 0

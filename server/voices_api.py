@@ -73,6 +73,20 @@ def _described(tts: Any, name: str) -> dict[str, Any] | None:
     return tts.describe_voice(name) if tts is not None else None
 
 
+def _realtime(request: Request) -> dict[str, dict[str, float]]:
+    """The plan's live real-time factor by language and TTS backend
+    (server/machine.py ``voice_realtime``); empty without a calibration."""
+    machine = getattr(request.app.state, "machine", None) or {}
+    return (machine.get("plan") or {}).get("voice_realtime") or {}
+
+
+def _keeps_up(realtime: dict[str, dict[str, float]], lang: str, backend: str) -> dict[str, bool]:
+    """``keeps_up``: whether this machine makes the voice's replies at least as
+    fast as they play (one conversation alone); absent where not measured."""
+    factor = realtime.get(lang, {}).get(backend)
+    return {} if factor is None else {"keeps_up": factor >= 1}
+
+
 def _voice_lang(name: str, users: dict[str, VoiceInfo], tts: Any = None) -> str | None:
     user = users.get(name)
     if user is not None:
@@ -97,19 +111,27 @@ async def get_voices(request: Request) -> dict[str, Any]:
     tts_config = request.app.state.manager.config.tts
     stock: dict[str, list[dict[str, Any]]] = {lang: [] for lang in LANGS}
     tts = request.app.state.manager.engines.tts
+    realtime = _realtime(request)
     for name in names:
         described = _described(tts, name)
         if described is not None:  # another backend's voice, listed under each of its languages
             for lang in described["langs"]:
                 if lang in stock:
                     entry = {"name": name, "lang": lang, "sample": _sample_url(name)}
-                    stock[lang].append({**entry, **{k: described[k] for k in DESCRIBED}})
+                    entry.update({k: described[k] for k in DESCRIBED})
+                    stock[lang].append({**entry, **_keeps_up(realtime, lang, described["backend"])})
             continue
         lang = stock_lang(name)
         if name not in users and lang in stock:
-            stock[lang].append({"name": name, "lang": lang, "sample": _sample_url(name)})
+            entry = {"name": name, "lang": lang, "sample": _sample_url(name)}
+            stock[lang].append({**entry, **_keeps_up(realtime, lang, "main")})
     user = [
-        {**info.to_dict(), "sample": _sample_url(info.name), "ready": True}
+        {
+            **info.to_dict(),
+            "sample": _sample_url(info.name),
+            "ready": True,
+            **_keeps_up(realtime, info.lang, "main"),
+        }
         for info in users.values()
     ]
     for job in _jobs(request).running():

@@ -718,6 +718,9 @@
 
   let voiceDefaults = { en: '', zh: '' };
   let sample = null; // the <audio> playing a sample
+  // GET /api/voices "keeps_up", by language and voice: whether this machine
+  // makes the voice's replies at least as fast as they play.
+  let keepsUp = { en: {}, zh: {} };
 
   async function loadVoices(select) {
     let list = null;
@@ -727,8 +730,12 @@
     } catch { /* no voice API: keep "Default" only */ }
     const keep = select || el.voice.value;
     const options = [new Option('Default', '')];
+    keepsUp = { en: {}, zh: {} };
     if (list && typeof list === 'object') {
       voiceDefaults = list.default || voiceDefaults;
+      for (const v of [...(list.user || []), ...Object.values(list.stock || {}).flat()]) {
+        if (v && typeof v.keeps_up === 'boolean' && keepsUp[v.lang]) keepsUp[v.lang][v.name] = v.keeps_up;
+      }
       const user = (list.user || []).filter((v) => v && v.ready !== false);
       if (user.length) {
         const group = document.createElement('optgroup');
@@ -746,7 +753,8 @@
         group.label = label;
         for (const v of stock) {
           // Another backend's voice (Piper's "joe") says what it is.
-          const about = [v.gender, v.description].filter(Boolean).join(', ');
+          const about = [v.gender, v.description, fasterHere(lang, v.name) ? 'keeps up here' : '']
+            .filter(Boolean).join(', ');
           group.append(new Option(about ? `${v.name} (${about})` : v.name, v.name));
         }
         options.push(group);
@@ -754,6 +762,34 @@
     }
     el.voice.replaceChildren(...options);
     if ([...el.voice.options].some((o) => o.value === keep)) el.voice.value = keep;
+    updateVoiceHint();
+  }
+
+  // A voice that keeps up on this machine where the language's default does not.
+  function fasterHere(lang, name) {
+    const known = keepsUp[lang] || {};
+    return known[name] === true && known[voiceDefaults[lang]] === false;
+  }
+
+  // Where this machine makes the chosen voice's speech more slowly than it
+  // plays (calibration: GET /api/voices "keeps_up"), say so, and name the
+  // voices that keep up: answers in the chosen one start late and may pause.
+  function updateVoiceHint() {
+    const hint = $('voice-hint');
+    const langs = el.lang.value === 'auto' ? ['en', 'zh'] : [el.lang.value];
+    const slow = langs.filter((lang) => {
+      const known = keepsUp[lang] || {};
+      return known[el.voice.value || voiceDefaults[lang]] === false;
+    });
+    const names = { en: 'English', zh: 'Chinese' };
+    const faster = slow.flatMap((lang) => Object.keys(keepsUp[lang]).filter((n) => keepsUp[lang][n])
+      .map((n) => `${n} (${names[lang]})`));
+    hint.textContent = slow.length
+      ? `This machine speaks ${slow.map((lang) => names[lang]).join(' and ')} in this voice more `
+        + 'slowly than it plays, so answers start late and may pause.'
+        + (faster.length ? ` Keeps up here: ${faster.join(', ')}.` : '')
+      : '';
+    hint.hidden = modeChoice() === 'end-to-end' || !slow.length;
   }
 
   function playSample() {
@@ -916,6 +952,9 @@
     $('voice-recording').hidden = true;
   });
   el.mode.addEventListener('change', updateVoicePicker);
+  el.mode.addEventListener('change', updateVoiceHint);
+  el.voice.addEventListener('change', updateVoiceHint);
+  el.lang.addEventListener('change', updateVoiceHint);
   window.addEventListener('pagehide', () => { if (vc.pc || reconnect) hangup(); });
 
   setConnected(false);

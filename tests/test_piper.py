@@ -34,6 +34,7 @@ from models.tts.voices_router import VoicesRouter, voice_backend
 from pipelines.planner import ReplyCosts, ReplyPlanner
 from pipelines.timebase import VirtualTime
 from server.app import create_app
+from server.machine import plan_for
 from tests.fakes import ScriptedASR, ScriptedLLM, ToneTTS, fake_engines, served
 from tests.test_contracts import check_synthesizer, weights
 from tests.test_session import make_session, of_type, speak, wait_until
@@ -284,6 +285,31 @@ def test_the_voice_list_offers_joe_in_english_with_a_sample(app_with_router: str
     assert sample.status_code == 200
     with wave.open(BytesIO(sample.content)) as wav:
         assert wav.getframerate() == PIPER_RATE and wav.getnframes() > PIPER_RATE
+
+
+def test_the_voice_list_says_which_voices_keep_up_on_this_machine(
+    router: VoicesRouter, tmp_path: Path
+) -> None:
+    # A slow machine (docs/benchmarks.md: Kokoro's answers paused, joe's did
+    # not): its calibration says so per voice, and the page reads it.
+    plan = plan_for(slow_machine_with_piper(), Config())
+    assert plan.voice_realtime["en"]["main"] < 1 <= plan.voice_realtime["en"]["piper"]
+    assert set(plan.voice_realtime["zh"]) == {"main"}  # joe speaks no Chinese
+    config = Config()
+    config.weights_dir = tmp_path
+    config.server.loopback_only = True
+    engines = fake_engines(ScriptedLLM({"France": SENTENCE}))
+    engines.tts = router
+    app = create_app(config, engines)
+    with served(app) as base:
+        unplanned = httpx.get(f"{base}/api/voices").json()  # a server handed its models
+        assert all("keeps_up" not in v for v in unplanned["stock"]["en"])
+        app.state.machine = {"plan": plan.to_dict()}
+        listing = httpx.get(f"{base}/api/voices").json()
+    keeps_up = {v["name"]: v["keeps_up"] for v in listing["stock"]["en"]}
+    assert keeps_up.pop(PIPER_VOICE) is True
+    assert keeps_up and not any(keeps_up.values())  # the main backend's voices
+    assert all(v["keeps_up"] is False for v in listing["stock"]["zh"])
 
 
 def test_a_session_can_be_minted_in_joes_voice(app_with_router: str) -> None:

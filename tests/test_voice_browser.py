@@ -226,3 +226,32 @@ def test_record_a_voice_from_the_microphone(server: dict[str, Any], browser: Any
         assert page.input_value("#voice") == RECORDED
     assert api(server, "DELETE", f"/api/voices/{RECORDED}").json() == {"removed": RECORDED}
     assert RECORDED not in user_voices(server)
+
+
+def test_the_page_says_where_this_machine_speaks_a_voice_slower_than_it_plays(
+    server: dict[str, Any], browser: Any
+) -> None:
+    """The hint under the controls follows the calibration (GET /api/voices
+    "keeps_up"): shown on a machine whose default voices cannot keep up (the
+    AVX2 kind), naming the voices that do; hidden where they keep up."""
+    listing = api(server, "GET", "/api/voices").json()
+    keeps_up = {
+        (lang, v["name"]): v.get("keeps_up")
+        for lang in ("en", "zh")
+        for v in listing["stock"][lang]
+    }
+    slow = [lang for lang in ("en", "zh") if keeps_up[(lang, listing["default"][lang])] is False]
+    faster_en = [v["name"] for v in listing["stock"]["en"] if v.get("keeps_up")]
+    with voice_page(browser, server) as page:
+        page.wait_for_function("() => document.querySelectorAll('#voice option').length > 1")
+        assert page.is_visible("#voice-hint") == bool(slow)
+        if not slow:
+            return
+        text = page.text_content("#voice-hint") or ""
+        names = {"en": "English", "zh": "Chinese"}
+        assert all(names[lang] in text for lang in slow), text
+        assert all(f"{name} (English)" in text for name in faster_en if "en" in slow), text
+        if "en" in slow and faster_en:  # picking a voice that keeps up, in English: no hint
+            page.select_option("#lang", "en")
+            page.select_option("#voice", faster_en[0])
+            assert not page.is_visible("#voice-hint")

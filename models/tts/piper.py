@@ -95,6 +95,9 @@ class PiperSynthesizer(SpeechSynthesizer):
     has_timings = True  # the graph's own durations, else the aligner's
     streams_audio = False  # a piece is one sentence: one call, one chunk
     langs = PIPER_LANGS
+    # The voices it offers beside the primary backend, known without loading
+    # it (`videochat avatar add --voice joe` checks the name this way).
+    offered_voices = (PIPER_VOICE,)
 
     def __init__(
         self,
