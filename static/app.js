@@ -753,8 +753,7 @@
         group.label = label;
         for (const v of stock) {
           // Another backend's voice (Piper's "joe") says what it is.
-          const about = [v.gender, v.description, fasterHere(lang, v.name) ? 'keeps up here' : '']
-            .filter(Boolean).join(', ');
+          const about = [v.gender, v.description].filter(Boolean).join(', ');
           group.append(new Option(about ? `${v.name} (${about})` : v.name, v.name));
         }
         options.push(group);
@@ -763,12 +762,6 @@
     el.voice.replaceChildren(...options);
     if ([...el.voice.options].some((o) => o.value === keep)) el.voice.value = keep;
     updateVoiceHint();
-  }
-
-  // A voice that keeps up on this machine where the language's default does not.
-  function fasterHere(lang, name) {
-    const known = keepsUp[lang] || {};
-    return known[name] === true && known[voiceDefaults[lang]] === false;
   }
 
   // Where this machine makes the chosen voice's speech more slowly than it
