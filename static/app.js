@@ -772,7 +772,10 @@
     const langs = el.lang.value === 'auto' ? ['en', 'zh'] : [el.lang.value];
     const slow = langs.filter((lang) => {
       const known = keepsUp[lang] || {};
-      return known[el.voice.value || voiceDefaults[lang]] === false;
+      // A voice that does not speak this language (joe in Chinese) leaves it
+      // to the language's configured voice.
+      const speaking = el.voice.value in known ? el.voice.value : voiceDefaults[lang];
+      return known[speaking] === false;
     });
     const names = { en: 'English', zh: 'Chinese' };
     const faster = slow.flatMap((lang) => Object.keys(keepsUp[lang]).filter((n) => keepsUp[lang][n])

@@ -255,3 +255,9 @@ def test_the_page_says_where_this_machine_speaks_a_voice_slower_than_it_plays(
             page.select_option("#lang", "en")
             page.select_option("#voice", faster_en[0])
             assert not page.is_visible("#voice-hint")
+            # joe speaks no Chinese: that session's Chinese is the default voice's.
+            page.select_option("#lang", "auto")
+            assert page.is_visible("#voice-hint") == ("zh" in slow)
+            if "zh" in slow:
+                text = page.text_content("#voice-hint") or ""
+                assert "Chinese" in text and "English" not in text.split(".")[0], text
