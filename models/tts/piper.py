@@ -79,8 +79,9 @@ class PiperVoiceInfo:
 
 
 # The names users pick (GET /api/voices, `voice` of a session). joan's shape:
-# the smallest of the tried shifts whose speech the speaker encoder put nearest
-# five women's stock voices (docs/benchmarks.md, "A woman's voice that keeps up").
+# formants 1.25x, the least of the stretches tried after which the speaker
+# encoder put five women's stock voices nearest; pitch 1.5x, joe's ~150 Hz to
+# ~225 Hz (docs/benchmarks.md, "A woman's voice that keeps up").
 PIPER_VOICES = {
     PIPER_VOICE: PiperVoiceInfo(PIPER_GENDER, PIPER_DESCRIPTION),
     "joan": PiperVoiceInfo(
