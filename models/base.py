@@ -240,6 +240,9 @@ class SpeechSynthesizer(ABC):
     has_timings: bool = False
     # True when ``stream`` yields audio while the rest is still being made.
     streams_audio: bool = False
+    # The voice `videochat calibrate` times, where voices differ in cost (the
+    # costliest, so the plan holds for all); None: the configured voice.
+    calibration_voice: str | None = None
 
     @classmethod
     def from_config(cls, config: TTSConfig, weights_dir: Path) -> SpeechSynthesizer:

@@ -243,8 +243,7 @@ def measure_tts(
 
 
 def _measure_one(tts: SpeechSynthesizer, lang: str, runs: int) -> TTSCost:
-    # A backend whose voices differ in cost names the costliest (Piper's joan).
-    voice = getattr(tts, "calibration_voice", None)
+    voice = tts.calibration_voice  # Piper's joan: its costliest voice
     tts.synthesize(SHORT[lang], lang, voice)
     points = []
     for text in (SHORT[lang], MID[lang], LONG[lang]):

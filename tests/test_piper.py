@@ -38,6 +38,7 @@ from server.machine import plan_for
 from tests.fakes import ScriptedASR, ScriptedLLM, ToneTTS, fake_engines, served
 from tests.test_contracts import check_synthesizer, weights
 from tests.test_session import make_session, of_type, speak, wait_until
+from tests.test_voice_shift import median_f0
 
 PIPER_RATE = 22_050
 KOKORO_RATE = 24_000
@@ -117,21 +118,14 @@ def test_piper_meets_the_tts_contract_and_streams_its_sentence(piper: PiperSynth
 
 
 def test_joan_is_joe_at_a_womans_pitch_with_joes_timings(piper: PiperSynthesizer) -> None:
-    import pyworld
-
     text = "The weather today is sunny and warm, so we can go for a walk in the park."
     joe, joan = piper.synthesize(text, "en"), piper.synthesize(text, "en", voice="joan")
-
-    def median_f0(speech: Speech) -> float:
-        x = speech.audio.astype(np.float64)
-        f0, times = pyworld.dio(x, speech.sample_rate)
-        f0 = pyworld.stonemask(x, f0, times, speech.sample_rate)
-        return float(np.median(f0[f0 > 0]))
+    pitch = {name: median_f0(s.audio, s.sample_rate) for name, s in (("joe", joe), ("joan", joan))}
 
     # The same length and mouth timings (durations have no noise), 1.5x the pitch.
     assert joan.audio.size == joe.audio.size and joan.phonemes == joe.phonemes
-    assert 1.3 < median_f0(joan) / median_f0(joe) < 1.7
-    assert median_f0(joan) > 180  # a woman's range; joe's is about 150 Hz
+    assert 1.3 < pitch["joan"] / pitch["joe"] < 1.7
+    assert pitch["joan"] > 180  # a woman's range; joe's is about 150 Hz
     heard = transcribe(joan).lower()
     assert all(word in heard for word in ("weather", "sunny", "walk", "park")), heard
     assert piper.describe_voice("joan") == {

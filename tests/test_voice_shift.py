@@ -25,10 +25,11 @@ def vowel(f0: float, seconds: float = 1.5) -> np.ndarray:
     return (0.3 * np.sum(harmonics, axis=0) / len(harmonics) * 4).astype(np.float32)
 
 
-def median_f0(audio: np.ndarray) -> float:
+def median_f0(audio: np.ndarray, rate: int = RATE) -> float:
+    """The median pitch of the voiced frames, by WORLD's own estimator."""
     x = audio.astype(np.float64)
-    f0, times = pyworld.dio(x, RATE)
-    f0 = pyworld.stonemask(x, f0, times, RATE)
+    f0, times = pyworld.dio(x, rate)
+    f0 = pyworld.stonemask(x, f0, times, rate)
     return float(np.median(f0[f0 > 0]))
 
 

@@ -125,9 +125,7 @@ class PiperSynthesizer(SpeechSynthesizer):
     # The voices it offers beside the primary backend, known without loading
     # it (`videochat avatar add --voice joe` checks the name this way).
     offered_voices = tuple(PIPER_VOICES)
-    # Calibration times the costliest voice (the shifted one), so what the
-    # plan says of this backend's voices holds for each of them.
-    calibration_voice = "joan"
+    calibration_voice = "joan"  # the shifted voice costs the most
 
     def __init__(
         self,
